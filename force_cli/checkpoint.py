@@ -1,0 +1,188 @@
+"""The one place that reads and writes force checkpoints (format ``force-ckpt/1``).
+
+A checkpoint is a single ``.safetensors`` file (nothing pickled, so an untrusted file is safe to open):
+  * every ``state_dict`` entry of the model under its own key (pruned weights stored as zero),
+    so a plain ``model.load_state_dict`` works;
+  * one boolean mask per pruned parameter under ``mask:<parameter name>``;
+  * training state (optimizer, scheduler, RNG) under ``state:<name>`` keys, only in partial
+    training checkpoints;
+  * string metadata: ``format`` plus the fields below. Values of ``JSON_FIELDS`` are JSON text,
+    every other value is a plain string.
+
+Writes are atomic: a temporary file in the same folder, flushed to disk, then renamed over the
+final name, so an interrupted write never leaves a half-written file there nor damages an
+existing one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from force_cli import FORMAT_VERSION
+from force_cli.errors import CheckpointError
+
+MASK_PREFIX = "mask:"
+STATE_PREFIX = "state:"
+#: Metadata fields stored as JSON text (all others are plain strings).
+JSON_FIELDS = frozenset(
+    {"model_args", "pruning", "target_sparsity", "achieved_sparsity", "seed", "training", "history", "metrics"}
+)
+REQUIRED_FIELDS = ("format", "stage", "model", "model_args", "dataset")
+STAGES = ("init", "trained", "partial")
+
+
+@dataclass
+class Checkpoint:
+    state_dict: dict[str, torch.Tensor]
+    masks: dict[str, torch.Tensor]
+    metadata: dict[str, Any]
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)  # training state, without the prefix
+
+    @property
+    def stage(self) -> str:
+        return self.metadata["stage"]
+
+
+def _encode_metadata(metadata: dict[str, Any]) -> dict[str, str]:
+    encoded = {"format": FORMAT_VERSION}
+    for key, value in metadata.items():
+        if key == "format":
+            continue
+        if key in JSON_FIELDS:
+            encoded[key] = json.dumps(value, sort_keys=True)
+        elif isinstance(value, str):
+            encoded[key] = value
+        else:
+            raise TypeError(f"metadata field '{key}' must be a string or be listed in JSON_FIELDS")
+    return encoded
+
+
+def _decode_metadata(raw: dict[str, str], path: Path) -> dict[str, Any]:
+    decoded = {}
+    for key, value in raw.items():
+        if key in JSON_FIELDS:
+            try:
+                decoded[key] = json.loads(value)
+            except json.JSONDecodeError:
+                raise CheckpointError(f"{path}: metadata field '{key}' is not valid JSON; the file is corrupt") from None
+        else:
+            decoded[key] = value
+    return decoded
+
+
+def save_checkpoint(
+    path: str | Path,
+    state_dict: dict[str, torch.Tensor],
+    masks: dict[str, torch.Tensor],
+    metadata: dict[str, Any],
+    extra: dict[str, torch.Tensor] | None = None,
+) -> Path:
+    """Write a checkpoint atomically. Pruned weights are zeroed in the file (not in the caller's tensors)."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise CheckpointError(f"cannot write {path}: folder '{path.parent}' does not exist; create it or choose another -o path")
+    if metadata.get("stage") not in STAGES:
+        raise ValueError(f"metadata 'stage' must be one of {STAGES}")
+    tensors: dict[str, torch.Tensor] = {}
+    for key, value in state_dict.items():
+        if ":" in key:
+            raise ValueError(f"state_dict key '{key}' contains ':', which is reserved for masks and state")
+        value = value.detach().cpu()
+        if key in masks:
+            value = value * masks[key].to(value.dtype)
+        tensors[key] = value.contiguous()
+    for key, mask in masks.items():
+        if key not in state_dict:
+            raise ValueError(f"mask '{key}' has no state_dict entry")
+        tensors[MASK_PREFIX + key] = mask.detach().cpu().to(torch.bool).contiguous()
+    for key, value in (extra or {}).items():
+        tensors[STATE_PREFIX + key] = value.detach().cpu().contiguous()
+    header = _encode_metadata(metadata)
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=header)
+        os.chmod(tmp, 0o666 & ~_current_umask())  # mkstemp makes 0600; give the file normal permissions
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """Only the metadata (cheap: reads the header, not the tensors)."""
+    return _open(Path(path), tensors=False).metadata
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    """Read and check a checkpoint. Raises CheckpointError with a one-line reason for any bad file."""
+    return _open(Path(path), tensors=True)
+
+
+def _open(path: Path, tensors: bool) -> Checkpoint:
+    if not path.exists():
+        raise CheckpointError(f"checkpoint '{path}' does not exist; check the path (create one with `force prune`)")
+    if not path.is_file():
+        raise CheckpointError(f"'{path}' is not a file; give the path of a .safetensors checkpoint")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = f.metadata() or {}
+            fmt = raw.get("format")
+            if fmt is None:
+                raise CheckpointError(f"'{path}' is a safetensors file but not a force checkpoint (no 'format' metadata); create one with `force prune`")
+            if fmt != FORMAT_VERSION:
+                raise CheckpointError(
+                    f"'{path}' has format '{fmt}', which this version of force-cli cannot read "
+                    f"(it reads '{FORMAT_VERSION}'); upgrade force-cli or re-create the checkpoint"
+                )
+            missing = [k for k in REQUIRED_FIELDS if k not in raw]
+            if missing:
+                raise CheckpointError(f"'{path}' lacks the metadata field '{missing[0]}'; the file is corrupt, re-create it")
+            metadata = _decode_metadata(raw, path)
+            state, masks, extra = {}, {}, {}
+            if tensors:
+                for key in f.keys():
+                    value = f.get_tensor(key)
+                    if key.startswith(MASK_PREFIX):
+                        masks[key[len(MASK_PREFIX):]] = value
+                    elif key.startswith(STATE_PREFIX):
+                        extra[key[len(STATE_PREFIX):]] = value
+                    else:
+                        state[key] = value
+    except CheckpointError:
+        raise
+    except Exception as exc:  # safetensors raises its own error types, OSError, or ValueError on damage
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CheckpointError(f"cannot read checkpoint '{path}': it is truncated or not a safetensors file ({reason})") from None
+    if metadata["stage"] not in STAGES:
+        raise CheckpointError(f"'{path}' has unknown stage '{metadata['stage']}'; the file is corrupt, re-create it")
+    for name, mask in masks.items():
+        if mask.dtype != torch.bool:
+            raise CheckpointError(f"'{path}': mask '{name}' is {mask.dtype}, not bool; the file is corrupt, re-create it")
+        if name not in state:
+            raise CheckpointError(f"'{path}': mask '{name}' has no weight; the file is corrupt, re-create it")
+        if tuple(mask.shape) != tuple(state[name].shape):
+            raise CheckpointError(
+                f"'{path}': mask '{name}' has shape {tuple(mask.shape)} but its weight has {tuple(state[name].shape)}; "
+                "the file is corrupt, re-create it"
+            )
+    return Checkpoint(state_dict=state, masks=masks, metadata=metadata, extra=extra)

@@ -1,0 +1,151 @@
+"""Typed settings and YAML recipes.
+
+A recipe is a YAML file whose top level holds the settings shared by every command (model,
+dataset, seed, data_dir, download, device) and one section per command (``prune:``, ...). Every
+key is checked against the dataclass of its section: an unknown key or a wrong type is a
+ConfigError naming the key and the file. Precedence: command-line flag > recipe > built-in default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from force_cli.errors import ConfigError
+
+
+@dataclass
+class CommonSettings:
+    """Settings every command shares (top level of a recipe)."""
+
+    model: str | None = None
+    dataset: str = "cifar10"
+    seed: int = 0
+    data_dir: str | None = None
+    download: bool = True
+    device: str = "auto"
+
+
+@dataclass
+class PruneSettings:
+    """The ``prune:`` section of a recipe."""
+
+    method: str = "force"
+    sparsity: float | None = None
+    steps: int | None = None  # None: the method's default (60 for FORCE, 100 for SynFlow, 1 for one-shot)
+    schedule: str = "exp"
+    batches: int = 1
+    batch_size: int = 128
+    init: str = "kaiming-normal"
+
+
+@dataclass
+class PruneConfig(CommonSettings, PruneSettings):
+    """Everything `force prune` needs: the shared settings plus the prune section, flattened."""
+
+
+#: Recipe sections and the dataclass that types each. Other commands add theirs here.
+SECTIONS: dict[str, type] = {"prune": PruneSettings}
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", str(tp).replace("typing.", ""))
+
+
+def _matches(value: Any, tp) -> bool:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, arg) for arg in typing.get_args(tp))
+    if tp is type(None):
+        return value is None
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin in (list, tuple):
+        (item,) = typing.get_args(tp)[:1] or (Any,)
+        return isinstance(value, list) and all(item is Any or _matches(v, item) for v in value)
+    if tp is Any:
+        return True
+    return isinstance(value, tp)
+
+
+def check_section(data: Any, cls: type, where: str) -> dict[str, Any]:
+    """Validate a mapping against ``cls``'s fields; return it with ints promoted where floats are expected."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where} must be a mapping of settings, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    checked = {}
+    for key, value in data.items():
+        if key not in known:
+            raise ConfigError(f"{where}: unknown key '{key}'; known keys are: {', '.join(sorted(known))}")
+        if not _matches(value, hints[key]):
+            raise ConfigError(
+                f"{where}: '{key}' must be {_type_name(hints[key])}, got {value!r} ({type(value).__name__})"
+            )
+        checked[key] = float(value) if hints[key] in (float, float | None) and isinstance(value, int) else value
+    return checked
+
+
+@dataclass
+class Recipe:
+    path: Path
+    common: dict[str, Any]
+    sections: dict[str, dict[str, Any]]
+
+    def settings_for(self, section: str) -> dict[str, Any]:
+        """The shared settings plus one section's, as a flat dict of the keys the recipe gives."""
+        return {**self.common, **self.sections.get(section, {})}
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"recipe '{path}' does not exist; check the path") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read recipe '{path}': {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"recipe '{path}' is not valid YAML{where}; fix the syntax") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"recipe '{path}' must be a YAML mapping of settings")
+    common_keys = {f.name for f in fields(CommonSettings)}
+    common = {k: v for k, v in data.items() if k in common_keys}
+    rest = {k: v for k, v in data.items() if k not in common_keys}
+    unknown = [k for k in rest if k not in SECTIONS]
+    if unknown:
+        known = sorted(common_keys | set(SECTIONS))
+        raise ConfigError(f"{path}: unknown key '{unknown[0]}'; known keys are: {', '.join(known)}")
+    common = check_section(common, CommonSettings, str(path))
+    sections = {name: check_section(rest[name] or {}, SECTIONS[name], f"{path}: section '{name}'") for name in rest}
+    return Recipe(path=path, common=common, sections=sections)
+
+
+def resolve(cls: type, recipe: dict[str, Any] | None, flags: dict[str, Any]):
+    """Build ``cls`` with precedence flag (when not None) > recipe > the dataclass default."""
+    values = {}
+    names = {f.name for f in fields(cls)}
+    for name in names:
+        if flags.get(name) is not None:
+            values[name] = flags[name]
+        elif recipe and name in recipe:
+            values[name] = recipe[name]
+    return cls(**values)
+
+
+def as_dict(settings) -> dict[str, Any]:
+    return dataclasses.asdict(settings)

@@ -1,0 +1,182 @@
+"""Pruning criteria: each one computes scores (higher = kept) and nothing else.
+
+Thresholding, schedules and the iterative loop live in ``loop.py``. Adding a criterion is one
+score function plus one ``register`` call. The meaning of every score is DESIGN.md's table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from force_cli.errors import UnknownNameError
+from force_cli.pruning.masks import Masks, Scores
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass
+class ScoringContext:
+    """What a criterion may look at. Owned by one pruning run; ``model`` is a private working copy.
+
+    ``initial`` holds θ0, the dense initial weights, which criteria read but never modify;
+    ``next_batches`` returns the next ``--batches`` mini-batches of the seeded stream, on the
+    model's device; ``input_shape`` is (C, H, W) of one sample (for data-free criteria).
+    """
+
+    model: nn.Module
+    weights: dict[str, nn.Parameter]
+    initial: dict[str, torch.Tensor]
+    next_batches: Callable[[], list[Batch]] | None
+    input_shape: tuple[int, ...]
+    generator: torch.Generator
+    cache: dict = field(default_factory=dict)
+
+
+ScoreFn = Callable[[ScoringContext, Masks], Scores]
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    score: ScoreFn
+    summary: str
+    iterative: bool = False
+    revives: bool = False  # may a weight pruned at step t come back at step t+1?
+    needs_data: bool = True
+    needs_input_shape: bool = False  # data-free criteria that feed a synthetic input
+    default_steps: int = 1
+
+
+METHODS: dict[str, Method] = {}
+
+
+def register(method: Method) -> Method:
+    METHODS[method.name] = method
+    return method
+
+
+def get_method(name: str) -> Method:
+    if name not in METHODS:
+        raise UnknownNameError("method", name, METHODS)
+    return METHODS[name]
+
+
+# --------------------------------------------------------------------------- shared gradient code
+
+
+@torch.no_grad()
+def load_masked_initial(ctx: ScoringContext, masks: Masks) -> None:
+    """Set the working model's prunable weights to θ0 ⊙ c (in place: no copies of the network)."""
+    for name, w in ctx.weights.items():
+        torch.mul(ctx.initial[name], masks[name], out=w.data)
+
+
+def _loss(model: nn.Module, batch: Batch) -> torch.Tensor:
+    x, y = batch
+    return F.cross_entropy(model(x), y)
+
+
+def average_gradients(ctx: ScoringContext, batches: list[Batch]) -> dict[str, torch.Tensor]:
+    """∇L w.r.t. each prunable weight at the model's current weights, averaged over ``batches``."""
+    for w in ctx.weights.values():
+        w.grad = None
+    for batch in batches:
+        _loss(ctx.model, batch).backward()
+    return {name: w.grad.div_(len(batches)) for name, w in ctx.weights.items()}
+
+
+def masked_gradients(ctx: ScoringContext, masks: Masks) -> dict[str, torch.Tensor]:
+    """∇L(θ0 ⊙ c), averaged over the next mini-batches of the stream."""
+    load_masked_initial(ctx, masks)
+    return average_gradients(ctx, ctx.next_batches())
+
+
+# --------------------------------------------------------------------------- criteria
+
+
+def connection_sensitivity(ctx: ScoringContext, masks: Masks) -> Scores:
+    """|θ0 ⊙ ∇L(θ0 ⊙ c)|: FORCE's foresight saliency; SNIP's when c = 1; Iterative SNIP's on kept weights."""
+    grads = masked_gradients(ctx, masks)
+    return {name: (ctx.initial[name] * g).abs_() for name, g in grads.items()}
+
+
+def squared_gradient(ctx: ScoringContext, masks: Masks) -> Scores:
+    """(∇L(θ ⊙ c))²: GraSP-It, the reference code's gradient-norm approximation."""
+    return {name: g.square() for name, g in masked_gradients(ctx, masks).items()}
+
+
+def grasp(ctx: ScoringContext, masks: Masks) -> Scores:
+    """θ ⊙ Hg with g = ∇L(θ): GraSP keeps the weights whose -θ ⊙ Hg is smallest, i.e. this is largest.
+
+    Hg is a Hessian-gradient product: the gradient of (g_detached · ∇L) w.r.t. θ, on the same batches.
+    """
+    load_masked_initial(ctx, masks)
+    batches = ctx.next_batches()
+    g = {name: grad.clone() for name, grad in average_gradients(ctx, batches).items()}
+    names = list(ctx.weights)
+    params = [ctx.weights[n] for n in names]
+    for w in params:
+        w.grad = None
+    for batch in batches:
+        grads = torch.autograd.grad(_loss(ctx.model, batch), params, create_graph=True)
+        dot = sum((g[n] * gr).sum() for n, gr in zip(names, grads))
+        dot.backward()
+    return {n: ctx.initial[n] * ctx.weights[n].grad.div_(len(batches)) for n in names}
+
+
+def _synflow_model(ctx: ScoringContext) -> nn.Module:
+    """The working copy, linearised once: float64 (products of |θ| overflow float32 on deep nets),
+    every parameter and buffer made non-negative, eval mode (data-free, batch of one)."""
+    if "synflow" not in ctx.cache:
+        model = ctx.model.double().eval()
+        with torch.no_grad():
+            for tensor in model.state_dict().values():
+                if tensor.is_floating_point():
+                    tensor.abs_()
+        ctx.cache["synflow"] = {n: ctx.initial[n].double().abs() for n in ctx.weights}
+    return ctx.model
+
+
+def synflow(ctx: ScoringContext, masks: Masks) -> Scores:
+    """|θ ⊙ ∂R/∂θ| with R = Σ f_|θ⊙c|(1): Tanaka et al.'s synaptic flow, computed without data."""
+    model = _synflow_model(ctx)
+    abs_initial = ctx.cache["synflow"]
+    with torch.no_grad():
+        for name, w in ctx.weights.items():
+            torch.mul(abs_initial[name], masks[name], out=w.data)
+            w.grad = None
+    ones = torch.ones((1, *ctx.input_shape), dtype=torch.float64, device=next(model.parameters()).device)
+    model(ones).sum().backward()
+    return {name: (w.grad * w.detach()).abs_() for name, w in ctx.weights.items()}
+
+
+def magnitude(ctx: ScoringContext, masks: Masks) -> Scores:
+    """|θ0|."""
+    return {name: theta.abs() for name, theta in ctx.initial.items()}
+
+
+def uniform_random(ctx: ScoringContext, masks: Masks) -> Scores:
+    """Uniform random scores from the run's seeded generator: global random pruning."""
+    return {
+        name: torch.rand(theta.shape, generator=ctx.generator).to(theta.device)
+        for name, theta in ctx.initial.items()
+    }
+
+
+register(Method("force", connection_sensitivity, "FORCE: iterative |θ0 ⊙ ∇L(θ0 ⊙ c)|, pruned weights may come back",
+                iterative=True, revives=True, default_steps=60))
+register(Method("iter-snip", connection_sensitivity, "Iterative SNIP: |θ ⊙ ∇L(θ ⊙ c)|, pruned weights stay pruned",
+                iterative=True, default_steps=60))
+register(Method("grasp-it", squared_gradient, "GraSP-It: iterative (∇L(θ ⊙ c))², pruned weights stay pruned",
+                iterative=True, default_steps=60))
+register(Method("snip", connection_sensitivity, "SNIP: one-shot |θ ⊙ ∇L(θ)| (SNIP-MB with --batches > 1)"))
+register(Method("grasp", grasp, "GraSP: one-shot, keeps the largest θ ⊙ H∇L"))
+register(Method("synflow", synflow, "SynFlow: iterative, data-free |θ ⊙ ∂R/∂θ|",
+                iterative=True, needs_data=False, needs_input_shape=True, default_steps=100))
+register(Method("magnitude", magnitude, "magnitude: one-shot |θ|", needs_data=False))
+register(Method("random", uniform_random, "random: one-shot uniform global random pruning", needs_data=False))

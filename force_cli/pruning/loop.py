@@ -1,0 +1,137 @@
+"""The one pruning loop shared by every criterion: score, then keep the global top-k, per step."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from force_cli.errors import ConfigError
+from force_cli.pruning.criteria import Batch, ScoringContext, get_method
+from force_cli.pruning.masks import Masks, Scores, count_kept, dense_masks, keep_top_k, kept_for_sparsity, prunable_weights
+from force_cli.pruning.schedules import kept_counts
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """Reported after each pruning step (for progress bars and logs)."""
+
+    step: int
+    steps: int
+    kept: int
+    total: int
+    masks: Masks = field(repr=False, compare=False, default_factory=dict)  # after this step; only in on_step
+
+    @property
+    def density(self) -> float:
+        return self.kept / self.total
+
+
+@dataclass
+class PruneResult:
+    masks: Masks  # on CPU, bool
+    total: int
+    kept: int
+    steps: int
+    history: list[StepInfo] = field(default_factory=list)
+
+    @property
+    def sparsity(self) -> float:
+        return 1.0 - self.kept / self.total
+
+
+class _BatchSource:
+    """Adapts anything with ``take(n)`` (e.g. data.BatchStream) to "next n batches on this device"."""
+
+    def __init__(self, stream, num_batches: int, device: torch.device):
+        self.stream, self.num_batches, self.device = stream, num_batches, device
+
+    def __call__(self) -> list[Batch]:
+        nb = self.device.type == "cuda"
+        return [(x.to(self.device, non_blocking=nb), y.to(self.device, non_blocking=nb))
+                for x, y in self.stream.take(self.num_batches)]
+
+
+def scoring_context(model: nn.Module, *, stream=None, num_batches: int = 1,
+                    input_shape: tuple[int, ...] | None = None, seed: int = 0) -> ScoringContext:
+    """A context over one private copy of ``model`` for a whole run: the caller's weights and
+    batch-norm statistics stay untouched, and no step copies the network again."""
+    work = copy.deepcopy(model).train()
+    weights = prunable_weights(work)
+    prunable = set(map(id, weights.values()))
+    for p in work.parameters():
+        p.requires_grad_(id(p) in prunable)
+    device = next(iter(weights.values())).device
+    return ScoringContext(
+        model=work,
+        weights=weights,
+        initial={n: w.detach().clone() for n, w in weights.items()},
+        next_batches=_BatchSource(stream, num_batches, device) if stream is not None else None,
+        input_shape=tuple(input_shape) if input_shape else (),
+        generator=torch.Generator().manual_seed(seed),
+    )
+
+
+def compute_scores(model: nn.Module, method: str, masks: Masks | None = None, **context) -> Scores:
+    """One step's raw scores of ``method`` for ``model`` at mask ``masks`` (default: dense).
+
+    For analysis and tests; ``context`` takes the keyword arguments of ``scoring_context``.
+    """
+    spec = get_method(method)
+    ctx = scoring_context(model, **context)
+    masks = masks if masks is not None else dense_masks(model)
+    return spec.score(ctx, {n: m.to(ctx.initial[n].device) for n, m in masks.items()})
+
+
+def prune(
+    model: nn.Module,
+    *,
+    method: str = "force",
+    sparsity: float,
+    steps: int | None = None,
+    schedule: str = "exp",
+    stream=None,
+    num_batches: int = 1,
+    input_shape: tuple[int, ...] | None = None,
+    seed: int = 0,
+    on_step: Callable[[StepInfo], None] | None = None,
+) -> PruneResult:
+    """Compute pruning masks for ``model`` at initialization. Returns masks; never mutates ``model``.
+
+    ``stream`` provides mini-batches through ``take(n)`` (needed by data-driven methods);
+    ``input_shape`` (C, H, W) is needed by SynFlow. ``steps=None`` uses the method's default;
+    one-shot methods always take one step. The model's current weights are θ0.
+    """
+    spec = get_method(method)
+    if spec.needs_data and stream is None:
+        raise ConfigError(f"method '{method}' needs training data to score weights; pass a dataset")
+    if spec.needs_input_shape and not input_shape:
+        raise ConfigError(f"method '{method}' needs the input shape (C, H, W) of one sample")
+    if num_batches < 1:
+        raise ConfigError(f"--batches must be at least 1, got {num_batches}")
+    steps = (steps or spec.default_steps) if spec.iterative else 1
+    initial_masks = dense_masks(model)
+    total = sum(m.numel() for m in initial_masks.values())
+    if total == 0:
+        raise ConfigError("the model has no prunable (Conv or Linear) weights")
+    k = kept_for_sparsity(total, sparsity)
+    counts = kept_counts(schedule, total, k, steps)
+
+    ctx = scoring_context(model, stream=stream, num_batches=num_batches, input_shape=input_shape, seed=seed)
+    device = next(iter(ctx.weights.values())).device
+    masks = {n: m.to(device) for n, m in initial_masks.items()}
+    history = []
+    for t, kt in enumerate(counts, start=1):
+        scores = spec.score(ctx, masks)
+        if not spec.revives:
+            for name, s in scores.items():
+                s.masked_fill_(~masks[name], float("-inf"))
+        masks = keep_top_k(scores, kt)
+        history.append(StepInfo(step=t, steps=steps, kept=kt, total=total))
+        if on_step is not None:
+            on_step(StepInfo(step=t, steps=steps, kept=kt, total=total, masks=masks))
+    masks = {n: m.cpu() for n, m in masks.items()}
+    return PruneResult(masks=masks, total=total, kept=count_kept(masks), steps=steps, history=history)
