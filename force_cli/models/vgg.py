@@ -1,0 +1,68 @@
+"""CIFAR VGG with batch norm, as in the FORCE and GraSP code.
+
+Each cfg is the standard VGG one with its fifth max-pool replaced by a 2x2 average pool: 3x3
+convs (bias=False) + BN + ReLU, four 2x2 max-pools, then the average pool and ONE Linear(512, C).
+The average pool is global (adaptive to 1x1), which is exactly GraSP's AvgPool2d(2) at 32x32 and
+its AvgPool2d(4) at 64x64, so the classifier always sees 512 features. Inputs must still leave at
+least a 2x2 map for that pool, as in the paper's cfg: ``min_image_size`` works it out (32).
+"""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+
+import torch
+from torch import nn
+
+CFGS = MappingProxyType({
+    "vgg11": (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512),
+    "vgg13": (64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512),
+    "vgg16": (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512),
+    "vgg19": (
+        64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M",
+        512, 512, 512, 512, "M", 512, 512, 512, 512,
+    ),
+})
+FINAL_POOL = 2  # side of the map the final average pool needs (the paper's AvgPool2d(2))
+
+
+def min_image_size(cfg: tuple) -> int:
+    """Smallest input side that leaves a FINAL_POOL x FINAL_POOL map after the max-pools."""
+    return FINAL_POOL * 2 ** sum(v == "M" for v in cfg)
+
+
+class CifarVGG(nn.Module):
+    """``feature`` (conv/BN/ReLU/max-pool stack), global average pool, one Linear ``classifier``."""
+
+    def __init__(self, cfg: tuple, num_classes: int, in_channels: int):
+        super().__init__()
+        layers: list[nn.Module] = []
+        channels = in_channels
+        for v in cfg:
+            if v == "M":
+                layers.append(nn.MaxPool2d(2, 2))
+            else:
+                layers += [nn.Conv2d(channels, v, 3, padding=1, bias=False), nn.BatchNorm2d(v), nn.ReLU()]
+                channels = v
+        self.feature = nn.Sequential(*layers)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(channels, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.avgpool(self.feature(x)), 1))
+
+
+def vgg11(num_classes: int, in_channels: int, image_size: int) -> nn.Module:
+    return CifarVGG(CFGS["vgg11"], num_classes, in_channels)
+
+
+def vgg13(num_classes: int, in_channels: int, image_size: int) -> nn.Module:
+    return CifarVGG(CFGS["vgg13"], num_classes, in_channels)
+
+
+def vgg16(num_classes: int, in_channels: int, image_size: int) -> nn.Module:
+    return CifarVGG(CFGS["vgg16"], num_classes, in_channels)
+
+
+def vgg19(num_classes: int, in_channels: int, image_size: int) -> nn.Module:
+    return CifarVGG(CFGS["vgg19"], num_classes, in_channels)

@@ -1,0 +1,635 @@
+"""Dataset factory tests: fake datasets in the real on-disk formats, loaded through the real code.
+
+Offline and CPU-only: nothing is downloaded (download paths are exercised with a stub that fails).
+"""
+
+from __future__ import annotations
+
+import gzip
+import struct
+import sys
+import tarfile
+from pathlib import Path
+from urllib.error import URLError
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from force_cli import data
+from force_cli.data import (
+    DATASETS,
+    BatchStream,
+    DatasetInfo,
+    dataset_info,
+    dataset_names,
+    default_data_dir,
+    load_datasets,
+    make_loader,
+)
+from force_cli.errors import ConfigError, DataError, UnknownNameError
+
+ALL_NAMES = ["cifar10", "cifar100", "digits", "fashion-mnist", "imagefolder", "imagenet", "mnist",
+             "svhn", "synthetic", "tiny-imagenet"]
+
+
+# ---------------------------------------------------------------------------------------------
+# fake data writers (the real file formats)
+# ---------------------------------------------------------------------------------------------
+
+
+def write_fake_cifar10(data_dir: Path, per_file: int = 20):
+    """CIFAR-10 binary batches; returns (train_labels, train_pixels, test_labels, test_pixels)."""
+    folder = data_dir / "cifar10" / "cifar-10-batches-bin"
+    folder.mkdir(parents=True)
+    rng = np.random.RandomState(0)
+    out = {}
+    for split, files in [("train", [f"data_batch_{i}.bin" for i in range(1, 6)]), ("test", ["test_batch.bin"])]:
+        labels, pixels = [], []
+        for k, name in enumerate(files):
+            lab = ((np.arange(per_file) * 3 + k) % 10).astype(np.uint8)
+            pix = rng.randint(0, 256, size=(per_file, 3072)).astype(np.uint8)
+            (folder / name).write_bytes(np.concatenate([lab[:, None], pix], axis=1).tobytes())
+            labels.append(lab)
+            pixels.append(pix)
+        out[split] = (np.concatenate(labels), np.concatenate(pixels).reshape(-1, 3, 32, 32))
+    return out["train"] + out["test"]
+
+
+def write_fake_cifar100(data_dir: Path, n_train: int = 30, n_test: int = 10):
+    folder = data_dir / "cifar100" / "cifar-100-binary"
+    folder.mkdir(parents=True)
+    rng = np.random.RandomState(1)
+    out = []
+    for name, n in [("train.bin", n_train), ("test.bin", n_test)]:
+        fine = ((np.arange(n) * 37 + 11) % 100).astype(np.uint8)
+        coarse = (19 - np.arange(n) % 20).astype(np.uint8)  # differs from fine: a mix-up shows
+        pix = rng.randint(0, 256, size=(n, 3072)).astype(np.uint8)
+        (folder / name).write_bytes(np.concatenate([coarse[:, None], fine[:, None], pix], axis=1).tobytes())
+        out += [fine, pix.reshape(-1, 3, 32, 32)]
+    return out
+
+
+def write_idx(path: Path, array: np.ndarray, compress: bool = False) -> None:
+    blob = bytes([0, 0, 8, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    blob += array.astype(np.uint8).tobytes()
+    if compress:
+        path = path.with_name(path.name + ".gz")
+        blob = gzip.compress(blob)
+    path.write_bytes(blob)
+
+
+def write_png(path: Path, rgb: np.ndarray) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rgb.astype(np.uint8), "RGB").save(path, format="PNG")
+
+
+def solid(color, h=30, w=40):
+    return np.broadcast_to(np.array(color, dtype=np.uint8), (h, w, 3)).copy()
+
+
+def denormalise(x: torch.Tensor, info: DatasetInfo) -> torch.Tensor:
+    mean = torch.tensor(info.mean).view(-1, 1, 1)
+    std = torch.tensor(info.std).view(-1, 1, 1)
+    return x * std + mean
+
+
+def as_bytes(x: torch.Tensor, info: DatasetInfo) -> np.ndarray:
+    """A normalised image back to its uint8 pixels (exact when the pipeline is exact)."""
+    return torch.round(denormalise(x, info) * 255).to(torch.int64).numpy()
+
+
+# ---------------------------------------------------------------------------------------------
+# registry, names, info, data dir
+# ---------------------------------------------------------------------------------------------
+
+
+def test_registry_names_and_infos():
+    assert dataset_names() == ALL_NAMES
+    assert set(DATASETS) == set(ALL_NAMES)
+    for name in ALL_NAMES:
+        if name == "imagefolder":
+            continue
+        info = dataset_info(name)
+        assert info.name == name
+        assert info.num_classes > 0 and info.image_size > 0
+        assert len(info.mean) == len(info.std) == info.in_channels
+    assert dataset_info("cifar100").num_classes == 100
+    assert dataset_info("mnist").in_channels == 1 and dataset_info("mnist").image_size == 28
+    assert dataset_info("digits").image_size == 8
+    assert dataset_info("imagenet").imagenet_style and dataset_info("tiny-imagenet").imagenet_style
+    assert not dataset_info("cifar10").imagenet_style
+    assert dataset_info("cifar10").downloadable and not dataset_info("imagenet").downloadable
+
+
+def test_name_spelling_is_forgiving():
+    assert dataset_info("Fashion_MNIST").name == "fashion-mnist"
+    assert dataset_info("CIFAR10").name == "cifar10"
+
+
+@pytest.mark.parametrize("call", [lambda: dataset_info("cifar11"), lambda: load_datasets("nope")])
+def test_unknown_name_lists_known_names(call):
+    with pytest.raises(UnknownNameError) as exc:
+        call()
+    message = str(exc.value)
+    assert "dataset" in message
+    for name in ALL_NAMES:
+        assert name in message
+
+
+def test_default_data_dir(monkeypatch, tmp_path):
+    monkeypatch.setenv("FORCE_DATA", str(tmp_path / "mine"))
+    assert default_data_dir() == tmp_path / "mine"
+    monkeypatch.delenv("FORCE_DATA")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert default_data_dir() == tmp_path / "xdg" / "force-cli" / "data"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert default_data_dir() == tmp_path / "home" / ".cache" / "force-cli" / "data"
+
+
+def test_default_data_dir_is_used(monkeypatch, tmp_path):
+    write_fake_cifar10(tmp_path)
+    monkeypatch.setenv("FORCE_DATA", str(tmp_path))
+    assert len(load_datasets("cifar10", download=False).train) == 100
+
+
+# ---------------------------------------------------------------------------------------------
+# CIFAR binary
+# ---------------------------------------------------------------------------------------------
+
+
+def test_cifar10_binary_round_trip(tmp_path):
+    train_y, train_x, test_y, test_x = write_fake_cifar10(tmp_path)
+    splits = load_datasets("cifar10", tmp_path, download=False)
+    info = splits.info
+    assert info == dataset_info("cifar10")
+    assert len(splits.train) == len(splits.train_eval) == 100 and len(splits.test) == 20
+    assert splits.val is None
+    for index in (0, 37, 99):
+        x, y = splits.train_eval[index]
+        assert x.dtype == torch.float32 and x.shape == (3, 32, 32)
+        assert y == train_y[index]
+        np.testing.assert_array_equal(as_bytes(x, info), train_x[index])
+    x, y = splits.test[13]
+    assert y == test_y[13]
+    np.testing.assert_array_equal(as_bytes(x, info), test_x[13])
+
+
+def test_cifar10_augmentation_crops_and_flips(tmp_path):
+    _, train_x, _, _ = write_fake_cifar10(tmp_path)
+    splits = load_datasets("cifar10", tmp_path, download=False)
+    torch.manual_seed(0)
+    original = train_x[5].astype(np.int64)
+    padded = np.pad(original, ((0, 0), (4, 4), (4, 4)))
+    candidates = [padded[:, i:i + 32, j:j + 32] for i in range(9) for j in range(9)]
+    candidates += [c[:, :, ::-1] for c in candidates]
+    changed = 0
+    for _ in range(20):
+        x, y = splits.train[5]
+        assert x.shape == (3, 32, 32) and x.dtype == torch.float32
+        pixels = as_bytes(x, splits.info)
+        assert any(np.array_equal(pixels, c) for c in candidates)  # a padded crop, maybe flipped
+        changed += not np.array_equal(pixels, original)
+    assert changed > 0
+    plain = load_datasets("cifar10", tmp_path, download=False, augment=False)
+    for _ in range(5):
+        np.testing.assert_array_equal(as_bytes(plain.train[5][0], plain.info), original)
+
+
+def test_cifar100_uses_fine_label(tmp_path):
+    fine, pixels, test_fine, test_pixels = write_fake_cifar100(tmp_path)
+    splits = load_datasets("cifar100", tmp_path, download=False)
+    assert splits.info.num_classes == 100
+    assert len(splits.train) == 30 and len(splits.test) == 10
+    assert [splits.train_eval[i][1] for i in range(30)] == fine.tolist()
+    np.testing.assert_array_equal(as_bytes(splits.train_eval[7][0], splits.info), pixels[7])
+    assert splits.test[3][1] == test_fine[3]
+    np.testing.assert_array_equal(as_bytes(splits.test[3][0], splits.info), test_pixels[3])
+    assert splits.train[0][0].shape == (3, 32, 32)
+
+
+def test_truncated_cifar_file_is_a_data_error(tmp_path):
+    write_fake_cifar10(tmp_path)
+    batch = tmp_path / "cifar10" / "cifar-10-batches-bin" / "data_batch_3.bin"
+    batch.write_bytes(batch.read_bytes()[:-10])
+    with pytest.raises(DataError, match="data_batch_3.bin"):
+        load_datasets("cifar10", tmp_path, download=False)
+
+
+def test_cifar_label_out_of_range_is_a_data_error(tmp_path):
+    write_fake_cifar10(tmp_path)
+    batch = tmp_path / "cifar10" / "cifar-10-batches-bin" / "test_batch.bin"
+    blob = bytearray(batch.read_bytes())
+    blob[0] = 42
+    batch.write_bytes(bytes(blob))
+    with pytest.raises(DataError, match="label 42"):
+        load_datasets("cifar10", tmp_path, download=False)
+
+
+def test_cifar_incomplete_folder_is_a_data_error(tmp_path):
+    write_fake_cifar10(tmp_path)
+    (tmp_path / "cifar10" / "cifar-10-batches-bin" / "data_batch_2.bin").unlink()
+    with pytest.raises(DataError, match="--no-download"):
+        load_datasets("cifar10", tmp_path, download=False)
+
+
+def test_cifar_archive_is_extracted_offline(tmp_path, monkeypatch):
+    train_y, _, _, _ = write_fake_cifar10(tmp_path / "src")
+    root = tmp_path / "data" / "cifar10"
+    root.mkdir(parents=True)
+    with tarfile.open(root / "cifar-10-binary.tar.gz", "w:gz") as tar:
+        tar.add(tmp_path / "src" / "cifar10" / "cifar-10-batches-bin", arcname="cifar-10-batches-bin")
+    monkeypatch.setattr(data, "_md5", lambda path: data._CIFAR10.md5)  # pretend it is the official file
+    splits = load_datasets("cifar10", tmp_path / "data", download=False)
+    assert [splits.train_eval[i][1] for i in range(100)] == train_y.tolist()
+
+
+def _failing_download(*args, **kwargs):
+    raise URLError("no network in tests")
+
+
+def test_download_failure_is_a_data_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "_torchvision", lambda: None)
+    monkeypatch.setattr(data, "_download_archive", _failing_download)
+    with pytest.raises(DataError) as exc:
+        load_datasets("cifar10", tmp_path, download=True)
+    message = str(exc.value)
+    assert "could not download CIFAR-10" in message and str(tmp_path / "cifar10") in message
+    assert "\n" not in message
+
+
+def test_present_data_is_not_downloaded(tmp_path, monkeypatch):
+    write_fake_cifar10(tmp_path)
+    monkeypatch.setattr(data, "_download_archive", _failing_download)
+    assert len(load_datasets("cifar10", tmp_path, download=True).test) == 20
+
+
+def test_broken_torchvision_is_a_data_error(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torchvision", None)  # import torchvision -> ImportError
+    with pytest.raises(DataError, match="torchvision cannot be imported"):
+        load_datasets("mnist", tmp_path, download=True)
+    assert not (tmp_path / "mnist").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# missing data
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name, where", [
+    ("cifar10", "cifar10"), ("cifar100", "cifar100"), ("mnist", "mnist"),
+    ("fashion-mnist", "fashion-mnist"), ("svhn", "svhn"), ("tiny-imagenet", "tiny-imagenet-200"),
+    ("imagenet", "imagenet"), ("imagefolder", "train"),
+])
+def test_missing_data_without_download(tmp_path, name, where):
+    with pytest.raises(DataError) as exc:
+        load_datasets(name, tmp_path, download=False)
+    message = str(exc.value)
+    assert str(tmp_path / where) in message
+    assert "\n" not in message
+    assert not any(tmp_path.iterdir())  # nothing was created
+
+
+def test_imagefolder_info_needs_the_folder(tmp_path):
+    with pytest.raises(DataError, match=str(tmp_path / "train")):
+        dataset_info("imagefolder", tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------
+# MNIST / Fashion-MNIST / SVHN
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name, folder, compress", [
+    ("mnist", "mnist/MNIST/raw", False), ("fashion-mnist", "fashion-mnist/FashionMNIST/raw", True),
+])
+def test_mnist_idx_round_trip(tmp_path, name, folder, compress):
+    raw = tmp_path / folder
+    raw.mkdir(parents=True)
+    rng = np.random.RandomState(2)
+    x, tx = rng.randint(0, 256, (6, 28, 28)), rng.randint(0, 256, (4, 28, 28))
+    y, ty = np.array([3, 1, 4, 1, 5, 9]), np.array([2, 6, 5, 3])
+    write_idx(raw / "train-images-idx3-ubyte", x, compress)
+    write_idx(raw / "train-labels-idx1-ubyte", y, compress)
+    write_idx(raw / "t10k-images-idx3-ubyte", tx, compress)
+    write_idx(raw / "t10k-labels-idx1-ubyte", ty, compress)
+    splits = load_datasets(name, tmp_path, download=False)
+    assert len(splits.train) == 6 and len(splits.test) == 4
+    image, label = splits.train[4]
+    assert image.shape == (1, 28, 28) and label == 5
+    np.testing.assert_array_equal(as_bytes(image, splits.info)[0], x[4])
+    np.testing.assert_array_equal(as_bytes(splits.test[2][0], splits.info)[0], tx[2])
+    assert splits.test[2][1] == 5
+    np.testing.assert_array_equal(splits.train[1][0], splits.train_eval[1][0])  # no augmentation
+
+
+def test_svhn_mat_round_trip(tmp_path):
+    scipy_io = pytest.importorskip("scipy.io")
+    root = tmp_path / "svhn"
+    root.mkdir()
+    rng = np.random.RandomState(3)
+    x = rng.randint(0, 256, (32, 32, 3, 5)).astype(np.uint8)
+    y = np.array([[10], [1], [2], [10], [9]], dtype=np.uint8)
+    scipy_io.savemat(root / "train_32x32.mat", {"X": x, "y": y})
+    scipy_io.savemat(root / "test_32x32.mat", {"X": x[..., :2], "y": y[:2]})
+    splits = load_datasets("svhn", tmp_path, download=False)
+    assert len(splits.train) == 5 and len(splits.test) == 2
+    assert [splits.train_eval[i][1] for i in range(5)] == [0, 1, 2, 0, 9]  # 10 means digit 0
+    np.testing.assert_array_equal(as_bytes(splits.train_eval[3][0], splits.info),
+                                  np.transpose(x[..., 3], (2, 0, 1)))
+    assert splits.train[0][0].shape == (3, 32, 32)
+
+
+def test_svhn_without_scipy_says_how_to_fix(tmp_path, monkeypatch):
+    root = tmp_path / "svhn"
+    root.mkdir()
+    (root / "train_32x32.mat").write_bytes(b"x")
+    (root / "test_32x32.mat").write_bytes(b"x")
+    monkeypatch.setitem(sys.modules, "scipy", None)
+    monkeypatch.setitem(sys.modules, "scipy.io", None)
+    with pytest.raises(DataError, match="pip install scipy"):
+        load_datasets("svhn", tmp_path, download=False)
+
+
+def test_corrupt_svhn_is_a_data_error(tmp_path):
+    pytest.importorskip("scipy.io")
+    root = tmp_path / "svhn"
+    root.mkdir()
+    (root / "train_32x32.mat").write_bytes(b"not a mat file at all")
+    (root / "test_32x32.mat").write_bytes(b"not a mat file at all")
+    with pytest.raises(DataError, match="train_32x32.mat"):
+        load_datasets("svhn", tmp_path, download=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# image folders
+# ---------------------------------------------------------------------------------------------
+
+COLORS = {"apple": (200, 10, 10), "banana": (230, 220, 40), "cherry": (120, 0, 60)}
+
+
+def write_image_folder(root: Path, val_name: str = "val"):
+    for cls, color in COLORS.items():
+        for i in range(2):
+            write_png(root / "train" / cls / f"{i}.png", solid(color))
+        write_png(root / val_name / cls / "0.png", solid(color))
+    (root / "train" / ".hidden").mkdir()  # ignored, like ImageFolder's hidden files
+
+
+@pytest.mark.parametrize("val_name", ["val", "test"])
+def test_imagefolder(tmp_path, val_name):
+    write_image_folder(tmp_path, val_name)
+    info = dataset_info("imagefolder", tmp_path)
+    assert info.num_classes == 3 and info.image_size == 224 and info.imagenet_style
+    splits = load_datasets("imagefolder", tmp_path, download=False)
+    assert splits.info == info
+    assert len(splits.train) == 6 and len(splits.test) == 3
+    assert [splits.test[i][1] for i in range(3)] == [0, 1, 2]  # sorted class names
+    x, y = splits.test[1]
+    assert x.shape == (3, 224, 224) and y == 1
+    np.testing.assert_allclose(denormalise(x, info)[:, 112, 112] * 255, COLORS["banana"], atol=0.5)
+    torch.manual_seed(0)
+    xa, ya = splits.train[2]
+    assert xa.shape == (3, 224, 224) and ya == 1
+    assert splits.train_eval[2][0].shape == (3, 224, 224)
+
+
+def test_imagefolder_corrupt_image_is_a_data_error(tmp_path):
+    write_image_folder(tmp_path)
+    bad = tmp_path / "val" / "apple" / "0.png"
+    bad.write_bytes(b"not a png")
+    splits = load_datasets("imagefolder", tmp_path, download=False)
+    with pytest.raises(DataError, match="cannot read image"):
+        splits.test[0]
+
+
+def test_imagefolder_val_class_unknown_to_train(tmp_path):
+    write_image_folder(tmp_path)
+    write_png(tmp_path / "val" / "durian" / "0.png", solid((1, 2, 3)))
+    with pytest.raises(DataError, match="durian"):
+        load_datasets("imagefolder", tmp_path, download=False)
+
+
+WNIDS = ["n01443537", "n01629819", "n02085620"]
+
+
+def write_tiny_imagenet(data_dir: Path, original_val: bool):
+    root = data_dir / "tiny-imagenet-200"
+    rng = np.random.RandomState(4)
+    images = {}
+    for k, wnid in enumerate(WNIDS):
+        for i in range(2):
+            img = rng.randint(0, 256, (64, 64, 3))
+            write_png(root / "train" / wnid / "images" / f"{wnid}_{i}.JPEG", img)
+            images[("train", k, i)] = img
+        (root / "train" / wnid / f"{wnid}_boxes.txt").write_text("ignored\n")
+    lines = []
+    for n, k in enumerate([2, 0, 1, 2]):
+        img = rng.randint(0, 256, (64, 64, 3))
+        if original_val:
+            write_png(root / "val" / "images" / f"val_{n}.JPEG", img)
+            lines.append(f"val_{n}.JPEG\t{WNIDS[k]}\t0\t0\t63\t63")
+        else:
+            write_png(root / "val" / WNIDS[k] / f"val_{n}.JPEG", img)
+        images[("val", n)] = (k, img)
+    if original_val:
+        (root / "val" / "val_annotations.txt").write_text("\n".join(lines) + "\n")
+    return images
+
+
+@pytest.mark.parametrize("original_val", [True, False])
+def test_tiny_imagenet_layouts(tmp_path, original_val):
+    images = write_tiny_imagenet(tmp_path, original_val)
+    splits = load_datasets("tiny-imagenet", tmp_path, download=False)
+    info = splits.info
+    assert info.num_classes == 200 and info.image_size == 64
+    assert len(splits.train) == 6 and len(splits.test) == 4
+    x, y = splits.train_eval[3]  # second class, second image
+    assert y == 1
+    np.testing.assert_array_equal(as_bytes(x, info), np.transpose(images[("train", 1, 1)], (2, 0, 1)))
+    labels = sorted(splits.test[i][1] for i in range(4))
+    assert labels == [0, 1, 2, 2]
+    if original_val:  # original layout keeps the annotation order
+        k, img = images[("val", 0)]
+        x, y = splits.test[0]
+        assert y == k
+        np.testing.assert_array_equal(as_bytes(x, info), np.transpose(img, (2, 0, 1)))
+    assert splits.train[0][0].shape == (3, 64, 64)
+
+
+def test_tiny_imagenet_bad_annotation(tmp_path):
+    write_tiny_imagenet(tmp_path, original_val=True)
+    annotations = tmp_path / "tiny-imagenet-200" / "val" / "val_annotations.txt"
+    annotations.write_text("val_0.JPEG\tn99999999\t0\t0\t1\t1\n")
+    with pytest.raises(DataError, match="val_annotations.txt line 1"):
+        load_datasets("tiny-imagenet", tmp_path, download=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# digits, synthetic, validation split
+# ---------------------------------------------------------------------------------------------
+
+
+def test_digits_sizes_and_fixed_test_split():
+    a = load_datasets("digits", seed=0)
+    b = load_datasets("digits", seed=7, val_fraction=0.1)
+    assert len(a.train) + len(a.test) == 1797
+    assert a.info.num_classes == 10 and a.info.in_channels == 1
+    x, y = a.train[0]
+    assert x.shape == (1, 8, 8) and x.dtype == torch.float32 and y.dtype == torch.int64
+    ta, tb = a.test.tensors, b.test.tensors
+    assert torch.equal(ta[0], tb[0]) and torch.equal(ta[1], tb[1])  # independent of seed
+    assert set(ta[1].tolist()) == set(range(10))
+    pixels = denormalise(ta[0], a.info)
+    assert pixels.min() >= -1e-6 and pixels.max() <= 1 + 1e-6 and pixels.max() > 0.99
+
+
+def test_val_split_deterministic_and_disjoint():
+    full = len(load_datasets("digits").train)
+    a = load_datasets("digits", val_fraction=0.2, seed=3)
+    b = load_datasets("digits", val_fraction=0.2, seed=3)
+    c = load_datasets("digits", val_fraction=0.2, seed=4)
+    assert a.val.indices == b.val.indices and a.train.indices == b.train.indices
+    assert a.val.indices != c.val.indices
+    assert set(a.val.indices).isdisjoint(a.train.indices)
+    assert sorted(a.val.indices + a.train.indices) == list(range(full))
+    assert len(a.val) == round(full * 0.2)
+    assert a.train_eval.indices == a.train.indices
+
+
+def test_val_split_of_augmented_data_is_plain(tmp_path):
+    write_fake_cifar10(tmp_path)
+    splits = load_datasets("cifar10", tmp_path, download=False, val_fraction=0.25, seed=1)
+    assert len(splits.val) == 25 and len(splits.train) == len(splits.train_eval) == 75
+    torch.manual_seed(0)
+    assert all(torch.equal(splits.val[i][0], splits.val[i][0]) for i in range(5))  # no randomness
+    assert any(not torch.equal(splits.train[i][0], splits.train_eval[i][0]) for i in range(10))
+
+
+@pytest.mark.parametrize("fraction", [-0.1, 1.0, 1.5])
+def test_bad_val_fraction(fraction):
+    with pytest.raises(ConfigError, match="fraction"):
+        load_datasets("digits", val_fraction=fraction)
+
+
+def test_synthetic_is_deterministic():
+    torch.manual_seed(1)
+    a = load_datasets("synthetic")
+    torch.manual_seed(2)
+    torch.rand(10)
+    b = load_datasets("synthetic")
+    assert len(a.train) == 1024 and len(a.test) == 256
+    for i in (0, 5, 1023):
+        assert torch.equal(a.train[i][0], b.train[i][0]) and a.train[i][1] == b.train[i][1]
+    assert torch.equal(a.test[17][0], b.test[17][0])
+    assert not torch.equal(a.train[0][0], a.test[0][0])
+    x, y = a.train[3]
+    assert x.shape == (3, 32, 32) and x.dtype == torch.float32 and 0 <= y < 10
+
+
+def test_synthetic_classes_are_separable():
+    splits = load_datasets("synthetic")
+    xs, ys = map(torch.stack, zip(*[(x, torch.tensor(y)) for x, y in splits.train]))
+    tx, ty = map(torch.stack, zip(*[(x, torch.tensor(y)) for x, y in splits.test]))
+    means = torch.stack([xs[ys == c].mean(0) for c in range(10)]).flatten(1)
+    predicted = torch.cdist(tx.flatten(1), means).argmin(1)
+    assert (predicted == ty).float().mean() > 0.5
+
+
+# ---------------------------------------------------------------------------------------------
+# loaders and the batch stream
+# ---------------------------------------------------------------------------------------------
+
+
+def indices_dataset(n: int) -> TensorDataset:
+    return TensorDataset(torch.arange(n), torch.arange(n) % 3)
+
+
+def test_make_loader_seeded_shuffle():
+    ds = indices_dataset(50)
+
+    def order(seed):
+        return torch.cat([x for x, _ in make_loader(ds, 8, shuffle=True, seed=seed)]).tolist()
+
+    assert order(1) == order(1)
+    assert order(1) != order(2)
+    assert sorted(order(1)) == list(range(50))
+    assert torch.cat([x for x, _ in make_loader(ds, 8, shuffle=False)]).tolist() == list(range(50))
+    assert len(make_loader(ds, 8, shuffle=True, drop_last=True)) == 6
+
+
+def test_make_loader_pins_memory_only_for_cuda():
+    ds = indices_dataset(4)
+    assert not make_loader(ds, 2, shuffle=False).pin_memory
+    assert not make_loader(ds, 2, shuffle=False, device=torch.device("cpu")).pin_memory
+    assert make_loader(ds, 2, shuffle=False, device=torch.device("cuda")).pin_memory
+
+
+def test_loader_arguments_are_checked():
+    with pytest.raises(ConfigError):
+        make_loader(indices_dataset(4), 0, shuffle=False)
+    with pytest.raises(ConfigError):
+        BatchStream(indices_dataset(4), 2, workers=-1)
+
+
+def batches_equal(a, b) -> bool:
+    return all(torch.equal(xa, xb) and torch.equal(ya, yb) for (xa, ya), (xb, yb) in zip(a, b))
+
+
+def test_batch_stream_seeded():
+    ds = load_datasets("digits").train
+    a, b, c = BatchStream(ds, 32, seed=5), BatchStream(ds, 32, seed=5), BatchStream(ds, 32, seed=6)
+    first = a.take(3)
+    assert len(first) == 3 and first[0][0].shape == (32, 1, 8, 8)
+    assert batches_equal(first, b.take(3))
+    assert not batches_equal(first, c.take(3))
+
+
+def test_batch_stream_crosses_epochs_with_new_permutations():
+    stream = BatchStream(indices_dataset(10), 4, seed=0)
+    seen = torch.cat([x for x, _ in stream.take(10)]).tolist()  # 40 items = 4 epochs
+    epochs = [seen[i:i + 10] for i in range(0, 40, 10)]
+    for epoch in epochs:
+        assert sorted(epoch) == list(range(10))
+    assert epochs[0] != epochs[1]
+    assert all(x.shape == (4,) for x, _ in stream.take(3))  # every batch full
+
+
+def test_batch_stream_keeps_one_iterator(monkeypatch):
+    created = []
+    original = DataLoader.__iter__
+
+    def counting_iter(self):
+        created.append(1)
+        return original(self)
+
+    monkeypatch.setattr(DataLoader, "__iter__", counting_iter)
+    stream = BatchStream(indices_dataset(10), 4, seed=0)
+    stream.take(12)
+    stream.next()
+    assert len(created) == 1
+
+
+def test_batch_stream_augmentation_is_seeded_and_leaves_global_rng(tmp_path):
+    write_fake_cifar10(tmp_path)
+    train = load_datasets("cifar10", tmp_path, download=False).train
+    torch.manual_seed(123)
+    a = BatchStream(train, 16, seed=9).take(3)
+    state = torch.get_rng_state()
+    b = BatchStream(train, 16, seed=9).take(3)
+    assert torch.equal(state, torch.get_rng_state())  # the stream did not consume the global RNG
+    torch.manual_seed(999)
+    c = BatchStream(train, 16, seed=9).take(3)
+    assert batches_equal(a, b) and batches_equal(a, c)
+
+
+def test_batch_stream_with_workers_is_seeded():
+    ds = load_datasets("synthetic").train
+    a = BatchStream(ds, 16, seed=2, workers=2).take(3)
+    b = BatchStream(ds, 16, seed=2, workers=2).take(3)
+    assert batches_equal(a, b)
+    assert batches_equal(a, BatchStream(ds, 16, seed=2).take(3))  # same batches as in-process

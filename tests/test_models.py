@@ -1,0 +1,372 @@
+"""Model registry: shapes, parameter counts, refusals, init schemes, determinism."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import force_cli.models as models
+from force_cli.errors import IncompatibleError, UnknownNameError
+from force_cli.models import (
+    DEFAULT_INIT, INIT_SCHEMES, MODELS, build_model, check_compatible, initialize, model_names,
+)
+
+NAMES = [
+    "resnet18", "resnet34", "resnet50", "resnet101", "resnet110", "resnet152",
+    "vgg11", "vgg13", "vgg16", "vgg19", "lenet300", "lenet5",
+]
+
+
+def _count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _meta_model(name: str, **kwargs) -> nn.Module:
+    """Build on the meta device: shapes and counts without allocating or initialising weights."""
+    with torch.device("meta"):
+        return build_model(name, init=None, **kwargs)
+
+
+def _torchvision_models():
+    """torchvision.models, or skip: its PyPI wheels fail to import against CPU-only torch."""
+    try:
+        import torchvision.models
+    except (ImportError, RuntimeError, OSError) as error:
+        pytest.skip(f"torchvision does not import here: {error}")
+    return torchvision.models
+
+
+# --- registry -------------------------------------------------------------------------------
+
+
+def test_registry_names_are_exact_and_in_order():
+    assert model_names() == NAMES
+    assert list(MODELS) == NAMES
+    assert all(MODELS[n].name == n for n in NAMES)
+
+
+def test_descriptions_are_single_lines():
+    for spec in MODELS.values():
+        assert spec.description and "\n" not in spec.description
+
+
+def test_init_registry():
+    assert DEFAULT_INIT == "kaiming-normal"
+    assert set(INIT_SCHEMES) == {"kaiming-normal", "kaiming-normal-fan-out", "xavier-normal", "orthogonal"}
+
+
+# --- shapes ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("imagenet_style,size", [(False, 32), (True, 64), (True, 224)])
+@pytest.mark.parametrize("name", NAMES)
+def test_output_shape_of_every_model(name, imagenet_style, size):
+    model = _meta_model(name, num_classes=7, in_channels=3, image_size=size, imagenet_style=imagenet_style)
+    assert model(torch.empty(2, 3, size, size, device="meta")).shape == (2, 7)
+
+
+@pytest.mark.parametrize("name,batch", [
+    ("resnet18", 2), ("resnet110", 2), ("vgg11", 2), ("vgg19", 2), ("lenet300", 2), ("lenet5", 2),
+    ("resnet50", 1),
+])
+def test_real_forward_returns_finite_logits(name, batch):
+    torch.manual_seed(0)
+    model = build_model(name, num_classes=5, in_channels=3, image_size=32)
+    out = model(torch.randn(batch, 3, 32, 32))
+    assert out.shape == (batch, 5) and torch.isfinite(out).all()
+    # Raw logits, not probabilities.
+    assert not torch.allclose(out.softmax(1).sum(1), out.sum(1))
+
+
+@pytest.mark.parametrize("name", ["resnet18", "vgg11"])
+def test_single_channel_input(name):
+    torch.manual_seed(0)
+    model = build_model(name, num_classes=10, in_channels=1, image_size=32)
+    assert model(torch.randn(2, 1, 32, 32)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "vgg11"])
+def test_single_channel_imagenet_first_conv(name):
+    model = _meta_model(name, num_classes=10, in_channels=1, image_size=64, imagenet_style=True)
+    first_conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+    assert first_conv.in_channels == 1
+    assert model(torch.empty(2, 1, 64, 64, device="meta")).shape == (2, 10)
+
+
+def test_cifar_vgg_classifier_sees_512_features_at_any_accepted_size():
+    torch.manual_seed(0)
+    model = build_model("vgg11", num_classes=3, in_channels=3, image_size=64)
+    assert model.classifier.in_features == 512
+    assert model(torch.randn(2, 3, 64, 64)).shape == (2, 3)
+    assert model(torch.randn(2, 3, 48, 48)).shape == (2, 3)
+
+
+def test_generic_models_on_imagenet_style_data_use_their_generic_builder():
+    lenet = _meta_model("lenet300", num_classes=200, in_channels=3, image_size=64, imagenet_style=True)
+    assert lenet.fc1.in_features == 3 * 64 * 64
+    resnet = _meta_model("resnet110", num_classes=200, in_channels=3, image_size=64, imagenet_style=True)
+    assert resnet.conv1.out_channels == 16
+    tv_resnet = _meta_model("resnet18", num_classes=200, in_channels=3, image_size=64, imagenet_style=True)
+    assert tv_resnet.conv1.kernel_size == (7, 7)
+
+
+def test_lenet5_smallest_accepted_size_works():
+    torch.manual_seed(0)
+    model = build_model("lenet5", num_classes=10, in_channels=1, image_size=12)
+    assert model(torch.randn(2, 1, 12, 12)).shape == (2, 10)
+
+
+# --- parameter counts -----------------------------------------------------------------------
+
+# Published figures: kuangliu/pytorch-cifar ResNets with 10 classes; torchvision's model cards.
+CIFAR_RESNET_PARAMS = {
+    "resnet18": 11_173_962, "resnet34": 21_282_122, "resnet50": 23_520_842,
+    "resnet101": 42_512_970, "resnet152": 58_156_618,
+}
+TORCHVISION_PARAMS = {
+    "resnet18": 11_689_512, "resnet34": 21_797_672, "resnet50": 25_557_032,
+    "resnet101": 44_549_160, "resnet152": 60_192_808,
+    "vgg11": 132_868_840, "vgg13": 133_053_736, "vgg16": 138_365_992, "vgg19": 143_678_248,
+}
+# Standard VGG cfgs with the fifth max-pool left out (replaced by the average pool).
+VGG_CFGS = {
+    "vgg11": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512],
+    "vgg13": [64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512],
+    "vgg16": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512],
+    "vgg19": [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M",
+              512, 512, 512, 512],
+}
+
+
+@pytest.mark.parametrize("name,expected", CIFAR_RESNET_PARAMS.items())
+def test_cifar_resnet_parameter_counts(name, expected):
+    assert _count(_meta_model(name, num_classes=10, in_channels=3, image_size=32)) == expected
+
+
+def test_resnet110_parameter_count_by_hand():
+    # 6n+2 with n=18: stem, 3 stages of 2-conv blocks (option-A shortcuts have no weights), fc.
+    conv = lambda cin, cout: cin * cout * 9  # noqa: E731
+    bn = lambda c: 2 * c  # noqa: E731
+    total = conv(3, 16) + bn(16)
+    cin = 16
+    for planes in (16, 32, 64):
+        for _ in range(18):
+            total += conv(cin, planes) + bn(planes) + conv(planes, planes) + bn(planes)
+            cin = planes
+    total += 64 * 10 + 10
+    assert total == 1_727_962
+    model = _meta_model("resnet110", num_classes=10, in_channels=3, image_size=32)
+    assert _count(model) == total
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    assert len(convs) + len(linears) == 110
+
+
+@pytest.mark.parametrize("name", VGG_CFGS)
+def test_cifar_vgg_parameter_counts_by_hand(name):
+    total, cin = 0, 3
+    for v in VGG_CFGS[name]:
+        if v != "M":
+            total += cin * v * 9 + 2 * v  # bias-free 3x3 conv + BN weight and bias
+            cin = v
+    total += 512 * 10 + 10
+    if name == "vgg19":
+        assert total == 20_035_018
+    assert _count(_meta_model(name, num_classes=10, in_channels=3, image_size=32)) == total
+
+
+def test_lenet_parameter_counts():
+    torch.manual_seed(0)
+    assert _count(build_model("lenet300", num_classes=10, in_channels=1, image_size=28)) == 266_610
+    # LeNet-5 on 28x28 with a padded first conv: the classic 61,706.
+    assert _count(build_model("lenet5", num_classes=10, in_channels=1, image_size=28)) == 61_706
+
+
+@pytest.mark.parametrize("name,expected", TORCHVISION_PARAMS.items())
+def test_imagenet_parameter_counts_match_torchvision(name, expected):
+    model = _meta_model(name, num_classes=1000, in_channels=3, image_size=224, imagenet_style=True)
+    assert _count(model) == expected
+
+
+# Keys of torchvision's state_dicts (present) and keys its layout never has (absent).
+TORCHVISION_KEYS = {
+    "resnet18": (["conv1.weight", "bn1.running_mean", "layer2.0.downsample.0.weight", "fc.bias"],
+                 ["layer1.0.downsample.0.weight", "conv1.bias"]),
+    "resnet50": (["layer1.0.downsample.1.weight", "layer4.2.conv3.weight", "fc.weight"],
+                 ["layer2.1.downsample.0.weight"]),
+    "vgg11": (["features.0.bias", "features.1.running_var", "classifier.3.weight", "classifier.6.bias"],
+              ["classifier.7.weight"]),
+    "vgg16": (["features.40.weight", "features.41.num_batches_tracked", "classifier.0.weight"],
+              ["features.44.weight"]),
+}
+
+
+@pytest.mark.parametrize("name", TORCHVISION_KEYS)
+def test_imagenet_state_dict_keys_are_torchvision_keys(name):
+    keys = _meta_model(name, num_classes=1000, in_channels=3, image_size=224, imagenet_style=True).state_dict()
+    present, absent = TORCHVISION_KEYS[name]
+    assert [k for k in present if k not in keys] == []
+    assert [k for k in absent if k in keys] == []
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet152", "vgg11_bn", "vgg19_bn"])
+def test_imagenet_models_mirror_torchvision(name):
+    tvm = _torchvision_models()
+    with torch.device("meta"):
+        theirs = getattr(tvm, name)(weights=None, num_classes=10)
+    ours = _meta_model(name.removesuffix("_bn"), num_classes=10, in_channels=3, image_size=224,
+                       imagenet_style=True)
+    assert {k: v.shape for k, v in ours.state_dict().items()} == {
+        k: v.shape for k, v in theirs.state_dict().items()
+    }
+
+
+# --- refusals -------------------------------------------------------------------------------
+
+
+def test_vgg_refuses_16x16():
+    with pytest.raises(IncompatibleError, match=r"at least 32x32.*got 16x16"):
+        check_compatible("vgg19", num_classes=10, in_channels=3, image_size=16)
+    with pytest.raises(IncompatibleError, match="at least 32x32"):
+        check_compatible("vgg11", num_classes=10, in_channels=3, image_size=31, imagenet_style=True)
+    check_compatible("vgg19", num_classes=10, in_channels=3, image_size=32)
+
+
+def test_lenet5_refuses_8x8_and_suggests_lenet300():
+    with pytest.raises(IncompatibleError) as info:
+        build_model("lenet5", num_classes=10, in_channels=1, image_size=8)
+    message = str(info.value)
+    assert "lenet300" in message and "8x8" in message and "\n" not in message
+    with pytest.raises(IncompatibleError):
+        check_compatible("lenet5", num_classes=10, in_channels=1, image_size=11)
+    check_compatible("lenet5", num_classes=10, in_channels=1, image_size=12)
+
+
+@pytest.mark.parametrize("field", ["num_classes", "in_channels", "image_size"])
+def test_non_positive_sizes_are_refused(field):
+    kwargs = dict(num_classes=10, in_channels=3, image_size=32)
+    kwargs[field] = 0
+    with pytest.raises(IncompatibleError, match=field):
+        check_compatible("resnet18", **kwargs)
+
+
+def test_refusal_happens_before_building(monkeypatch):
+    def exploding_builder(*args):
+        raise AssertionError("builder must not run for an incompatible pair")
+
+    spec = dataclasses.replace(MODELS["lenet5"], builder=exploding_builder)
+    monkeypatch.setitem(models.MODELS, "lenet5", spec)
+    with pytest.raises(IncompatibleError):
+        build_model("lenet5", num_classes=10, in_channels=1, image_size=8)
+    with pytest.raises(UnknownNameError):
+        build_model("lenet5", num_classes=10, in_channels=1, image_size=28, init="bogus")
+
+
+def test_unknown_model_lists_known_names():
+    with pytest.raises(UnknownNameError) as info:
+        build_model("resnet9000", num_classes=10, in_channels=3, image_size=32)
+    assert info.value.kind == "model"
+    assert info.value.known == sorted(NAMES)
+    assert "resnet9000" in str(info.value) and "lenet300" in str(info.value)
+
+
+def test_unknown_init_lists_known_schemes():
+    with pytest.raises(UnknownNameError) as info:
+        initialize(nn.Linear(2, 2), "he-uniform")
+    assert info.value.kind == "init" and info.value.known == sorted(INIT_SCHEMES)
+    with pytest.raises(UnknownNameError, match="kaiming-normal"):
+        build_model("lenet300", num_classes=10, in_channels=1, image_size=8, init="he-uniform")
+
+
+# --- init schemes ---------------------------------------------------------------------------
+
+
+def _initialized(module: nn.Module, scheme: str) -> nn.Module:
+    torch.manual_seed(0)
+    initialize(module, scheme)
+    return module
+
+
+def test_kaiming_fan_in_std():
+    layer = _initialized(nn.Linear(2048, 512), "kaiming-normal")
+    assert layer.weight.std().item() == pytest.approx(math.sqrt(2 / 2048), rel=0.05)
+
+
+def test_kaiming_fan_out_std():
+    layer = _initialized(nn.Conv2d(64, 256, 3), "kaiming-normal-fan-out")
+    assert layer.weight.std().item() == pytest.approx(math.sqrt(2 / (256 * 9)), rel=0.05)
+
+
+def test_xavier_normal_std():
+    layer = _initialized(nn.Linear(1024, 512), "xavier-normal")
+    assert layer.weight.std().item() == pytest.approx(math.sqrt(2 / (1024 + 512)), rel=0.05)
+
+
+def test_orthogonal_rows():
+    layer = _initialized(nn.Linear(256, 64), "orthogonal")
+    w = layer.weight
+    assert torch.allclose(w @ w.T, torch.eye(64), atol=1e-5)
+
+
+@pytest.mark.parametrize("scheme", sorted(INIT_SCHEMES))
+def test_init_zeroes_biases_and_resets_batch_norm(scheme):
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.Flatten(), nn.Linear(8, 4))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.uniform_(0.5, 1.5)
+    _initialized(model, scheme)
+    assert torch.all(model[0].bias == 0) and torch.all(model[3].bias == 0)
+    assert torch.all(model[1].weight == 1) and torch.all(model[1].bias == 0)
+    assert not torch.all((model[0].weight >= 0.5) & (model[0].weight <= 1.5))
+
+
+def test_build_model_applies_default_init_and_none_keeps_pytorch_default():
+    torch.manual_seed(0)
+    model = build_model("lenet300", num_classes=10, in_channels=1, image_size=28)
+    assert model.fc1.weight.std().item() == pytest.approx(math.sqrt(2 / 784), rel=0.05)
+    assert torch.all(model.fc1.bias == 0)
+    torch.manual_seed(0)
+    plain = build_model("lenet300", num_classes=10, in_channels=1, image_size=28, init=None)
+    assert not torch.all(plain.fc1.bias == 0)  # PyTorch's default uniform bias
+    assert plain.fc1.weight.abs().max().item() <= 1 / math.sqrt(784) + 1e-6
+
+
+# --- determinism and stability ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name,init", [("lenet5", DEFAULT_INIT), ("resnet18", "orthogonal"), ("vgg11", None)])
+def test_same_seed_same_weights(name, init):
+    def build(seed):
+        torch.manual_seed(seed)
+        return build_model(name, num_classes=10, in_channels=3, image_size=32, init=init).state_dict()
+
+    first, second, other = build(1), build(1), build(2)
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    assert any(not torch.equal(first[k], other[k]) for k in first if first[k].is_floating_point())
+
+
+@pytest.mark.parametrize("imagenet_style", [False, True])
+@pytest.mark.parametrize("name", NAMES)
+def test_no_in_place_modules_or_renamed_weights(name, imagenet_style):
+    model = _meta_model(name, num_classes=10, in_channels=3, image_size=64, imagenet_style=imagenet_style)
+    assert not [m for m in model.modules() if getattr(m, "inplace", False)]
+    assert not [k for k in model.state_dict() if k.endswith(("_orig", "_mask"))]
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet110", "vgg11", "lenet5"])
+def test_hessian_vector_product_works(name):
+    """GraSP differentiates through the gradient: double backward must work on these models."""
+    torch.manual_seed(0)
+    model = build_model(name, num_classes=4, in_channels=3, image_size=32)
+    params = [p for p in model.parameters() if p.dim() > 1]
+    loss = nn.functional.cross_entropy(model(torch.randn(2, 3, 32, 32)), torch.tensor([0, 3]))
+    grads = torch.autograd.grad(loss, params, create_graph=True)
+    z = sum((g * torch.ones_like(g)).sum() for g in grads)
+    hvp = torch.autograd.grad(z, params)
+    assert all(h.shape == p.shape for h, p in zip(hvp, params))
+    assert any(h.abs().sum() > 0 for h in hvp)
