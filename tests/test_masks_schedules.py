@@ -85,3 +85,36 @@ def test_validate_masks_names_missing_extra_and_misshaped_masks():
         validate_masks(good | {"9.weight": torch.ones(1, dtype=torch.bool)}, model)
     with pytest.raises(CheckpointError, match=r"shape \(5, 5\)"):
         validate_masks(good | {"0.weight": torch.ones(5, 5, dtype=torch.bool)}, model)
+
+
+def sorted_reference_top_k(scores, k):
+    """A second implementation for large inputs: one stable sort (ties by index, NaN last)."""
+    names = list(scores)
+    flat = torch.cat([scores[n].flatten() for n in names]).double()
+    key = torch.where(torch.isnan(flat), torch.tensor(float("inf"), dtype=flat.dtype), -flat)
+    order = torch.sort(key, stable=True).indices
+    keep = torch.zeros(flat.numel(), dtype=torch.bool)
+    keep[order[:k]] = True
+    return dict(zip(names, torch.split(keep, [scores[n].numel() for n in names]))), names
+
+
+@pytest.mark.parametrize("case", ["continuous", "ties", "masked", "nan_heavy"])
+@pytest.mark.parametrize("fraction", [0.001, 0.3, 0.97])
+def test_top_k_on_large_inputs_matches_a_full_sort(case, fraction):
+    g = torch.Generator().manual_seed(11)
+    a, b = torch.rand(300, 700, generator=g), torch.rand(123_457, generator=g)
+    if case == "ties":
+        a, b = (a * 20).floor(), (b * 20).floor()
+    if case == "masked":  # like a non-reviving method: most scores are -inf
+        a[a < 0.6] = float("-inf")
+        b[b < 0.6] = float("-inf")
+    if case == "nan_heavy":
+        a[a < 0.5] = float("nan")
+    scores = {"a": a, "b": b}
+    total = a.numel() + b.numel()
+    k = max(1, round(fraction * total))
+    masks = keep_top_k(scores, k)
+    ref, names = sorted_reference_top_k(scores, k)
+    for n in names:
+        assert torch.equal(masks[n].flatten(), ref[n]), n
+    assert sum(int(m.sum()) for m in masks.values()) == k

@@ -87,7 +87,9 @@ def average_gradients(ctx: ScoringContext, batches: list[Batch]) -> dict[str, to
         w.grad = None
     for batch in batches:
         _loss(ctx.model, batch).backward()
-    return {name: w.grad.div_(len(batches)) for name, w in ctx.weights.items()}
+    if len(batches) > 1:
+        torch._foreach_div_([w.grad for w in ctx.weights.values()], len(batches))
+    return {name: w.grad for name, w in ctx.weights.items()}
 
 
 def masked_gradients(ctx: ScoringContext, masks: Masks) -> dict[str, torch.Tensor]:
@@ -101,13 +103,13 @@ def masked_gradients(ctx: ScoringContext, masks: Masks) -> dict[str, torch.Tenso
 
 def connection_sensitivity(ctx: ScoringContext, masks: Masks) -> Scores:
     """|θ0 ⊙ ∇L(θ0 ⊙ c)|: FORCE's foresight saliency; SNIP's when c = 1; Iterative SNIP's on kept weights."""
-    grads = masked_gradients(ctx, masks)
-    return {name: (ctx.initial[name] * g).abs_() for name, g in grads.items()}
+    grads = masked_gradients(ctx, masks)  # fresh tensors owned by this step: transform in place
+    return {name: g.mul_(ctx.initial[name]).abs_() for name, g in grads.items()}
 
 
 def squared_gradient(ctx: ScoringContext, masks: Masks) -> Scores:
     """(∇L(θ ⊙ c))²: GraSP-It, the reference code's gradient-norm approximation."""
-    return {name: g.square() for name, g in masked_gradients(ctx, masks).items()}
+    return {name: g.square_() for name, g in masked_gradients(ctx, masks).items()}
 
 
 def grasp(ctx: ScoringContext, masks: Masks) -> Scores:
@@ -126,7 +128,7 @@ def grasp(ctx: ScoringContext, masks: Masks) -> Scores:
         grads = torch.autograd.grad(_loss(ctx.model, batch), params, create_graph=True)
         dot = sum((g[n] * gr).sum() for n, gr in zip(names, grads))
         dot.backward()
-    return {n: ctx.initial[n] * ctx.weights[n].grad.div_(len(batches)) for n in names}
+    return {n: ctx.weights[n].grad.div_(len(batches)).mul_(ctx.initial[n]) for n in names}
 
 
 def _synflow_model(ctx: ScoringContext) -> nn.Module:
