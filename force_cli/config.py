@@ -50,12 +50,24 @@ class PruneConfig(CommonSettings, PruneSettings):
     """Everything `force prune` needs: the shared settings plus the prune section, flattened."""
 
 
+@dataclass
+class SweepSettings:
+    """The ``sweep:`` section of a recipe: the grid that `force sweep` runs, prune -> train -> eval per cell."""
+
+    methods: list[str] = dataclasses.field(default_factory=lambda: ["force"])
+    sparsities: list[float] = dataclasses.field(default_factory=list)
+    seeds: list[int] = dataclasses.field(default_factory=lambda: [0])
+    title: str = ""  # shown on the results table and plot
+
+
 #: Recipe sections and the dataclass that types each. Other commands add theirs here.
-SECTIONS: dict[str, type] = {"prune": PruneSettings}
+SECTIONS: dict[str, type] = {"prune": PruneSettings, "sweep": SweepSettings}
 
 
 def _type_name(tp) -> str:
-    return getattr(tp, "__name__", str(tp).replace("typing.", ""))
+    if typing.get_origin(tp) is None and hasattr(tp, "__name__"):
+        return tp.__name__
+    return str(tp).replace("typing.", "")
 
 
 def _matches(value: Any, tp) -> bool:

@@ -1,0 +1,152 @@
+"""Summaries of a sweep's results file: mean ± std test accuracy per method and sparsity,
+as a rich table, Markdown, CSV, and a plot in the style of the paper's figures."""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from force_cli.errors import ConfigError, DataError
+
+RESULTS_FILE = "results.jsonl"
+
+
+@dataclass(frozen=True)
+class Row:
+    method: str
+    sparsity: float
+    n: int
+    mean: float
+    std: float  # sample standard deviation; 0 for a single seed
+    accuracies: tuple[float, ...]
+
+    @property
+    def remaining(self) -> float:
+        return 1.0 - self.sparsity
+
+
+def read_results(path: Path) -> list[dict]:
+    """The finished cells of a results file; a last line cut short by an interruption is ignored."""
+    if not path.exists():
+        return []
+    records = []
+    lines = path.read_text().splitlines()
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number == len(lines):  # interrupted while appending: that cell simply is not finished
+                continue
+            raise DataError(f"{path}: line {number} is not valid JSON; delete that line and re-run the sweep") from None
+    return records
+
+
+def summarise(records: list[dict], metric: str = "test_acc") -> list[Row]:
+    groups: dict[tuple[str, float], list[float]] = defaultdict(list)
+    order: list[str] = []
+    for r in records:
+        if r["method"] not in order:
+            order.append(r["method"])
+        groups[(r["method"], float(r["sparsity"]))].append(float(r[metric]))
+    rows = []
+    for (method, sparsity), values in groups.items():
+        std = statistics.stdev(values) if len(values) > 1 else 0.0
+        rows.append(Row(method, sparsity, len(values), statistics.fmean(values), std, tuple(values)))
+    return sorted(rows, key=lambda r: (order.index(r.method), r.sparsity))
+
+
+def _pivot(rows: list[Row]):
+    methods = list(dict.fromkeys(r.method for r in rows))
+    sparsities = sorted({r.sparsity for r in rows})
+    cell = {(r.method, r.sparsity): r for r in rows}
+    return methods, sparsities, cell
+
+
+def _fmt(row: Row | None) -> str:
+    if row is None:
+        return "–"
+    return f"{100 * row.mean:.2f} ± {100 * row.std:.2f} (n={row.n})"
+
+
+def render_table(rows: list[Row], console: Console, title: str = "test accuracy (%)") -> None:
+    methods, sparsities, cell = _pivot(rows)
+    table = Table(title=title)
+    table.add_column("method")
+    for s in sparsities:
+        table.add_column(f"s={s:g}", justify="right")
+    for m in methods:
+        table.add_row(m, *[_fmt(cell.get((m, s))) for s in sparsities])
+    console.print(table)
+
+
+def markdown(rows: list[Row]) -> str:
+    methods, sparsities, cell = _pivot(rows)
+    header = "| method | " + " | ".join(f"{100 * s:g}% sparse" for s in sparsities) + " |"
+    rule = "|---|" + "---:|" * len(sparsities)
+    body = [f"| {m} | " + " | ".join(_fmt(cell.get((m, s))) for s in sparsities) + " |" for m in methods]
+    return "\n".join([header, rule, *body]) + "\n"
+
+
+def write_csv(rows: list[Row], path: Path) -> None:
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["method", "sparsity", "remaining", "n", "mean_test_acc", "std_test_acc", "accuracies"])
+        for r in rows:
+            writer.writerow([r.method, r.sparsity, f"{r.remaining:.6g}", r.n, f"{r.mean:.6f}", f"{r.std:.6f}",
+                             " ".join(f"{a:.6f}" for a in r.accuracies)])
+
+
+def plot(rows: list[Row], stem: Path, title: str = "") -> list[Path]:
+    """Accuracy against the fraction of weights remaining (log axis), one line per method."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ConfigError("plotting needs matplotlib: pip install 'force-cli[plot]' (tables were still written)") from None
+    methods, _, _ = _pivot(rows)
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for m in methods:
+        mine = sorted((r for r in rows if r.method == m), key=lambda r: r.remaining)
+        ax.errorbar([r.remaining for r in mine], [100 * r.mean for r in mine], yerr=[100 * r.std for r in mine],
+                    marker="o", markersize=4, capsize=3, label=m)
+    ax.set_xscale("log")
+    ax.invert_xaxis()  # sparser to the right, as in the paper's figures
+    ax.set_xlabel("fraction of weights remaining (log scale)")
+    ax.set_ylabel("test accuracy (%)")
+    if title:
+        ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    paths = [stem.with_suffix(".png"), stem.with_suffix(".svg")]
+    for p in paths:
+        fig.savefig(p, dpi=150)
+    plt.close(fig)
+    return paths
+
+
+def write_report(out_dir: Path, console: Console | None = None, title: str = "") -> dict[str, Path]:
+    """Read ``out_dir/results.jsonl``, print the table, write results.md/.csv/.png/.svg beside it."""
+    records = read_results(out_dir / RESULTS_FILE)
+    if not records:
+        raise DataError(f"no finished cells in {out_dir / RESULTS_FILE}; run `force sweep RECIPE --out {out_dir}` first")
+    rows = summarise(records)
+    if console is not None:
+        render_table(rows, console, title=f"{title} test accuracy (%), mean ± std over seeds".strip())
+    written = {"markdown": out_dir / "results.md", "csv": out_dir / "results.csv"}
+    written["markdown"].write_text(markdown(rows))
+    write_csv(rows, written["csv"])
+    png, svg = plot(rows, out_dir / "results", title=title)
+    written |= {"png": png, "svg": svg}
+    return written
