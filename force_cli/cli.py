@@ -22,6 +22,8 @@ from force_cli.data import DATASETS
 from force_cli.errors import ForceError
 from force_cli.models import INIT_SCHEMES, MODELS
 from force_cli.pruning import METHODS, SCHEDULES
+from force_cli.evaluation import SPLITS
+from force_cli.training import LR_SCHEDULES, OPTIMIZERS, TRAIN_DEFAULTS
 
 app = typer.Typer(
     name="force",
@@ -168,6 +170,184 @@ def inspect(
         print(json.dumps(report))
     else:
         render(report, stdout)
+
+
+def _train_defaults_help() -> str:
+    """The per-dataset training defaults, one line per distinct set, for `force train --help`."""
+    groups: dict[str, list[str]] = {}
+    for name, d in TRAIN_DEFAULTS.items():
+        milestones = ",".join(map(str, d["milestones"]))
+        line = (f"{d['optimizer']} lr {d['lr']:g} momentum {d['momentum']:g} weight decay {d['weight_decay']:g}, "
+                f"batch {d['batch_size']}, {d['epochs']} epochs, lr x{d['gamma']:g} after {milestones}, "
+                f"val fraction {d['val_fraction']:g}")
+        groups.setdefault(line, []).append(name)
+    return "\n\n".join(f"  {', '.join(names)}: {line}" for line, names in groups.items())
+
+
+def _milestones(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(part) for part in text.replace(" ", "").split(",") if part]
+    except ValueError:
+        raise ForceError(f"--milestones must be comma-separated epochs such as 150,250, got '{text}'") from None
+
+
+@app.command(
+    epilog="Training defaults by dataset (each can be changed by a flag or a recipe's train: section):\n\n"
+    + _train_defaults_help()
+    + "\n\nWith --optimizer adam the default lr is 0.001. The seed defaults to the checkpoint's.\n\n"
+    "Writes OUTPUT (default: CHECKPOINT's name with -trained) and prints its path. Every --save-every "
+    "epochs, and on Ctrl-C or SIGTERM, the progress goes to OUTPUT's name with .partial.safetensors; "
+    "continue it with --resume. Exit codes: 0 done, 2 bad input, 1 the loss became NaN or infinite "
+    "(the last good partial checkpoint is kept), 130/143 interrupted (progress saved).\n\n"
+    "Examples:\n\n"
+    "  force train lenet.safetensors --epochs 30 --log lenet.jsonl\n\n"
+    "  force train \"$(force prune --model vgg19 --sparsity 0.99 --quiet)\" --amp --workers 8\n\n"
+    "  force train --resume lenet-trained.partial.safetensors",
+)
+@user_errors
+def train(
+    checkpoint: Annotated[Optional[Path], typer.Argument(help="Checkpoint to train (made by `force prune`).", show_default=False)] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Trained checkpoint to write (default: CHECKPOINT-trained.safetensors).")] = None,
+    resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue the partial checkpoint of an interrupted run (instead of CHECKPOINT).")] = None,
+    epochs: Annotated[Optional[int], typer.Option("--epochs", help="Epochs to train (default: per dataset, below).")] = None,
+    lr: Annotated[Optional[float], typer.Option("--lr", help="Initial learning rate.")] = None,
+    optimizer: Annotated[Optional[str], typer.Option("--optimizer", help=f"Optimizer (default: sgd): {_names(OPTIMIZERS)}.")] = None,
+    momentum: Annotated[Optional[float], typer.Option("--momentum", help="SGD momentum (default: 0.9).")] = None,
+    weight_decay: Annotated[Optional[float], typer.Option("--weight-decay", help="L2 weight decay.")] = None,
+    lr_schedule: Annotated[Optional[str], typer.Option("--lr-schedule", help=f"Learning-rate schedule (default: multistep): {_names(LR_SCHEDULES)}.")] = None,
+    milestones: Annotated[Optional[str], typer.Option("--milestones", help="multistep: comma-separated epochs after which lr is multiplied by --gamma, e.g. 150,250.")] = None,
+    gamma: Annotated[Optional[float], typer.Option("--gamma", help="multistep: lr factor at each milestone (default: 0.1).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Training mini-batch size.")] = None,
+    val_fraction: Annotated[Optional[float], typer.Option("--val-fraction", help="Fraction of the training set held out for validation.")] = None,
+    augment: Annotated[Optional[bool], typer.Option("--augment/--no-augment", help="Training augmentation (crops and flips where the dataset has them) (default: augment).")] = None,
+    workers: Annotated[Optional[int], typer.Option("--workers", help="Data-loading worker processes (default: 0).")] = None,
+    amp: Annotated[Optional[bool], typer.Option("--amp/--no-amp", help="Mixed precision (autocast, bfloat16 where supported) on CUDA; no effect on CPU (default: no-amp).")] = None,
+    channels_last: Annotated[Optional[bool], typer.Option("--channels-last/--no-channels-last", help="channels_last memory format for conv nets (faster on recent GPUs) (default: no).")] = None,
+    save_every: Annotated[Optional[int], typer.Option("--save-every", help="Epochs between partial checkpoints; 0: only when interrupted (default: 1).")] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Seed of the data order, augmentation and validation split (default: the checkpoint's).")] = None,
+    device: DeviceOpt = None,
+    data_dir: Annotated[Optional[str], typer.Option("--data-dir", help="Dataset root (default: the checkpoint's, $FORCE_DATA or the user cache).")] = None,
+    download: Annotated[Optional[bool], typer.Option("--download/--no-download", help="Download a missing dataset (default: download).")] = None,
+    recipe: RecipeOpt = None,
+    log: Annotated[Optional[Path], typer.Option("--log", help="Append one JSON line per epoch to this file (.jsonl).")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output (and a stale partial checkpoint).")] = False,
+    quiet: QuietOpt = False,
+):
+    """Train a pruned checkpoint with its masks enforced; write a trained checkpoint and print its path."""
+    from force_cli.config import TrainSettings
+    from force_cli.device import resolve_device
+    from force_cli.train_job import TrainingInterrupted, train_checkpoint
+    from force_cli.training import TrainCallbacks, TrainingDiverged
+
+    flags = dict(epochs=epochs, lr=lr, optimizer=optimizer, momentum=momentum, weight_decay=weight_decay,
+                 lr_schedule=lr_schedule, milestones=_milestones(milestones), gamma=gamma, batch_size=batch_size,
+                 val_fraction=val_fraction, augment=augment, workers=workers, amp=amp, channels_last=channels_last,
+                 save_every=save_every)
+    common: dict = {}
+    if resume is not None:
+        if recipe is not None:
+            raise ForceError("--recipe cannot be combined with --resume: the run's settings are in the partial checkpoint")
+        settings = {k: v for k, v in flags.items() if v is not None}
+    else:
+        loaded = load_recipe(recipe) if recipe else None
+        common = loaded.common if loaded else {}
+        settings = resolve(TrainSettings, loaded.sections.get("train", {}) if loaded else None, flags)
+
+    def pick(value, key: str, default=None):  # flag > recipe > default
+        return value if value is not None else common.get(key, default)
+
+    device = pick(device, "device", "auto")
+    wants_amp = settings.get("amp") if isinstance(settings, dict) else settings.amp
+    if wants_amp and not quiet and resolve_device(device).type != "cuda":
+        stderr.print("note: --amp has no effect on CPU", highlight=False)
+
+    with progress_bar(quiet) as bar:
+        tasks: dict = {}
+
+        def on_start(first: int, last: int, batches: int):
+            tasks["epoch"] = bar.add_task("epoch", total=last, completed=first - 1, status="")
+            tasks["batch"] = bar.add_task("batch", total=batches, status="")
+
+        def on_batch(epoch: int, batches: int, totals):
+            bar.update(tasks["batch"], completed=totals.batches,
+                       status=f"loss {totals.loss:.4f} acc {totals.acc:.2%}")
+
+        def on_epoch(r: dict):
+            bar.update(tasks["epoch"], completed=r["epoch"], status=f"test acc {r['test_acc']:.2%}")
+            bar.update(tasks["batch"], completed=0)
+            if not quiet:
+                val = f"  val {r['val_loss']:.4f} {r['val_acc']:.2%}" if r["val_loss"] is not None else ""
+                bar.console.print(
+                    f"epoch {r['epoch']}  lr {r['lr']:g}  train {r['train_loss']:.4f} {r['train_acc']:.2%}{val}"
+                    f"  test {r['test_loss']:.4f} {r['test_acc']:.2%}  {r['seconds']:.1f}s", highlight=False, soft_wrap=True)
+
+        try:
+            result = train_checkpoint(
+                checkpoint, output, settings, resume=resume, seed=pick(seed, "seed"),
+                data_dir=pick(data_dir, "data_dir"), download=pick(download, "download", True), device=device,
+                overwrite=overwrite, log=log, callbacks=TrainCallbacks(on_start=on_start, on_batch=on_batch, on_epoch=on_epoch),
+            )
+        except TrainingInterrupted as exc:
+            raise fail(str(exc), exc.exit_code) from None
+        except TrainingDiverged as exc:
+            raise fail(str(exc), 1) from None
+    if not quiet:
+        m = result.metrics
+        stderr.print(f"trained {len(result.history)} epochs: test accuracy {m['test_acc']:.2%} (loss {m['test_loss']:.4f})",
+                     highlight=False)
+    print(result.path)
+
+
+@app.command(
+    "eval",
+    epilog="Examples:\n\n"
+    "  force eval lenet-trained.safetensors\n\n"
+    "  force eval lenet-trained.safetensors --split val --json | jq .top1",
+)
+@user_errors
+def eval_command(
+    checkpoint: Annotated[Path, typer.Argument(help="A force checkpoint (.safetensors).")],
+    split: Annotated[str, typer.Option("--split", help=f"Which split: {', '.join(SPLITS)} (val: the part held out during training).")] = "test",
+    dataset: Annotated[Optional[str], typer.Option("--dataset", "-d", help="Evaluate on another dataset with the same classes and image shape (default: the checkpoint's).")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Evaluation mini-batch size.")] = 256,
+    workers: Annotated[int, typer.Option("--workers", help="Data-loading worker processes.")] = 0,
+    device: DeviceOpt = None,
+    data_dir: Annotated[Optional[str], typer.Option("--data-dir", help="Dataset root (default: the checkpoint's, $FORCE_DATA or the user cache).")] = None,
+    download: Annotated[bool, typer.Option("--download/--no-download", help="Download a missing dataset.")] = True,
+    json_output: JsonOpt = False,
+    quiet: QuietOpt = False,
+):
+    """Top-1 and top-5 accuracy, loss, samples and density of a checkpoint on a dataset split."""
+    from rich.table import Table
+
+    from force_cli.evaluation import evaluate_checkpoint
+
+    with progress_bar(quiet) as bar:
+        task = None
+
+        def on_start(samples: int):
+            nonlocal task
+            task = bar.add_task(f"evaluating ({split})", total=samples, status="")
+
+        report = evaluate_checkpoint(
+            checkpoint, split=split, dataset=dataset, data_dir=data_dir, download=download,
+            device=device or "auto", batch_size=batch_size, workers=workers, on_start=on_start,
+            on_batch=lambda done: bar.update(task, completed=done),
+        )
+    if json_output:
+        print(json.dumps(report))
+        return
+    table = Table(title=f"{report['checkpoint']}: {report['model']} on {report['dataset']} ({report['split']})")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_row("top-1 accuracy", f"{report['top1']:.2%}")
+    table.add_row(f"top-{report['top5_k']} accuracy", f"{report['top5']:.2%}")
+    table.add_row("loss", f"{report['loss']:.4f}")
+    table.add_row("samples", f"{report['samples']:,}")
+    table.add_row("density", f"{report['density']:.4%}")
+    stdout.print(table)
 
 
 def main():

@@ -60,8 +60,34 @@ class SweepSettings:
     title: str = ""  # shown on the results table and plot
 
 
+@dataclass
+class TrainSettings:
+    """The ``train:`` section of a recipe (and the training flags of `force train`).
+
+    ``None`` means "the dataset's default" (``force_cli.training.TRAIN_DEFAULTS``; for CIFAR the
+    paper's code: SGD, lr 0.1, momentum 0.9, weight decay 5e-4, batch 128, 350 epochs, lr x0.1
+    after epochs 150 and 250, 10% of the training set held out for validation).
+    """
+
+    epochs: int | None = None
+    optimizer: str | None = None  # sgd | adam
+    lr: float | None = None
+    momentum: float | None = None  # SGD only
+    weight_decay: float | None = None
+    lr_schedule: str | None = None  # multistep | cosine
+    milestones: list[int] | None = None  # multistep: epochs after which the lr is multiplied by gamma
+    gamma: float | None = None
+    batch_size: int | None = None
+    val_fraction: float | None = None
+    augment: bool = True
+    workers: int = 0
+    amp: bool = False  # autocast on CUDA; ignored on CPU
+    channels_last: bool = False
+    save_every: int = 1  # epochs between partial checkpoints; 0: only when interrupted
+
+
 #: Recipe sections and the dataclass that types each. Other commands add theirs here.
-SECTIONS: dict[str, type] = {"prune": PruneSettings, "sweep": SweepSettings}
+SECTIONS: dict[str, type] = {"prune": PruneSettings, "sweep": SweepSettings, "train": TrainSettings}
 
 
 def _type_name(tp) -> str:

@@ -1,0 +1,179 @@
+"""Evaluation: loss, top-1 and top-k accuracy of a model on a dataset split.
+
+``evaluate`` works on any model and loader; ``evaluate_checkpoint`` is `force eval` as a library
+call: checkpoint in, metrics out (the model rebuilt from the checkpoint's metadata).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from force_cli.errors import ConfigError, DataError, IncompatibleError
+
+SPLITS = ("test", "val", "train")
+
+
+@dataclass
+class EvalMetrics:
+    """Mean cross-entropy ``loss``, ``top1`` and ``topk`` accuracy (fractions), ``k = min(5, classes)``."""
+
+    loss: float
+    top1: float
+    topk: float
+    k: int
+    samples: int
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, device: torch.device, *, amp_dtype: torch.dtype | None = None,
+             channels_last: bool = False, k: int = 5,
+             on_batch: Callable[[int], None] | None = None) -> EvalMetrics:
+    """Evaluate ``model`` (in eval mode; its previous mode is restored) on every batch of ``loader``."""
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct1 = torch.zeros((), dtype=torch.int64, device=device)
+    correctk = torch.zeros((), dtype=torch.int64, device=device)
+    samples, top = 0, k
+    autocast = (torch.autocast(device_type=device.type, dtype=amp_dtype) if amp_dtype is not None
+                else contextlib.nullcontext())
+    try:
+        for x, y in loader:
+            x = x.to(device, non_blocking=True)
+            y = y.to(device, non_blocking=True)
+            if channels_last and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with autocast:
+                logits = model(x)
+            logits = logits.float()
+            top = min(k, logits.shape[1])
+            loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
+            best = logits.topk(top, dim=1).indices
+            hits = best == y[:, None]
+            correct1 += hits[:, 0].sum()
+            correctk += hits.any(dim=1).sum()
+            samples += y.shape[0]
+            if on_batch is not None:
+                on_batch(samples)
+    finally:
+        model.train(was_training)
+    if samples == 0:
+        return EvalMetrics(float("nan"), float("nan"), float("nan"), top, 0)
+    return EvalMetrics(float(loss_sum) / samples, int(correct1) / samples, int(correctk) / samples, top, samples)
+
+
+def _recorded(metadata: dict, key: str) -> Any:
+    training = metadata.get("training")
+    return training.get(key) if isinstance(training, dict) else None
+
+
+def recorded_data_dir(metadata: dict) -> str | None:
+    """The data folder the checkpoint was trained or pruned with, if it exists on this machine."""
+    pruning = metadata.get("pruning") if isinstance(metadata.get("pruning"), dict) else {}
+    for value in (_recorded(metadata, "data_dir"), pruning.get("data_dir")):
+        if isinstance(value, str) and value and Path(value).expanduser().is_dir():
+            return value
+    return None
+
+
+def check_dataset_fits(info, metadata: dict) -> None:
+    """Refuse a dataset whose classes or image shape differ from what the checkpoint's model was built for."""
+    args = metadata["model_args"]
+    if info.num_classes != args.get("num_classes"):
+        raise IncompatibleError(
+            f"dataset '{info.name}' has {info.num_classes} classes but the checkpoint's model has "
+            f"{args.get('num_classes')} outputs; use a dataset with {args.get('num_classes')} classes "
+            f"(the checkpoint was made for '{metadata['dataset']}')"
+        )
+    shape, expected = (info.in_channels, info.image_size), (args.get("in_channels"), args.get("image_size"))
+    if shape != expected:
+        raise IncompatibleError(
+            f"dataset '{info.name}' has {shape[0]}x{shape[1]}x{shape[1]} images but the checkpoint's model "
+            f"takes {expected[0]}x{expected[1]}x{expected[1]}; use a dataset of that shape "
+            f"(the checkpoint was made for '{metadata['dataset']}')"
+        )
+
+
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    *,
+    split: str = "test",
+    dataset: str | None = None,
+    data_dir: str | None = None,
+    download: bool = True,
+    device: str = "auto",
+    batch_size: int = 256,
+    workers: int = 0,
+    on_start: Callable[[int], None] | None = None,
+    on_batch: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Load ``checkpoint`` and evaluate it on ``split`` of its dataset (or of ``dataset``).
+
+    The ``val`` split is the one held out during training (the checkpoint's recorded validation
+    fraction and seed; for an untrained checkpoint the dataset's default fraction). Returns a
+    JSON-able dict: checkpoint, model, dataset, split, samples, loss, top1, top5, top5_k (the k of
+    "top-5": min(5, classes)), density, stage. ``on_start(samples)`` and ``on_batch(done)`` report progress.
+    """
+    from force_cli.checkpoint import load_checkpoint
+    from force_cli.data import dataset_info, load_datasets, make_loader
+    from force_cli.device import resolve_device
+    from force_cli.pruning.masks import count_kept, count_total
+    from force_cli.restore import model_from_checkpoint
+    from force_cli.training import TRAIN_DEFAULTS
+
+    if split not in SPLITS:
+        raise ConfigError(f"unknown split '{split}'; use one of: {', '.join(SPLITS)}")
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
+    if workers < 0:
+        raise ConfigError(f"--workers must be >= 0, got {workers}")
+    dev = resolve_device(device)
+    ckpt = load_checkpoint(checkpoint)
+    metadata = ckpt.metadata
+    name = dataset or metadata["dataset"]
+    if data_dir is None and dataset in (None, metadata["dataset"]):
+        data_dir = recorded_data_dir(metadata)
+    info = dataset_info(name, data_dir)
+    check_dataset_fits(info, metadata)
+    model = model_from_checkpoint(ckpt, dev)
+
+    val_fraction = _recorded(metadata, "val_fraction")
+    if val_fraction is None:
+        val_fraction = TRAIN_DEFAULTS.get(info.name, {}).get("val_fraction", 0.0)
+    seed = _recorded(metadata, "seed")
+    if seed is None:
+        seed = metadata.get("seed") if isinstance(metadata.get("seed"), int) else 0
+    if split == "val" and not val_fraction:
+        raise ConfigError(f"'{checkpoint}' was trained without a validation split (val_fraction 0); use --split test")
+    # test: the whole test set; val and train: the training run's split of the training set
+    splits = load_datasets(info.name, data_dir, download=download,
+                           val_fraction=0.0 if split == "test" else float(val_fraction), seed=int(seed), augment=False)
+    data = {"test": splits.test, "val": splits.val, "train": splits.train_eval}[split]
+    if data is None or len(data) == 0:
+        raise DataError(f"the {split} split of '{info.name}' is empty; choose another --split")
+    if on_start is not None:
+        on_start(len(data))
+    loader = make_loader(data, batch_size, shuffle=False, workers=workers, device=dev)
+    metrics = evaluate(model, loader, dev, on_batch=on_batch)
+    kept, total = count_kept(ckpt.masks), count_total(ckpt.masks)
+    return {
+        "checkpoint": str(checkpoint),
+        "model": metadata["model"],
+        "dataset": info.name,
+        "split": split,
+        "samples": metrics.samples,
+        "loss": metrics.loss,
+        "top1": metrics.top1,
+        "top5": metrics.topk,
+        "top5_k": metrics.k,
+        "density": kept / total if total else 1.0,
+        "stage": metadata["stage"],
+    }

@@ -1,0 +1,283 @@
+"""`force train` as a library call: a checkpoint in, a trained checkpoint out, resumable.
+
+    from force_cli.train_job import train_checkpoint
+    result = train_checkpoint("lenet.safetensors", settings=TrainSettings(epochs=30))
+
+Files (``X.safetensors`` the input):
+  * output: ``-o`` or ``X-trained.safetensors`` next to the input; never the input itself, and an
+    existing file only with ``overwrite``;
+  * partial checkpoint: the output's name with ``.partial.safetensors`` (``X-trained.partial.safetensors``),
+    stage ``partial``, written atomically every ``save_every`` epochs and when stopped (Ctrl-C,
+    SIGTERM, a ``StopFlag``); it holds the weights, the masks, the optimizer state as tensors
+    (``state:optimizer.*``) with its JSON structure in the ``training.resume`` metadata, the
+    epoch and batch reached and torch's RNG state (``state:rng.*``). It is deleted once the
+    trained checkpoint is written;
+  * log: one JSON line per epoch appended to ``log``.
+
+Resuming (``resume=PARTIAL``) continues with the partial's settings and seed, so it ends with the
+same weights, bit for bit, as an uninterrupted run on the same device. Settings passed on resume
+override the saved ones (not the optimizer), which changes the result accordingly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import platform
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields, is_dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import force_cli
+from force_cli.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from force_cli.config import TrainSettings, check_section
+from force_cli.data import dataset_info, load_datasets
+from force_cli.device import resolve_device
+from force_cli.errors import CheckpointError, ConfigError
+from force_cli.evaluation import check_dataset_fits, recorded_data_dir
+from force_cli.restore import model_from_checkpoint
+from force_cli.training import (
+    Interrupted,
+    StopFlag,
+    TrainCallbacks,
+    Trainer,
+    TrainingDiverged,
+    autocast_dtype,
+    complete_settings,
+    stop_on_signals,
+)
+
+SUFFIX = ".safetensors"
+PARTIAL_SUFFIX = ".partial.safetensors"
+#: Metadata fields that describe a training run; not carried over from an input checkpoint.
+_RUN_FIELDS = ("format", "stage", "training", "history", "metrics", "created")
+
+
+class TrainingInterrupted(Exception):
+    """Training stopped on Ctrl-C, SIGTERM or a StopFlag after saving a partial checkpoint."""
+
+    def __init__(self, message: str, partial: Path, reason: str):
+        super().__init__(message)
+        self.partial, self.reason = partial, reason
+        self.exit_code = 143 if reason == "SIGTERM" else 130
+
+
+@dataclass
+class TrainResult:
+    path: Path  # the trained checkpoint
+    history: list[dict]  # one record per epoch (training.EPOCH_FIELDS)
+    metrics: dict  # the last epoch's losses and accuracies
+    settings: TrainSettings  # complete
+    seed: int
+
+
+def _stem(path: Path) -> str:
+    return path.name[: -len(SUFFIX)] if path.name.endswith(SUFFIX) else path.stem
+
+
+def default_output(checkpoint: str | Path) -> Path:
+    """``X.safetensors`` -> ``X-trained.safetensors`` in the same folder; for a partial checkpoint
+    ``Y.partial.safetensors`` -> ``Y.safetensors`` (the run's own output)."""
+    checkpoint = Path(checkpoint)
+    if checkpoint.name.endswith(PARTIAL_SUFFIX) and len(checkpoint.name) > len(PARTIAL_SUFFIX):
+        return checkpoint.with_name(checkpoint.name[: -len(PARTIAL_SUFFIX)] + SUFFIX)
+    return checkpoint.with_name(f"{_stem(checkpoint)}-trained{SUFFIX}")
+
+
+def partial_path(output: str | Path) -> Path:
+    """Where a run writing ``output`` keeps its partial checkpoint."""
+    output = Path(output)
+    return output.with_name(_stem(output) + PARTIAL_SUFFIX)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    return a.resolve() == b.resolve()
+
+
+def _check_output(path: Path, overwrite: bool) -> None:
+    if not path.parent.is_dir():
+        raise ConfigError(f"output folder '{path.parent}' does not exist; create it first or choose another -o path")
+    if path.is_dir():
+        raise ConfigError(f"output '{path}' is a folder; give a file name such as {path / 'trained.safetensors'}")
+    if path.exists() and not overwrite:
+        raise ConfigError(f"output '{path}' already exists; choose another -o path or pass --overwrite")
+
+
+def _chosen(settings: TrainSettings | Mapping[str, Any] | None) -> dict[str, Any]:
+    if settings is None:
+        return {}
+    if is_dataclass(settings):
+        settings = asdict(settings)
+    known = {f.name for f in fields(TrainSettings)}
+    unknown = [k for k in settings if k not in known]
+    if unknown:
+        raise ConfigError(f"unknown training setting '{unknown[0]}'; known settings are: {', '.join(sorted(known))}")
+    return {k: v for k, v in settings.items() if v is not None}
+
+
+def _resume_state(ckpt: Checkpoint, path: Path) -> tuple[dict, dict]:
+    """(training metadata, resume structure) of a partial checkpoint, or a one-line error."""
+    training = ckpt.metadata.get("training")
+    resume = training.get("resume") if isinstance(training, dict) else None
+    if ckpt.stage != "partial" or not isinstance(resume, dict) or not ckpt.extra:
+        raise CheckpointError(
+            f"'{path}' holds no training state (stage '{ckpt.stage}'); --resume takes the partial checkpoint "
+            f"(*{PARTIAL_SUFFIX}) of an interrupted `force train`; to train this file run: force train {path}"
+        )
+    return training, resume
+
+
+def train_checkpoint(
+    checkpoint: str | Path | None = None,
+    output: str | Path | None = None,
+    settings: TrainSettings | Mapping[str, Any] | None = None,
+    *,
+    resume: str | Path | None = None,
+    seed: int | None = None,
+    data_dir: str | None = None,
+    download: bool = True,
+    device: str = "auto",
+    overwrite: bool = False,
+    log: str | Path | None = None,
+    callbacks: TrainCallbacks | None = None,
+    stop: StopFlag | None = None,
+    catch_signals: bool = True,
+) -> TrainResult:
+    """Train the sparse network of ``checkpoint`` (or continue the partial checkpoint ``resume``)
+    and write a trained checkpoint (stage ``trained``, the settings and the per-epoch history in
+    its metadata); return where it is and what it reached.
+
+    ``settings``: the training settings chosen (None fields: the dataset's defaults,
+    ``training.TRAIN_DEFAULTS``); on resume only the ones given override the saved run's.
+    ``seed`` defaults to the checkpoint's (pruning) seed. ``data_dir`` defaults to the folder the
+    checkpoint was made with, if it exists here. With ``catch_signals`` Ctrl-C and SIGTERM save a
+    partial checkpoint and raise ``TrainingInterrupted``; so does setting ``stop``.
+    Raises ForceError for bad input (before any training), ``TrainingDiverged`` when the loss
+    becomes NaN or infinite (the last good partial checkpoint is kept).
+    """
+    if (checkpoint is None) == (resume is None):
+        raise ConfigError("give either a checkpoint to train or --resume PARTIAL, not both" if checkpoint is not None
+                          else "no checkpoint given; pass the checkpoint to train (made by `force prune`) or --resume PARTIAL")
+    source = Path(resume if resume is not None else checkpoint)
+    ckpt = load_checkpoint(source)
+    metadata = ckpt.metadata
+    chosen = _chosen(settings)
+
+    if resume is not None:
+        training, state = _resume_state(ckpt, source)
+        saved = {f.name: training[f.name] for f in fields(TrainSettings) if f.name in training}
+        try:
+            saved = check_section(saved, TrainSettings, f"'{source}': training settings")
+        except ConfigError as exc:
+            raise CheckpointError(f"{exc}; the partial checkpoint is corrupt") from None
+        if chosen.get("optimizer", saved.get("optimizer")) != saved.get("optimizer"):
+            raise ConfigError(f"cannot switch the optimizer from '{saved.get('optimizer')}' when resuming; "
+                              f"start a new run from the pruned checkpoint instead")
+        base = TrainSettings(**(saved | chosen))
+        run_seed = seed if seed is not None else int(training.get("seed", 0))
+        origin = training.get("source", str(source))
+    else:
+        if ckpt.stage == "partial":
+            raise ConfigError(f"'{source}' is the partial checkpoint of an interrupted run; continue it with: "
+                              f"force train --resume {source}")
+        state = None
+        base = TrainSettings(**chosen)
+        recorded = metadata.get("seed")
+        run_seed = seed if seed is not None else (recorded if isinstance(recorded, int) else 0)
+        origin = str(source)
+
+    output = Path(output) if output is not None else default_output(source)
+    partial = partial_path(output)
+    for path, what in ((output, "output"), (partial, "partial checkpoint")):
+        if _same_file(path, source) and not (resume is not None and what == "partial checkpoint"):
+            raise ConfigError(f"the {what} '{path}' would overwrite the input checkpoint; choose another -o path")
+    _check_output(output, overwrite)
+    if partial.exists() and not overwrite and not _same_file(partial, source):
+        raise ConfigError(f"a partial checkpoint of an earlier run exists at '{partial}'; continue it with: "
+                          f"force train --resume {partial}  (or pass --overwrite to start over)")
+    log_path = Path(log) if log is not None else None
+    if log_path is not None and (not log_path.parent.is_dir() or log_path.is_dir()):
+        raise ConfigError(f"cannot write the log '{log_path}': its folder does not exist or it is a folder; choose another --log path")
+
+    dev = resolve_device(device)
+    name = metadata["dataset"]
+    if data_dir is None:
+        data_dir = recorded_data_dir(metadata)
+    info = dataset_info(name, data_dir)
+    check_dataset_fits(info, metadata)
+    run = complete_settings(base, info.name)
+    model = model_from_checkpoint(ckpt, "cpu")
+    splits = load_datasets(info.name, data_dir, download=download, val_fraction=run.val_fraction,
+                           seed=run_seed, augment=run.augment)
+    trainer = Trainer(model, ckpt.masks, splits, run, seed=run_seed, device=dev)
+    if state is not None:
+        trainer.load_state(state, ckpt.extra, metadata.get("history") or [])
+        if trainer.epoch >= run.epochs:
+            raise ConfigError(f"'{source}' has already completed {trainer.epoch} epochs; pass --epochs "
+                              f"above {trainer.epoch} to train further")
+
+    amp = autocast_dtype(run.amp, dev)
+    carried = {k: v for k, v in metadata.items() if k not in _RUN_FIELDS}
+
+    def training_metadata(epochs_done: int) -> dict:
+        return asdict(run) | {
+            "seed": run_seed, "device": str(dev), "amp_dtype": str(amp).removeprefix("torch.") if amp else None,
+            "data_dir": data_dir, "source": origin, "epochs_completed": epochs_done,
+            "seconds": round(sum(r["seconds"] for r in trainer.history), 3),
+        }
+
+    def versions() -> dict:
+        return {"force_cli_version": force_cli.__version__, "torch_version": torch.__version__,
+                "python_version": platform.python_version(),
+                "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+    last_good: list[tuple[Path, int]] = [(source, trainer.epoch)] if resume is not None else []
+
+    def save_partial(t: Trainer) -> None:
+        structure, tensors = t.state()
+        meta = carried | versions() | {
+            "stage": "partial",
+            "training": training_metadata(t.epoch) | {"resume": structure},
+            "history": t.history,
+        }
+        save_checkpoint(partial, t.model.state_dict(), ckpt.masks, meta, extra=tensors)
+        last_good.append((partial, t.epoch))
+
+    stop = stop or StopFlag()
+    log_file = open(log_path, "a", encoding="utf-8") if log_path is not None else None
+    try:
+        with stop_on_signals(stop) if catch_signals else contextlib.nullcontext():
+            history = trainer.run(stop=stop, save=save_partial, log=log_file, callbacks=callbacks)
+    except Interrupted as exc:
+        where = (f"in epoch {exc.epoch + 1} (after {exc.batch} of {exc.batches} batches)" if exc.batch
+                 else f"after epoch {exc.epoch}")
+        raise TrainingInterrupted(
+            f"interrupted ({exc.reason}) {where}; progress saved to {partial}; continue with: "
+            f"force train --resume {partial}", partial, exc.reason) from None
+    except TrainingDiverged as exc:
+        lower = f"{run.lr / 10:g}"
+        if last_good:
+            path, epoch = last_good[-1]
+            hint = (f"the last good state (after epoch {epoch}) is kept in {path}; continue it with a lower "
+                    f"learning rate: force train --resume {path} --lr {lower}")
+        else:
+            hint = f"no checkpoint was written; retry with a lower learning rate, e.g. --lr {lower}"
+        raise TrainingDiverged(f"training diverged: {exc}; {hint}") from None
+    finally:
+        if log_file is not None:
+            log_file.close()
+
+    last = history[-1]
+    metrics = {k: v for k, v in last.items() if k not in ("lr", "seconds")}
+    meta = carried | versions() | {
+        "stage": "trained",
+        "training": training_metadata(trainer.epoch),
+        "history": history,
+        "metrics": metrics,
+    }
+    save_checkpoint(output, trainer.model.state_dict(), ckpt.masks, meta)
+    partial.unlink(missing_ok=True)
+    return TrainResult(path=output, history=history, metrics=metrics, settings=run, seed=run_seed)
