@@ -350,6 +350,74 @@ def eval_command(
     stdout.print(table)
 
 
+@app.command(
+    epilog="Examples:\n\n"
+    "  force sweep recipes/digits-lenet300.yaml --out runs/digits\n\n"
+    "  force sweep recipes/cifar10-vgg19.yaml --dry-run\n\n"
+    "  force sweep --report runs/digits",
+)
+@user_errors
+def sweep(
+    recipe: Annotated[Optional[Path], typer.Argument(help="YAML recipe with a 'sweep:' section (methods, sparsities, seeds).")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Folder for checkpoints and results (default: runs/RECIPE-NAME).")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List the cells and whether each is done; run nothing.")] = False,
+    report: Annotated[Optional[Path], typer.Option("--report", help="Only (re)write the table and plot of this sweep folder.")] = None,
+    quiet: QuietOpt = False,
+):
+    """Run prune -> train -> eval for every method x sparsity x seed of a recipe; resumable.
+
+    Re-running the same command skips finished cells and resumes an interrupted one. At the end
+    (or with --report) a mean ± std table is printed and results.md, .csv, .png and .svg are written.
+    """
+    from force_cli.sweep import SweepHooks, expand_grid, finished_cells, run_sweep, sweep_settings
+    from force_cli.train_job import TrainingInterrupted
+    from force_cli.training import TrainingDiverged
+
+    if report is not None:
+        _write_sweep_report(report, "")
+        return
+    if recipe is None:
+        raise ForceError("give a recipe (force sweep RECIPE.yaml) or --report DIR")
+    loaded = load_recipe(recipe)
+    settings = sweep_settings(loaded)
+    out = out or Path("runs") / recipe.stem
+    if dry_run:
+        cells = expand_grid(settings)
+        done = finished_cells(out) if out.exists() else set()
+        for cell in cells:
+            print(f"{'done' if cell.key in done else 'todo'}\t{cell.key}")
+        stderr.print(f"{len(cells)} cells, {len(done & {c.key for c in cells})} done, results in {out}", highlight=False)
+        return
+    with progress_bar(quiet) as bar:
+        task = bar.add_task("sweep", total=None, status="")
+
+        def on_cell_start(cell, index, total):
+            bar.update(task, total=total, completed=index - 1, status=cell.key)
+
+        def on_cell_done(cell, record):
+            bar.advance(task)
+            if not quiet:
+                bar.console.print(f"{cell.key}: test accuracy {record['test_acc']:.2%} "
+                                  f"({record['prune_seconds'] + record['train_seconds']:.1f}s)", highlight=False)
+
+        try:
+            records = run_sweep(loaded, out, SweepHooks(on_cell_start=on_cell_start, on_cell_done=on_cell_done))
+        except TrainingInterrupted as exc:
+            raise fail(f"sweep interrupted ({exc}); run the same command again to continue", exc.exit_code) from None
+        except TrainingDiverged as exc:
+            raise fail(f"{exc}; the finished cells are kept in {out}", 1) from None
+    if not quiet:
+        stderr.print(f"{len(records)} cells run now; results in {out}", highlight=False)
+    _write_sweep_report(out, settings.title)
+
+
+def _write_sweep_report(folder: Path, title: str) -> None:
+    from force_cli.sweep_report import write_report
+
+    written = write_report(folder, stdout, title=title)
+    stderr.print("wrote " + ", ".join(str(p) for p in written.values()), highlight=False, soft_wrap=True)
+
+
 def main():
     app()
 

@@ -116,11 +116,14 @@ def plot(rows: list[Row], stem: Path, title: str = "") -> list[Path]:
         raise ConfigError("plotting needs matplotlib: pip install 'force-cli[plot]' (tables were still written)") from None
     methods, _, _ = _pivot(rows)
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    ax.set_xscale("log")
+    remaining = sorted({r.remaining for r in rows})
+    if len(remaining) == 1:  # a single sparsity: give the log axis some width
+        ax.set_xlim(remaining[0] / 2, remaining[0] * 2)
     for m in methods:
         mine = sorted((r for r in rows if r.method == m), key=lambda r: r.remaining)
         ax.errorbar([r.remaining for r in mine], [100 * r.mean for r in mine], yerr=[100 * r.std for r in mine],
                     marker="o", markersize=4, capsize=3, label=m)
-    ax.set_xscale("log")
     ax.invert_xaxis()  # sparser to the right, as in the paper's figures
     ax.set_xlabel("fraction of weights remaining (log scale)")
     ax.set_ylabel("test accuracy (%)")

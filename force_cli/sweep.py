@@ -1,0 +1,146 @@
+"""`force sweep`: the grid prune -> train -> eval for every method × sparsity × seed of a recipe.
+
+Each cell writes its checkpoints under ``OUT/cells/<cell>/`` and, once evaluated, appends one JSON
+line to ``OUT/results.jsonl``. A cell whose line is there is finished and skipped on a re-run; a
+cell whose pruned checkpoint exists is not pruned again, and a cell interrupted during training
+resumes from its partial checkpoint. An interrupted sweep therefore loses at most the work since
+the last save of the cell in progress. The cells reuse the library code of `prune`, `train` and
+`eval`; nothing here prunes, trains or evaluates by itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from force_cli.config import PruneConfig, Recipe, SweepSettings, resolve
+from force_cli.errors import ConfigError
+from force_cli.evaluation import evaluate_checkpoint
+from force_cli.pruning.criteria import get_method
+from force_cli.pruning.job import prune_to_checkpoint, validate
+from force_cli.sweep_report import RESULTS_FILE, read_results
+from force_cli.train_job import partial_path, train_checkpoint
+from force_cli.training import TrainCallbacks
+
+
+@dataclass(frozen=True)
+class Cell:
+    method: str
+    sparsity: float
+    seed: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.method}-s{self.sparsity:g}-seed{self.seed}"
+
+
+def sweep_settings(recipe: Recipe) -> SweepSettings:
+    if "sweep" not in recipe.sections:
+        raise ConfigError(f"{recipe.path}: no 'sweep:' section; add one with methods, sparsities and seeds")
+    return SweepSettings(**recipe.sections["sweep"])
+
+
+def expand_grid(settings: SweepSettings) -> list[Cell]:
+    """All cells, seed-major: after the first seed's pass every method and sparsity has a result."""
+    if not settings.methods or not settings.sparsities or not settings.seeds:
+        raise ConfigError("a sweep needs at least one method, one sparsity and one seed")
+    for m in settings.methods:
+        get_method(m)
+    for s in settings.sparsities:
+        if not 0.0 <= s < 1.0:
+            raise ConfigError(f"sweep sparsity {s} is outside [0, 1)")
+    unique = lambda xs: list(dict.fromkeys(xs))  # noqa: E731 - keep the recipe's order, drop repeats
+    return [Cell(m, float(s), int(seed)) for seed in unique(settings.seeds)
+            for s in unique(settings.sparsities) for m in unique(settings.methods)]
+
+
+def prune_config(recipe: Recipe, cell: Cell) -> PruneConfig:
+    return resolve(PruneConfig, recipe.settings_for("prune"),
+                   {"method": cell.method, "sparsity": cell.sparsity, "seed": cell.seed})
+
+
+def finished_cells(out_dir: Path) -> set[str]:
+    return {r["cell"] for r in read_results(out_dir / RESULTS_FILE)}
+
+
+def append_result(out_dir: Path, record: dict) -> None:
+    """One line per finished cell, written in a single call and flushed to disk.
+
+    A line cut short by an earlier interruption is dropped first, so it cannot swallow this one.
+    """
+    path = out_dir / RESULTS_FILE
+    if path.exists():
+        data = path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            path.write_bytes(data[: data.rfind(b"\n") + 1])
+    with open(path, "a") as f:
+        f.write(json.dumps(record, sort_keys=True) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+@dataclass
+class SweepHooks:
+    """What the caller (the CLI) wants to hear about; all optional."""
+
+    on_cell_start: Callable[[Cell, int, int], None] | None = None  # cell, index (1-based), total
+    on_cell_done: Callable[[Cell, dict], None] | None = None
+    prune_step: Callable | None = None  # pruning's on_step
+    train_callbacks: TrainCallbacks | None = None
+
+
+def run_cell(recipe: Recipe, cell: Cell, out_dir: Path, hooks: SweepHooks) -> dict:
+    """prune -> train -> eval for one cell, picking up whatever an earlier run of it left behind."""
+    common = recipe.common
+    cell_dir = out_dir / "cells" / cell.key
+    cell_dir.mkdir(parents=True, exist_ok=True)
+    pruned = cell_dir / "pruned.safetensors"
+    trained = cell_dir / "trained.safetensors"
+    partial = partial_path(trained)
+    started = time.perf_counter()
+    if not pruned.exists():  # written atomically: if it exists it is complete
+        prune_to_checkpoint(prune_config(recipe, cell), pruned, on_step=hooks.prune_step)
+    pruned_at = time.perf_counter()
+    if not trained.exists():
+        train_checkpoint(
+            None if partial.exists() else pruned, trained,
+            None if partial.exists() else recipe.sections.get("train", {}),
+            resume=partial if partial.exists() else None,
+            data_dir=common.get("data_dir"), download=common.get("download", True),
+            device=common.get("device", "auto"), log=cell_dir / "train.jsonl", callbacks=hooks.train_callbacks,
+        )
+    trained_at = time.perf_counter()
+    metrics = evaluate_checkpoint(trained, split="test", data_dir=common.get("data_dir"),
+                                  download=common.get("download", True), device=common.get("device", "auto"))
+    return {
+        "cell": cell.key, "method": cell.method, "sparsity": cell.sparsity, "seed": cell.seed,
+        "achieved_sparsity": 1.0 - metrics["density"],
+        "test_acc": metrics["top1"], "test_top5": metrics["top5"], "test_loss": metrics["loss"],
+        "test_samples": metrics["samples"],
+        "prune_seconds": round(pruned_at - started, 3), "train_seconds": round(trained_at - pruned_at, 3),
+        "pruned": str(pruned.relative_to(out_dir)), "trained": str(trained.relative_to(out_dir)),
+    }
+
+
+def run_sweep(recipe: Recipe, out_dir: Path, hooks: SweepHooks | None = None) -> list[dict]:
+    """Run every unfinished cell; return the records of the cells run now."""
+    hooks = hooks or SweepHooks()
+    cells = expand_grid(sweep_settings(recipe))
+    validate(prune_config(recipe, cells[0]))  # names and ranges, before any cell starts
+    out_dir.mkdir(parents=True, exist_ok=True)
+    done = finished_cells(out_dir)
+    todo = [c for c in cells if c.key not in done]
+    records = []
+    for index, cell in enumerate(todo, start=1):
+        if hooks.on_cell_start:
+            hooks.on_cell_start(cell, index, len(todo))
+        record = run_cell(recipe, cell, out_dir, hooks)
+        append_result(out_dir, record)
+        records.append(record)
+        if hooks.on_cell_done:
+            hooks.on_cell_done(cell, record)
+    return records

@@ -1,0 +1,139 @@
+"""`force sweep`: the grid runs through the library's prune/train/eval and resumes after interruption."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from force_cli.cli import app
+from force_cli.config import load_recipe
+from force_cli.sweep import SweepHooks, append_result, expand_grid, run_sweep, sweep_settings
+from force_cli.sweep_report import read_results
+from force_cli.train_job import TrainingInterrupted
+from force_cli.training import TrainCallbacks
+
+RECIPE = """model: lenet300
+dataset: digits
+prune:
+  steps: 3
+  batch_size: 64
+train:
+  epochs: 3
+  milestones: [2]
+  save_every: 1
+sweep:
+  title: test
+  methods: [force, random]
+  sparsities: [0.9]
+  seeds: [0, 1]
+"""
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def recipe(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text(RECIPE)
+    return load_recipe(path)
+
+
+def accuracies(out):
+    return {r["cell"]: r["test_acc"] for r in read_results(out / "results.jsonl")}
+
+
+@pytest.fixture
+def uninterrupted(recipe, tmp_path):
+    out = tmp_path / "straight"
+    run_sweep(recipe, out)
+    return accuracies(out)
+
+
+def test_a_sweep_writes_one_line_and_checkpoints_per_cell(recipe, tmp_path, uninterrupted):
+    out = tmp_path / "straight"
+    records = read_results(out / "results.jsonl")
+    assert [r["cell"] for r in records] == ["force-s0.9-seed0", "random-s0.9-seed0", "force-s0.9-seed1", "random-s0.9-seed1"]
+    for r in records:
+        assert 0.0 <= r["test_acc"] <= 1.0 and r["test_samples"] == 360
+        assert abs(r["achieved_sparsity"] - 0.9) < 1e-3
+        assert (out / r["pruned"]).is_file() and (out / r["trained"]).is_file()
+    # a re-run has nothing left to do
+    assert run_sweep(recipe, out) == []
+    assert len(read_results(out / "results.jsonl")) == 4
+
+
+def test_interrupted_between_cells_resumes_with_only_the_missing_cells(recipe, tmp_path, uninterrupted):
+    out = tmp_path / "interrupted"
+    started = []
+
+    def stop_at_third(cell, index, total):
+        started.append(cell.key)
+        if len(started) == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(recipe, out, SweepHooks(on_cell_start=stop_at_third))
+    assert len(read_results(out / "results.jsonl")) == 2
+    resumed = []
+    run_sweep(recipe, out, SweepHooks(on_cell_start=lambda cell, i, n: resumed.append(cell.key)))
+    assert resumed == ["force-s0.9-seed1", "random-s0.9-seed1"]
+    assert accuracies(out) == uninterrupted
+
+
+def test_interrupted_mid_training_resumes_the_cell_from_its_partial_checkpoint(recipe, tmp_path, uninterrupted):
+    out = tmp_path / "mid"
+    epochs_seen = []
+
+    def ctrl_c_after_first_epoch(record):
+        epochs_seen.append(record["epoch"])
+        if len(epochs_seen) == 1:
+            os.kill(os.getpid(), signal.SIGINT)  # what Ctrl-C does; training saves a partial checkpoint
+
+    with pytest.raises(TrainingInterrupted):
+        run_sweep(recipe, out, SweepHooks(train_callbacks=TrainCallbacks(on_epoch=ctrl_c_after_first_epoch)))
+    cell = out / "cells" / "force-s0.9-seed0"
+    assert (cell / "trained.partial.safetensors").is_file() and not (cell / "trained.safetensors").exists()
+    assert read_results(out / "results.jsonl") == []
+    epochs_seen.clear()
+    run_sweep(recipe, out, SweepHooks(train_callbacks=TrainCallbacks(on_epoch=lambda r: epochs_seen.append(r["epoch"]))))
+    assert epochs_seen[:2] == [2, 3]  # the first cell continued from epoch 2, it did not start over
+    assert not (cell / "trained.partial.safetensors").exists()
+    assert accuracies(out) == uninterrupted
+
+
+def test_a_line_cut_short_by_an_interruption_does_not_swallow_the_next(tmp_path):
+    (tmp_path / "results.jsonl").write_text(json.dumps({"cell": "a", "method": "force", "sparsity": 0.9,
+                                                        "test_acc": 0.5}) + "\n" + '{"cell": "b", "meth')
+    append_result(tmp_path, {"cell": "c", "method": "force", "sparsity": 0.9, "test_acc": 0.7})
+    assert [r["cell"] for r in read_results(tmp_path / "results.jsonl")] == ["a", "c"]
+
+
+def test_cli_dry_run_report_and_errors(recipe, tmp_path, uninterrupted):
+    runner = CliRunner()
+    out = tmp_path / "straight"
+    dry = runner.invoke(app, ["sweep", str(recipe.path), "--out", str(out), "--dry-run"])
+    assert dry.exit_code == 0
+    assert dry.stdout.splitlines() == ["done\tforce-s0.9-seed0", "done\trandom-s0.9-seed0",
+                                       "done\tforce-s0.9-seed1", "done\trandom-s0.9-seed1"]
+    fresh = runner.invoke(app, ["sweep", str(recipe.path), "--out", str(tmp_path / "new"), "--dry-run"])
+    assert fresh.stdout.count("todo\t") == 4 and not (tmp_path / "new").exists()
+    assert not (out / "results.md").exists()  # the library run writes results only; the report is separate
+    report = runner.invoke(app, ["sweep", "--report", str(out)])
+    assert report.exit_code == 0 and (out / "results.md").is_file() and "force" in report.stdout
+    no_sweep = tmp_path / "plain.yaml"
+    no_sweep.write_text("model: lenet300\n")
+    bad = runner.invoke(app, ["sweep", str(no_sweep)])
+    assert bad.exit_code == 2 and "no 'sweep:' section" in bad.stderr
+    assert runner.invoke(app, ["sweep"]).exit_code == 2
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "recipes").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_recipe_is_valid_and_expands(path):
+    recipe = load_recipe(path)
+    cells = expand_grid(sweep_settings(recipe))
+    assert cells and set(recipe.sections) == {"prune", "train", "sweep"}
+    assert "Progressive Skeletonization" in path.read_text()
