@@ -28,7 +28,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from force_cli import FORMAT_VERSION
-from force_cli.errors import CheckpointError
+from force_cli.errors import CheckpointError, ConfigError
 
 MASK_PREFIX = "mask:"
 STATE_PREFIX = "state:"
@@ -77,6 +77,16 @@ def _decode_metadata(raw: dict[str, str], path: Path) -> dict[str, Any]:
         else:
             decoded[key] = value
     return decoded
+
+
+def check_new_output(path: Path, overwrite: bool) -> None:
+    """Refuse, before any work starts, an output that cannot be written or would replace a file."""
+    if not path.parent.is_dir():
+        raise ConfigError(f"output folder '{path.parent}' does not exist; create it first or choose another -o path")
+    if path.is_dir():
+        raise ConfigError(f"output '{path}' is a folder; give a file name such as {path / 'checkpoint.safetensors'}")
+    if path.exists() and not overwrite:
+        raise ConfigError(f"output '{path}' already exists; choose another -o path or pass --overwrite")
 
 
 def save_checkpoint(

@@ -96,6 +96,7 @@ RecipeOpt = Annotated[Optional[Path], typer.Option("--recipe", help="YAML recipe
 DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="auto (CUDA when present), cpu, cuda or cuda:N.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document to stdout (for jq).")]
+CheckpointArg = Annotated[Path, typer.Argument(help="A force checkpoint (.safetensors).")]
 
 
 @app.command(
@@ -143,7 +144,8 @@ def prune(
             bar.update(task, completed=info.step, status=f"density {info.density:.4%}")
 
         path, result = prune_to_checkpoint(cfg, output, overwrite=overwrite, on_step=on_step, on_start=on_start)
-    stderr.print(f"kept {result.kept:,} of {result.total:,} weights (sparsity {result.sparsity:.4%})", highlight=False) if not quiet else None
+    if not quiet:
+        stderr.print(f"kept {result.kept:,} of {result.total:,} weights (sparsity {result.sparsity:.4%})", highlight=False)
     print(path)
 
 
@@ -154,7 +156,7 @@ def prune(
 )
 @user_errors
 def inspect(
-    checkpoint: Annotated[Path, typer.Argument(help="A force checkpoint (.safetensors).")],
+    checkpoint: CheckpointArg,
     json_output: JsonOpt = False,
 ):
     """Per-layer density and effective density of a checkpoint, with its metadata."""
@@ -308,7 +310,7 @@ def train(
 )
 @user_errors
 def eval_command(
-    checkpoint: Annotated[Path, typer.Argument(help="A force checkpoint (.safetensors).")],
+    checkpoint: CheckpointArg,
     split: Annotated[str, typer.Option("--split", help=f"Which split: {', '.join(SPLITS)} (val: the part held out during training).")] = "test",
     dataset: Annotated[Optional[str], typer.Option("--dataset", "-d", help="Evaluate on another dataset with the same classes and image shape (default: the checkpoint's).")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Evaluation mini-batch size.")] = 256,

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 import force_cli
-from force_cli.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from force_cli.checkpoint import Checkpoint, check_new_output, load_checkpoint, save_checkpoint
 from force_cli.config import TrainSettings, check_section
 from force_cli.data import dataset_info, load_datasets
 from force_cli.device import resolve_device
@@ -95,15 +95,6 @@ def partial_path(output: str | Path) -> Path:
 
 def _same_file(a: Path, b: Path) -> bool:
     return a.resolve() == b.resolve()
-
-
-def _check_output(path: Path, overwrite: bool) -> None:
-    if not path.parent.is_dir():
-        raise ConfigError(f"output folder '{path.parent}' does not exist; create it first or choose another -o path")
-    if path.is_dir():
-        raise ConfigError(f"output '{path}' is a folder; give a file name such as {path / 'trained.safetensors'}")
-    if path.exists() and not overwrite:
-        raise ConfigError(f"output '{path}' already exists; choose another -o path or pass --overwrite")
 
 
 def _chosen(settings: TrainSettings | Mapping[str, Any] | None) -> dict[str, Any]:
@@ -194,7 +185,7 @@ def train_checkpoint(
     for path, what in ((output, "output"), (partial, "partial checkpoint")):
         if _same_file(path, source) and not (resume is not None and what == "partial checkpoint"):
             raise ConfigError(f"the {what} '{path}' would overwrite the input checkpoint; choose another -o path")
-    _check_output(output, overwrite)
+    check_new_output(output, overwrite)
     if partial.exists() and not overwrite and not _same_file(partial, source):
         raise ConfigError(f"a partial checkpoint of an earlier run exists at '{partial}'; continue it with: "
                           f"force train --resume {partial}  (or pass --overwrite to start over)")

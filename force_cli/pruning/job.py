@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 import force_cli
-from force_cli.checkpoint import save_checkpoint
+from force_cli.checkpoint import check_new_output, save_checkpoint
 from force_cli.config import PruneConfig
 from force_cli.data import BatchStream, dataset_info, load_datasets
 from force_cli.device import resolve_device
@@ -29,15 +29,6 @@ from force_cli.pruning.schedules import SCHEDULES
 
 def default_output(cfg: PruneConfig) -> Path:
     return Path(f"{cfg.model}-{cfg.dataset}-{cfg.method}-s{cfg.sparsity:g}-seed{cfg.seed}.safetensors")
-
-
-def check_output(path: Path, overwrite: bool) -> None:
-    if not path.parent.is_dir():
-        raise ConfigError(f"output folder '{path.parent}' does not exist; create it first or choose another -o path")
-    if path.is_dir():
-        raise ConfigError(f"output '{path}' is a folder; give a file name such as {path / 'pruned.safetensors'}")
-    if path.exists() and not overwrite:
-        raise ConfigError(f"output '{path}' already exists; choose another -o path or pass --overwrite")
 
 
 def validate(cfg: PruneConfig) -> None:
@@ -76,7 +67,7 @@ def prune_to_checkpoint(
     """
     validate(cfg)
     output = Path(output) if output is not None else default_output(cfg)
-    check_output(output, overwrite)
+    check_new_output(output, overwrite)
     device = resolve_device(cfg.device)
     method = get_method(cfg.method)
     info = dataset_info(cfg.dataset, cfg.data_dir)
