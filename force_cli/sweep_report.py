@@ -71,21 +71,34 @@ def _pivot(rows: list[Row]):
     return methods, sparsities, cell
 
 
-def _fmt(row: Row | None) -> str:
+def _fmt(row: Row | None, with_n: bool = True) -> str:
     if row is None:
         return "–"
-    return f"{100 * row.mean:.2f} ± {100 * row.std:.2f} (n={row.n})"
+    text = f"{100 * row.mean:.2f} ± {100 * row.std:.2f}"
+    return f"{text} (n={row.n})" if with_n else text
 
 
 def render_table(rows: list[Row], console: Console, title: str = "test accuracy (%)") -> None:
+    """Compact for a terminal: the seed count goes in the title when every cell has the same."""
     methods, sparsities, cell = _pivot(rows)
-    table = Table(title=title)
+    counts = {r.n for r in rows}
+    same_n = len(counts) == 1
+    table = Table(title=f"{title}, n={counts.pop()} seeds" if same_n else title, padding=(0, 1))
     table.add_column("method")
     for s in sparsities:
-        table.add_column(f"s={s:g}", justify="right")
+        table.add_column(f"{100 * s:g}%", justify="right")
     for m in methods:
-        table.add_row(m, *[_fmt(cell.get((m, s))) for s in sparsities])
-    console.print(table)
+        table.add_row(m, *[_fmt(cell.get((m, s)), with_n=not same_n) for s in sparsities])
+    # In a terminal rich fits the table to the window; in a pipe or file, print it at its natural width.
+    if console.is_terminal:
+        console.print(table)
+        return
+    width = console.width
+    console.width = 10_000  # the table does not expand: it takes only the width it needs
+    try:
+        console.print(table)
+    finally:
+        console.width = width
 
 
 def markdown(rows: list[Row]) -> str:
