@@ -200,7 +200,7 @@ def test_inspect_refuses_masks_that_do_not_fit_the_model(tmp_path):
 
 def test_version_help_examples_and_module_entry_point():
     assert run("--version").stdout.startswith("force-cli ")
-    for command in ("prune", "inspect"):
+    for command in ("prune", "inspect", "train", "eval", "sweep"):
         result = run(command, "--help")
         assert result.exit_code == 0 and "Example" in result.stdout
     proc = subprocess.run([sys.executable, "-m", "force_cli", "--help"], capture_output=True, text=True, timeout=120)

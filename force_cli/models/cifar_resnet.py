@@ -31,7 +31,11 @@ class BasicBlock(nn.Module):
         self.bn1 = nn.BatchNorm2d(planes)
         self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
-        self.shortcut = _projection(in_planes, planes * self.expansion, stride)
+        self.shortcut = self.make_shortcut(in_planes, planes * self.expansion, stride)
+
+    @staticmethod
+    def make_shortcut(in_planes: int, out_planes: int, stride: int) -> nn.Module:
+        return _projection(in_planes, out_planes, stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
@@ -111,24 +115,14 @@ class PadShortcut(nn.Module):
         return F.pad(x, (0, 0, 0, 0, half, self.extra - half))
 
 
-class HeBasicBlock(nn.Module):
-    """BasicBlock of He et al.'s CIFAR ResNets (option-A shortcut when the shape changes)."""
+class HeBasicBlock(BasicBlock):
+    """BasicBlock of He et al.'s CIFAR ResNets: the parameter-free option-A shortcut when the shape changes."""
 
-    def __init__(self, in_planes: int, planes: int, stride: int = 1):
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        if stride == 1 and in_planes == planes:
-            self.shortcut = nn.Sequential()
-        else:
-            self.shortcut = PadShortcut(in_planes, planes, stride)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return F.relu(out + self.shortcut(x))
+    @staticmethod
+    def make_shortcut(in_planes: int, out_planes: int, stride: int) -> nn.Module:
+        if stride == 1 and in_planes == out_planes:
+            return nn.Sequential()
+        return PadShortcut(in_planes, out_planes, stride)
 
 
 class HeResNet(nn.Module):
