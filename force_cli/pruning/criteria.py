@@ -51,6 +51,10 @@ class Method:
     needs_input_shape: bool = False  # data-free criteria that feed a synthetic input
     default_steps: int = 1
 
+    def steps_for(self, requested: int | None) -> int:
+        """The number of pruning steps a run takes: one-shot methods ignore ``requested``."""
+        return (requested or self.default_steps) if self.iterative else 1
+
 
 METHODS: dict[str, Method] = {}
 

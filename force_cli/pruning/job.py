@@ -82,7 +82,7 @@ def prune_to_checkpoint(
 
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, init=cfg.init, **model_args).to(device)
-    steps = (cfg.steps or method.default_steps) if method.iterative else 1
+    steps = method.steps_for(cfg.steps)
     if on_start is not None:
         on_start(steps)
     result = prune(

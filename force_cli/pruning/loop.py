@@ -112,7 +112,7 @@ def prune(
         raise ConfigError(f"method '{method}' needs the input shape (C, H, W) of one sample")
     if num_batches < 1:
         raise ConfigError(f"--batches must be at least 1, got {num_batches}")
-    steps = (steps or spec.default_steps) if spec.iterative else 1
+    steps = spec.steps_for(steps)
     initial_masks = dense_masks(model)
     total = sum(m.numel() for m in initial_masks.values())
     if total == 0:
