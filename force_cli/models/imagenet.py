@@ -18,16 +18,12 @@ from types import MappingProxyType
 import torch
 from torch import nn
 
+from force_cli.models.vgg import CFGS as CIFAR_VGG_CFGS
+from force_cli.models.vgg import conv_stack
+
 RESNET_MIN_IMAGE_SIZE = 1  # strided convs/pools with padding never reach 0; adaptive pool at the end
-VGG_CFGS = MappingProxyType({
-    "vgg11": (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"),
-    "vgg13": (64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"),
-    "vgg16": (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"),
-    "vgg19": (
-        64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M",
-        512, 512, 512, 512, "M", 512, 512, 512, 512, "M",
-    ),
-})
+# torchvision's VGG cfgs are the CIFAR ones with the fifth max-pool the CIFAR variant replaces.
+VGG_CFGS = MappingProxyType({name: cfg + ("M",) for name, cfg in CIFAR_VGG_CFGS.items()})
 
 
 def vgg_min_image_size(cfg: tuple) -> int:
@@ -118,15 +114,7 @@ class VGG(nn.Module):
 
     def __init__(self, cfg: tuple, num_classes: int, in_channels: int):
         super().__init__()
-        layers: list[nn.Module] = []
-        channels = in_channels
-        for v in cfg:
-            if v == "M":
-                layers.append(nn.MaxPool2d(2, 2))
-            else:
-                layers += [nn.Conv2d(channels, v, 3, padding=1), nn.BatchNorm2d(v), nn.ReLU(inplace=False)]
-                channels = v
-        self.features = nn.Sequential(*layers)
+        self.features, _ = conv_stack(cfg, in_channels, bias=True)
         self.avgpool = nn.AdaptiveAvgPool2d((7, 7))
         self.classifier = nn.Sequential(
             nn.Linear(512 * 7 * 7, 4096), nn.ReLU(inplace=False), nn.Dropout(0.5),
