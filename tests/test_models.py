@@ -313,26 +313,52 @@ def test_orthogonal_rows():
 
 
 @pytest.mark.parametrize("scheme", sorted(INIT_SCHEMES))
-def test_init_zeroes_biases_and_resets_batch_norm(scheme):
+def test_init_reinitialises_weights_only_and_resets_batch_norm(scheme):
+    """As the paper's code: Conv/Linear weights re-drawn, biases left as they were."""
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.Flatten(), nn.Linear(8, 4))
     with torch.no_grad():
         for p in model.parameters():
             p.uniform_(0.5, 1.5)
+    biases = [model[0].bias.detach().clone(), model[3].bias.detach().clone()]
     _initialized(model, scheme)
-    assert torch.all(model[0].bias == 0) and torch.all(model[3].bias == 0)
+    assert torch.equal(model[0].bias, biases[0]) and torch.equal(model[3].bias, biases[1])
     assert torch.all(model[1].weight == 1) and torch.all(model[1].bias == 0)
     assert not torch.all((model[0].weight >= 0.5) & (model[0].weight <= 1.5))
 
 
-def test_build_model_applies_default_init_and_none_keeps_pytorch_default():
+def test_build_model_applies_default_init_and_keeps_pytorchs_bias_draw():
     torch.manual_seed(0)
     model = build_model("lenet300", num_classes=10, in_channels=1, image_size=28)
     assert model.fc1.weight.std().item() == pytest.approx(math.sqrt(2 / 784), rel=0.05)
-    assert torch.all(model.fc1.bias == 0)
     torch.manual_seed(0)
     plain = build_model("lenet300", num_classes=10, in_channels=1, image_size=28, init=None)
-    assert not torch.all(plain.fc1.bias == 0)  # PyTorch's default uniform bias
     assert plain.fc1.weight.abs().max().item() <= 1 / math.sqrt(784) + 1e-6
+    # the scheme draws after construction, so the biases are exactly PyTorch's default draw
+    assert torch.equal(model.fc1.bias, plain.fc1.bias) and not torch.all(model.fc1.bias == 0)
+    assert model.fc1.bias.abs().max().item() <= 1 / math.sqrt(784) + 1e-6
+
+
+def test_cifar_vgg_classifier_bias_is_zero_as_in_the_papers_vgg():
+    torch.manual_seed(0)
+    cifar = build_model("vgg11", num_classes=10, in_channels=3, image_size=32)
+    assert torch.all(cifar.classifier.bias == 0)
+
+
+def test_tiny_imagenet_builds_the_papers_cifar_networks():
+    """The paper trains CIFAR VGG-19 (about 20 M weights) and the CIFAR-stem ResNet-50 on 64x64."""
+    from force_cli.data import dataset_info
+    from force_cli.pruning.masks import prunable_weights
+
+    info = dataset_info("tiny-imagenet")
+    args = dict(num_classes=info.num_classes, in_channels=info.in_channels, image_size=info.image_size,
+                imagenet_style=info.imagenet_style)
+    vgg = _meta_model("vgg19", **args)
+    convs = 9 * (3 * 64 + 64 * 64 + 64 * 128 + 128 * 128 + 128 * 256 + 3 * 256 * 256 + 256 * 512 + 7 * 512 * 512)
+    assert convs == 20_018_880
+    assert sum(w.numel() for w in prunable_weights(vgg).values()) == convs + 512 * 200  # not 140 M
+    assert isinstance(vgg.classifier, nn.Linear) and vgg.classifier.in_features == 512
+    resnet = _meta_model("resnet50", **args)
+    assert resnet.conv1.kernel_size == (3, 3) and resnet.conv1.stride == (1, 1)  # CIFAR stem, no max-pool
 
 
 # --- determinism and stability ----------------------------------------------------------------

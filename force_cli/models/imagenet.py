@@ -7,8 +7,10 @@ because its PyPI wheels are built against CUDA torch and fail to import on a CPU
 (``operator torchvision::nms does not exist``); the test suite compares against torchvision
 wherever it does import. Never downloads weights. ``in_channels`` sets the first conv's input
 channels (what replacing torchvision's first conv would give). Two deliberate differences that
-change no weights: ReLUs are not in place (GraSP needs double backward through the net), and
-no init of torchvision's own is applied (``force_cli.models.init`` does that for every model).
+change no weights: ReLUs are not in place (GraSP needs double backward through the net), and of
+torchvision's own init only the biases' is applied (VGG zeroes its biases, ResNet keeps PyTorch's
+default): ``force_cli.models.init`` re-initialises the weights of every model, as the paper's
+code re-initialises torchvision's.
 """
 
 from __future__ import annotations
@@ -121,6 +123,9 @@ class VGG(nn.Module):
             nn.Linear(4096, 4096), nn.ReLU(inplace=False), nn.Dropout(0.5),
             nn.Linear(4096, num_classes),
         )
+        for module in self.modules():  # torchvision's VGG zeroes every conv and linear bias
+            if isinstance(module, (nn.Conv2d, nn.Linear)):
+                nn.init.zeros_(module.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))

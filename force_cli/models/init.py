@@ -1,9 +1,12 @@
 """Weight-initialisation schemes, applied after building so every model starts the same way.
 
 Pruning at initialisation scores the initial weights, so the init is part of the experiment:
-the schemes are those the FORCE reference code offers. Each applies to every Conv and Linear
-weight, zeroes their biases, and sets batch-norm weight 1 and bias 0. They draw from the global
-torch RNG: the caller seeds it (``torch.manual_seed``) for a reproducible model.
+the schemes are those the FORCE reference code offers, applied as it applies them: each
+re-initialises every Conv and Linear *weight* and nothing else. Biases keep the initialisation
+their model gave them (PyTorch's default, uniform in ±1/√fan_in, unless the architecture sets its
+own, as the paper's CIFAR VGG does for its classifier); norm layers start at weight 1, bias 0.
+The schemes draw from the global torch RNG: the caller seeds it (``torch.manual_seed``) for a
+reproducible model.
 """
 
 from __future__ import annotations
@@ -35,8 +38,6 @@ def initialize(model: nn.Module, scheme: str) -> None:
     for module in model.modules():
         if isinstance(module, _WEIGHTED):
             init_weight(module.weight)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
         elif isinstance(module, _NORMS) and getattr(module, "weight", None) is not None:
             nn.init.ones_(module.weight)
             if module.bias is not None:

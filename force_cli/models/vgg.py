@@ -56,6 +56,7 @@ class CifarVGG(nn.Module):
         self.feature, channels = conv_stack(cfg, in_channels, bias=False)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(channels, num_classes)
+        nn.init.zeros_(self.classifier.bias)  # the paper's VGG zeroes it; the --init scheme never touches biases
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(torch.flatten(self.avgpool(self.feature(x)), 1))
