@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -53,10 +54,36 @@ def test_schedules_land_exactly_on_k_and_never_grow(schedule, total, k, steps):
     assert min(counts) >= k
 
 
-def test_exp_and_linear_schedules_follow_their_formulas():
+def test_exp_and_linear_schedules_follow_their_formulas_with_the_paper_codes_floor():
     total, k, steps = 10_000, 100, 4  # ρ = 0.01
-    assert kept_counts("exp", total, k, steps) == [round(10_000 * 0.01 ** (t / 4)) for t in (1, 2, 3)] + [100]
-    assert kept_counts("linear", total, k, steps) == [round(10_000 * (1 - t * 0.99 / 4)) for t in (1, 2, 3)] + [100]
+    # exp: 10⁴·0.01^(t/4) = 3162.28, 1000.0, 316.23; linear: 10⁴·(1 - 0.99t/4) = 7525, 5050, 2575,
+    # where 1 - 0.99/4 is 0.75249999... in binary, so the paper's int() keeps 7524, not round()'s 7525.
+    assert kept_counts("exp", total, k, steps, density=0.01) == [3162, 1000, 316, 100]
+    assert kept_counts("linear", total, k, steps, density=0.01) == [7524, 5050, 2575, 100]
+
+
+def paper_counts(mode, total, pruning_factor, steps):
+    """The FORCE paper code's per-step kept counts, written out independently with numpy:
+    int(N · ρ_t) with ρ_t from its exp / linear formulas."""
+    if mode == "exp":
+        rho = [np.exp(0 - ((x + 1) * (0 - np.log(pruning_factor)) / steps)) for x in range(steps)]
+    else:
+        rho = [1 - ((x + 1) * (1 - pruning_factor) / steps) for x in range(steps)]
+    return [int(total * r) for r in rho]
+
+
+@pytest.mark.parametrize("schedule", ["exp", "linear"])
+def test_intermediate_counts_equal_the_paper_codes_for_many_sizes(schedule):
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        total = int(rng.integers(100, 3_000_000))
+        sparsity = float(rng.choice([0.9, 0.95, 0.98, 0.99, 0.995, 0.998, 0.999, rng.uniform(0.5, 0.999)]))
+        steps = int(rng.integers(2, 120))
+        k = kept_for_sparsity(total, sparsity)
+        ours = kept_counts(schedule, total, k, steps, density=1 - sparsity)
+        paper = paper_counts(schedule, total, 1 - sparsity, steps)
+        assert ours[:-1] == [max(k, c) for c in paper[:-1]]
+        assert ours[-1] == k
 
 
 def test_kept_for_sparsity_is_round_of_remaining_fraction_and_refuses_bad_values():
