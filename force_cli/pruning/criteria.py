@@ -10,11 +10,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from force_cli.errors import UnknownNameError
 from force_cli.pruning.masks import Masks, Scores
+from force_cli.pruning.objectives import Objective
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -25,7 +25,8 @@ class ScoringContext:
 
     ``initial`` holds θ0, the dense initial weights, which criteria read but never modify;
     ``next_batches`` returns the next ``--batches`` mini-batches of the seeded stream, on the
-    model's device; ``input_shape`` is (C, H, W) of one sample (for data-free criteria).
+    model's device; ``objective`` is the loss whose gradients data-driven criteria score;
+    ``input_shape`` is (C, H, W) of one sample (for data-free criteria).
     """
 
     model: nn.Module
@@ -34,6 +35,7 @@ class ScoringContext:
     next_batches: Callable[[], list[Batch]] | None
     input_shape: tuple[int, ...]
     generator: torch.Generator
+    objective: Objective | None = None
     cache: dict = field(default_factory=dict)
 
 
@@ -50,6 +52,9 @@ class Method:
     needs_data: bool = True
     needs_input_shape: bool = False  # data-free criteria that feed a synthetic input
     default_steps: int = 1
+    # The saliency objective of the method's reference code (None for data-free methods).
+    objective: Objective | None = None
+    objective_reason: str = ""  # why that objective, for --help and the README
 
     def steps_for(self, requested: int | None) -> int:
         """The number of pruning steps a run takes: one-shot methods ignore ``requested``."""
@@ -80,9 +85,9 @@ def load_masked_initial(ctx: ScoringContext, masks: Masks) -> None:
         torch.mul(ctx.initial[name], masks[name], out=w.data)
 
 
-def _loss(model: nn.Module, batch: Batch) -> torch.Tensor:
+def _loss(ctx: ScoringContext, batch: Batch) -> torch.Tensor:
     x, y = batch
-    return F.cross_entropy(model(x), y)
+    return ctx.objective(ctx.model(x), y)
 
 
 def average_gradients(ctx: ScoringContext, batches: list[Batch]) -> dict[str, torch.Tensor]:
@@ -90,7 +95,7 @@ def average_gradients(ctx: ScoringContext, batches: list[Batch]) -> dict[str, to
     for w in ctx.weights.values():
         w.grad = None
     for batch in batches:
-        _loss(ctx.model, batch).backward()
+        _loss(ctx, batch).backward()
     if len(batches) > 1:
         torch._foreach_div_([w.grad for w in ctx.weights.values()], len(batches))
     return {name: w.grad for name, w in ctx.weights.items()}
@@ -129,7 +134,7 @@ def grasp(ctx: ScoringContext, masks: Masks) -> Scores:
     for w in params:
         w.grad = None
     for batch in batches:
-        grads = torch.autograd.grad(_loss(ctx.model, batch), params, create_graph=True)
+        grads = torch.autograd.grad(_loss(ctx, batch), params, create_graph=True)
         dot = sum((g[n] * gr).sum() for n, gr in zip(names, grads))
         dot.backward()
     return {n: ctx.weights[n].grad.div_(len(batches)).mul_(ctx.initial[n]) for n in names}
@@ -174,14 +179,18 @@ def uniform_random(ctx: ScoringContext, masks: Masks) -> Scores:
     }
 
 
+_PAPER = Objective("true-logit")
+_PAPER_REASON = "as the FORCE paper's code"
 register(Method("force", connection_sensitivity, "FORCE: iterative |θ0 ⊙ ∇L(θ0 ⊙ c)|, pruned weights may come back",
-                iterative=True, revives=True, default_steps=60))
+                iterative=True, revives=True, default_steps=60, objective=_PAPER, objective_reason=_PAPER_REASON))
 register(Method("iter-snip", connection_sensitivity, "Iterative SNIP: |θ ⊙ ∇L(θ ⊙ c)|, pruned weights stay pruned",
-                iterative=True, default_steps=60))
+                iterative=True, default_steps=60, objective=_PAPER, objective_reason=_PAPER_REASON))
 register(Method("grasp-it", squared_gradient, "GraSP-It: iterative (∇L(θ ⊙ c))², pruned weights stay pruned",
-                iterative=True, default_steps=60))
-register(Method("snip", connection_sensitivity, "SNIP: one-shot |θ ⊙ ∇L(θ)| (SNIP-MB with --batches > 1)"))
-register(Method("grasp", grasp, "GraSP: one-shot, keeps the largest θ ⊙ H∇L"))
+                iterative=True, default_steps=60, objective=_PAPER, objective_reason=_PAPER_REASON))
+register(Method("snip", connection_sensitivity, "SNIP: one-shot |θ ⊙ ∇L(θ)| (SNIP-MB with --batches > 1)",
+                objective=_PAPER, objective_reason="as the FORCE paper's code, which compares against it"))
+register(Method("grasp", grasp, "GraSP: one-shot, keeps the largest θ ⊙ H∇L",
+                objective=Objective("cross-entropy", 200.0), objective_reason="as Wang et al.'s GraSP code"))
 register(Method("synflow", synflow, "SynFlow: iterative, data-free |θ ⊙ ∂R/∂θ|",
                 iterative=True, needs_data=False, needs_input_shape=True, default_steps=100))
 register(Method("magnitude", magnitude, "magnitude: one-shot |θ|", needs_data=False))
