@@ -14,6 +14,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 import force_cli
@@ -22,6 +23,7 @@ from force_cli.data import DATASETS
 from force_cli.errors import ForceError
 from force_cli.models import INIT_SCHEMES, MODELS
 from force_cli.pruning import METHODS, SCHEDULES
+from force_cli.pruning.objectives import OBJECTIVES
 from force_cli.evaluation import SPLITS
 from force_cli.training import LR_SCHEDULES, OPTIMIZERS, TRAIN_DEFAULTS
 
@@ -43,6 +45,14 @@ def _names(registry) -> str:
     return ", ".join(registry)
 
 
+def _saliency_loss_help() -> str:
+    """--saliency-loss help: the choices, then each data-driven method's default and why."""
+    defaults = "; ".join(f"{m.name}: {m.objective.describe()} ({m.objective_reason})"
+                         for m in METHODS.values() if m.objective is not None)
+    return (f"Objective whose gradients the scores use: {_names(OBJECTIVES)}. Default: the method's "
+            f"reference code's, i.e. {defaults}. true-logit is -mean true-class logit.")
+
+
 def fail(message: str, code: int = 2) -> typer.Exit:
     stderr.print(f"[bold red]error:[/] {message}", highlight=False, markup=True, soft_wrap=True)
     return typer.Exit(code)
@@ -56,7 +66,7 @@ def user_errors(command):
         try:
             return command(*args, **kwargs)
         except ForceError as exc:
-            raise fail(str(exc)) from None
+            raise fail(str(exc), exc.exit_code) from None
         except KeyboardInterrupt:
             raise fail("interrupted; nothing was written under the final name", 130) from None
 
@@ -117,6 +127,10 @@ def prune(
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Mini-batch size (default: 128).")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Seed for init, data order and random pruning (default: 0).")] = None,
     init: Annotated[Optional[str], typer.Option("--init", help=f"Weight init (default: kaiming-normal): {_names(INIT_SCHEMES)}.")] = None,
+    saliency_loss: Annotated[Optional[str], typer.Option("--saliency-loss", help=_saliency_loss_help())] = None,
+    saliency_temperature: Annotated[Optional[float], typer.Option("--saliency-temperature", help="Temperature T of --saliency-loss cross-entropy (default: the method's, 200 for grasp, else 1); given alone it selects cross-entropy.")] = None,
+    val_fraction: Annotated[Optional[float], typer.Option("--val-fraction", help="Fraction of the training set `train` will hold out for validation (same seed); pruning never draws from it (default: the dataset's training default).")] = None,
+    allow_disconnected: Annotated[Optional[bool], typer.Option("--allow-disconnected", help="Write the checkpoint even if pruning leaves no input-to-output path or an empty output layer (default: fail with exit code 1).")] = None,
     device: DeviceOpt = None,
     data_dir: Annotated[Optional[str], typer.Option("--data-dir", help="Dataset root (default: $FORCE_DATA or the user cache).")] = None,
     download: Annotated[Optional[bool], typer.Option("--download/--no-download", help="Download a missing dataset (default: download).")] = None,
@@ -130,7 +144,8 @@ def prune(
 
     flags = dict(model=model, dataset=dataset, sparsity=sparsity, method=method, steps=steps, schedule=schedule,
                  batches=batches, batch_size=batch_size, seed=seed, init=init, device=device, data_dir=data_dir,
-                 download=download)
+                 download=download, saliency_loss=saliency_loss, saliency_temperature=saliency_temperature,
+                 val_fraction=val_fraction, allow_disconnected=allow_disconnected)
     defaults = load_recipe(recipe).settings_for("prune") if recipe else None
     cfg = resolve(PruneConfig, defaults, flags)
     with progress_bar(quiet) as bar:
@@ -144,6 +159,8 @@ def prune(
             bar.update(task, completed=info.step, status=f"density {info.density:.4%}")
 
         path, result = prune_to_checkpoint(cfg, output, overwrite=overwrite, on_step=on_step, on_start=on_start)
+    for warning in result.warnings:
+        stderr.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False)
     if not quiet:
         stderr.print(f"kept {result.kept:,} of {result.total:,} weights (sparsity {result.sparsity:.4%})", highlight=False)
     print(path)
@@ -402,8 +419,12 @@ def sweep(
                 bar.console.print(f"{cell.key}: test accuracy {record['test_acc']:.2%} "
                                   f"({record['prune_seconds'] + record['train_seconds']:.1f}s)", highlight=False)
 
+        def on_warning(cell, warning: str):
+            stderr.print(f"[bold yellow]warning:[/] {escape(cell.key)}: {escape(warning)}", highlight=False)
+
         try:
-            records = run_sweep(loaded, out, SweepHooks(on_cell_start=on_cell_start, on_cell_done=on_cell_done))
+            records = run_sweep(loaded, out, SweepHooks(on_cell_start=on_cell_start, on_cell_done=on_cell_done,
+                                                        on_warning=on_warning))
         except TrainingInterrupted as exc:
             raise fail(f"sweep interrupted ({exc}); run the same command again to continue", exc.exit_code) from None
         except TrainingDiverged as exc:

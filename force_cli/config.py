@@ -43,6 +43,14 @@ class PruneSettings:
     batches: int = 1
     batch_size: int = 128
     init: str = "kaiming-normal"
+    # The objective whose gradients the scores use; None: the method's own (see pruning/objectives.py).
+    saliency_loss: str | None = None
+    saliency_temperature: float | None = None
+    # The fraction of the training set that `train` holds out for validation, drawn with the same
+    # seed: pruning never sees those images. None: the dataset's training default.
+    val_fraction: float | None = None
+    # Write a network with no input-to-output path (or an empty output layer) instead of failing.
+    allow_disconnected: bool = False
 
 
 @dataclass
@@ -58,6 +66,7 @@ class SweepSettings:
     sparsities: list[float] = dataclasses.field(default_factory=list)
     seeds: list[int] = dataclasses.field(default_factory=lambda: [0])
     title: str = ""  # shown on the results table and plot
+    dense: bool = False  # add one unpruned reference cell per seed (method "dense", sparsity 0)
 
 
 @dataclass

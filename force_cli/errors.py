@@ -8,6 +8,8 @@ Each message names the problem *and* the fix, because it is shown to the user ve
 class ForceError(Exception):
     """Base class for every error caused by user input (bad names, files, settings)."""
 
+    exit_code = 2  # what the CLI exits with: 2 for bad input
+
 
 class UnknownNameError(ForceError):
     """A model, dataset, method, schedule or init name that no registry knows."""
@@ -35,3 +37,12 @@ class CheckpointError(ForceError):
 
 class DeviceError(ForceError):
     """A device that was asked for but is not available (e.g. CUDA on a CPU-only machine)."""
+
+
+class DisconnectedError(ForceError):
+    """Pruning left no input-to-output path (or an empty output layer): the network cannot learn.
+
+    The input was valid but the run failed, as a diverged training does: exit code 1.
+    """
+
+    exit_code = 1

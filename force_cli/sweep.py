@@ -54,13 +54,28 @@ def expand_grid(settings: SweepSettings) -> list[Cell]:
         if not 0.0 <= s < 1.0:
             raise ConfigError(f"sweep sparsity {s} is outside [0, 1)")
     unique = lambda xs: list(dict.fromkeys(xs))  # noqa: E731 - keep the recipe's order, drop repeats
-    return [Cell(m, float(s), int(seed)) for seed in unique(settings.seeds)
-            for s in unique(settings.sparsities) for m in unique(settings.methods)]
+    cells = []
+    for seed in unique(settings.seeds):
+        if settings.dense:
+            cells.append(Cell(DENSE, 0.0, int(seed)))
+        cells += [Cell(m, float(s), int(seed)) for s in unique(settings.sparsities) for m in unique(settings.methods)]
+    return cells
+
+
+DENSE = "dense"  # the reference cell of `dense: true`: nothing pruned, trained like the others
 
 
 def prune_config(recipe: Recipe, cell: Cell) -> PruneConfig:
-    return resolve(PruneConfig, recipe.settings_for("prune"),
-                   {"method": cell.method, "sparsity": cell.sparsity, "seed": cell.seed})
+    """The cell's `force prune` settings. Pruning holds out the validation images of the recipe's
+    training, and a collapsed network is recorded (it trains to chance accuracy), not an error."""
+    settings = recipe.settings_for("prune")
+    train_val = recipe.sections.get("train", {}).get("val_fraction")
+    if settings.get("val_fraction") is None and train_val is not None:
+        settings["val_fraction"] = train_val
+    flags = {"method": cell.method, "sparsity": cell.sparsity, "seed": cell.seed, "allow_disconnected": True}
+    if cell.method == DENSE:  # sparsity 0 keeps every weight; a data-free one-shot method needs no batch
+        flags["method"] = "magnitude"
+    return resolve(PruneConfig, settings, flags)
 
 
 def finished_cells(out_dir: Path) -> set[str]:
@@ -90,6 +105,7 @@ class SweepHooks:
     on_cell_start: Callable[[Cell, int, int], None] | None = None  # cell, index (1-based), total
     on_cell_done: Callable[[Cell, dict], None] | None = None
     prune_step: Callable | None = None  # pruning's on_step
+    on_warning: Callable[[Cell, str], None] | None = None  # a pruning warning (e.g. a collapsed network)
     train_callbacks: TrainCallbacks | None = None
 
 
@@ -103,7 +119,10 @@ def run_cell(recipe: Recipe, cell: Cell, out_dir: Path, hooks: SweepHooks) -> di
     partial = partial_path(trained)
     started = time.perf_counter()
     if not pruned.exists():  # written atomically: if it exists it is complete
-        prune_to_checkpoint(prune_config(recipe, cell), pruned, on_step=hooks.prune_step)
+        _, result = prune_to_checkpoint(prune_config(recipe, cell), pruned, on_step=hooks.prune_step)
+        for warning in result.warnings:
+            if hooks.on_warning:
+                hooks.on_warning(cell, warning)
     pruned_at = time.perf_counter()
     if not trained.exists():
         train_checkpoint(
@@ -119,11 +138,21 @@ def run_cell(recipe: Recipe, cell: Cell, out_dir: Path, hooks: SweepHooks) -> di
     return {
         "cell": cell.key, "method": cell.method, "sparsity": cell.sparsity, "seed": cell.seed,
         "achieved_sparsity": 1.0 - metrics["density"],
+        **_connectivity(pruned),
         "test_acc": metrics["top1"], "test_top5": metrics["top5"], "test_loss": metrics["loss"],
         "test_samples": metrics["samples"],
         "prune_seconds": round(pruned_at - started, 3), "train_seconds": round(trained_at - pruned_at, 3),
         "pruned": str(pruned.relative_to(out_dir)), "trained": str(trained.relative_to(out_dir)),
     }
+
+
+def _connectivity(pruned: Path) -> dict:
+    """Effective density and collapse of a cell's pruned network, from its checkpoint's metadata."""
+    from force_cli.checkpoint import read_metadata
+
+    found = read_metadata(pruned).get("pruning_result")
+    found = found if isinstance(found, dict) else {}
+    return {"effective_density": found.get("effective_density"), "disconnected": found.get("disconnected")}
 
 
 def run_sweep(recipe: Recipe, out_dir: Path, hooks: SweepHooks | None = None) -> list[dict]:

@@ -130,11 +130,15 @@ def plot(rows: list[Row], stem: Path, title: str = "") -> list[Path]:
     methods, _, _ = _pivot(rows)
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     ax.set_xscale("log")
-    remaining = sorted({r.remaining for r in rows})
+    remaining = sorted({r.remaining for r in rows if r.method != "dense"} or {r.remaining for r in rows})
     if len(remaining) == 1:  # a single sparsity: give the log axis some width
         ax.set_xlim(remaining[0] / 2, remaining[0] * 2)
     for m in methods:
         mine = sorted((r for r in rows if r.method == m), key=lambda r: r.remaining)
+        if m == "dense" and len(mine) == 1:  # the unpruned reference: a level line across the plot
+            ax.axhline(100 * mine[0].mean, color="black", linestyle="--", linewidth=1,
+                       label=f"dense ({100 * mine[0].mean:.1f}%)")
+            continue
         ax.errorbar([r.remaining for r in mine], [100 * r.mean for r in mine], yerr=[100 * r.std for r in mine],
                     marker="o", markersize=4, capsize=3, label=m)
     ax.invert_xaxis()  # sparser to the right, as in the paper's figures

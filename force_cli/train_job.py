@@ -97,6 +97,18 @@ def _same_file(a: Path, b: Path) -> bool:
     return a.resolve() == b.resolve()
 
 
+def pruning_holdout(metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """The validation fraction pruning kept its batches out of, as a default for training's split.
+
+    With the same seed (the default), training then holds out exactly the images pruning never saw.
+    """
+    pruning = metadata.get("pruning")
+    fraction = pruning.get("val_fraction") if isinstance(pruning, dict) else None
+    if isinstance(fraction, (int, float)) and not isinstance(fraction, bool) and 0 <= fraction < 1:
+        return {"val_fraction": float(fraction)}
+    return {}
+
+
 def _chosen(settings: TrainSettings | Mapping[str, Any] | None) -> dict[str, Any]:
     if settings is None:
         return {}
@@ -175,7 +187,7 @@ def train_checkpoint(
             raise ConfigError(f"'{source}' is the partial checkpoint of an interrupted run; continue it with: "
                               f"force train --resume {source}")
         state = None
-        base = TrainSettings(**chosen)
+        base = TrainSettings(**(pruning_holdout(metadata) | chosen))
         recorded = metadata.get("seed")
         run_seed = seed if seed is not None else (recorded if isinstance(recorded, int) else 0)
         origin = str(source)

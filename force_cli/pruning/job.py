@@ -20,10 +20,11 @@ from force_cli.checkpoint import check_new_output, save_checkpoint
 from force_cli.config import PruneConfig
 from force_cli.data import BatchStream, dataset_info, load_datasets
 from force_cli.device import resolve_device
-from force_cli.errors import ConfigError, UnknownNameError
+from force_cli.errors import ConfigError, DisconnectedError, UnknownNameError
 from force_cli.models import INIT_SCHEMES, MODELS, build_model, check_compatible
 from force_cli.pruning.criteria import get_method
-from force_cli.pruning.loop import PruneResult, StepInfo, prune
+from force_cli.pruning.loop import PruneResult, StepInfo, prune, resolve_objective
+from force_cli.pruning.masks import prunable_weights
 from force_cli.pruning.schedules import SCHEDULES
 
 
@@ -37,7 +38,9 @@ def validate(cfg: PruneConfig) -> None:
         raise ConfigError(f"no model given; pass --model (known models: {', '.join(sorted(MODELS))})")
     if cfg.model not in MODELS:
         raise UnknownNameError("model", cfg.model, MODELS)
-    get_method(cfg.method)
+    resolve_objective(get_method(cfg.method), cfg.saliency_loss, cfg.saliency_temperature)
+    if cfg.val_fraction is not None and not 0.0 <= cfg.val_fraction < 1.0:
+        raise ConfigError(f"--val-fraction {cfg.val_fraction} is outside [0, 1); give the fraction `train` holds out, e.g. 0.1")
     if cfg.schedule not in SCHEDULES:
         raise UnknownNameError("schedule", cfg.schedule, SCHEDULES)
     if cfg.init not in INIT_SCHEMES:
@@ -75,9 +78,12 @@ def prune_to_checkpoint(
                       image_size=info.image_size, imagenet_style=info.imagenet_style)
     check_compatible(cfg.model, **model_args)
 
+    val_fraction = holdout_fraction(cfg)
     stream = None
     if method.needs_data:
-        splits = load_datasets(cfg.dataset, cfg.data_dir, download=cfg.download, seed=cfg.seed)
+        # The same split `train` makes with the same seed: validation images stay unseen.
+        splits = load_datasets(cfg.dataset, cfg.data_dir, download=cfg.download, seed=cfg.seed,
+                               val_fraction=val_fraction)
         stream = BatchStream(splits.train, cfg.batch_size, seed=cfg.seed)
 
     torch.manual_seed(cfg.seed)
@@ -88,9 +94,18 @@ def prune_to_checkpoint(
     result = prune(
         model, method=cfg.method, sparsity=cfg.sparsity, steps=steps, schedule=cfg.schedule, stream=stream,
         num_batches=cfg.batches, input_shape=(info.in_channels, info.image_size, info.image_size),
-        seed=cfg.seed, on_step=on_step,
+        seed=cfg.seed, saliency_loss=cfg.saliency_loss, saliency_temperature=cfg.saliency_temperature,
+        on_step=on_step,
     )
-    settings = asdict(cfg) | {"steps": result.steps}
+    connectivity = check_connectivity(model, result, (info.in_channels, info.image_size, info.image_size),
+                                      allow=cfg.allow_disconnected)
+    objective = result.objective
+    settings = asdict(cfg) | {
+        "steps": result.steps,
+        "saliency_loss": objective.name if objective else None,
+        "saliency_temperature": objective.temperature if objective and objective.name == "cross-entropy" else None,
+        "val_fraction": val_fraction,
+    }
     metadata = {
         "stage": "init",
         "model": cfg.model,
@@ -101,6 +116,8 @@ def prune_to_checkpoint(
         "pruning": settings,
         "target_sparsity": cfg.sparsity,
         "achieved_sparsity": result.sparsity,
+        # what the pruning run found out about its own mask (see check_connectivity)
+        "pruning_result": connectivity | {"unranked_steps": result.unranked_steps, "warnings": result.warnings},
         "seed": cfg.seed,
         "force_cli_version": force_cli.__version__,
         "torch_version": torch.__version__,
@@ -109,3 +126,59 @@ def prune_to_checkpoint(
     }
     save_checkpoint(output, model.state_dict(), result.masks, metadata)
     return output, result
+
+
+def holdout_fraction(cfg: PruneConfig) -> float:
+    """The validation fraction `train` will hold out by default, which pruning must not draw from."""
+    if cfg.val_fraction is not None:
+        return cfg.val_fraction
+    from force_cli.training import TRAIN_DEFAULTS
+
+    return float(TRAIN_DEFAULTS.get(dataset_info(cfg.dataset).name, {}).get("val_fraction", 0.0))
+
+
+def _step_ranges(steps: list[int]) -> str:
+    """[3, 4, 5, 9] -> '3-5, 9'."""
+    parts, start = [], None
+    for i, s in enumerate(steps):
+        if start is None:
+            start = s
+        if i + 1 == len(steps) or steps[i + 1] != s + 1:
+            parts.append(f"{start}" if start == s else f"{start}-{s}")
+            start = None
+    return ", ".join(parts)
+
+
+def check_connectivity(model, result: PruneResult, input_shape: tuple[int, ...], *, allow: bool) -> dict:
+    """Refuse (or, with ``allow``, warn about) a mask that cannot learn; warn about an unranked last step.
+
+    A network is disconnected when no path of kept weights links input and output (effective
+    density 0) or when its output layer, the last prunable layer, keeps no weight. Warnings are
+    appended to ``result.warnings``; the effective density is returned for the metadata.
+    """
+    from force_cli.report import effective_masks
+
+    effective = effective_masks(model, result.masks, input_shape)
+    effective_kept = sum(int(m.sum()) for m in effective.values())
+    output_layer = list(prunable_weights(model))[-1]
+    unranked = result.unranked_steps
+    # Only the last step decides the mask: earlier ties among zero scores are re-scored by the next
+    # step (dead units whose weights all score 0 are common and harmless there). They are recorded.
+    if result.steps in unranked:
+        result.warnings.append(
+            f"the last pruning step had fewer non-zero scores than weights to keep, so some of the kept "
+            f"weights were chosen by position, not by score (unranked steps: {_step_ranges(unranked)}); "
+            f"more --steps or a lower --sparsity lets the criterion rank them"
+        )
+    problem = None
+    if not bool(result.masks[output_layer].any()):  # the more specific of the two: say it first
+        problem = f"the output layer '{output_layer}' keeps no weight"
+    elif effective_kept == 0:
+        problem = "no path of kept weights links the input to the output (effective density 0)"
+    if problem is not None:
+        advice = "use more --steps or a lower --sparsity"
+        if not allow:
+            raise DisconnectedError(f"pruning left a network that cannot learn: {problem}; {advice}, "
+                                    f"or pass --allow-disconnected to write it anyway")
+        result.warnings.append(f"the network cannot learn: {problem} ({advice})")
+    return {"effective_density": effective_kept / result.total, "disconnected": problem is not None}

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -10,8 +12,9 @@ import torch
 from torch import nn
 
 from force_cli.errors import ConfigError
-from force_cli.pruning.criteria import Batch, ScoringContext, get_method
+from force_cli.pruning.criteria import Batch, Method, ScoringContext, get_method
 from force_cli.pruning.masks import Masks, Scores, count_kept, dense_masks, keep_top_k, kept_for_sparsity, prunable_weights
+from force_cli.pruning.objectives import Objective, make_objective
 from force_cli.pruning.schedules import kept_counts
 
 
@@ -23,11 +26,19 @@ class StepInfo:
     steps: int
     kept: int
     total: int
+    # The lowest score kept (the kept-th largest); None when the step kept every weight. When it is
+    # 0 or not finite, the scores could not rank all the weights this step needed: the last ones
+    # were picked by position among equal, uninformative scores, not by the criterion.
+    threshold: float | None = None
     masks: Masks = field(repr=False, compare=False, default_factory=dict)  # after this step; only in on_step
 
     @property
     def density(self) -> float:
         return self.kept / self.total
+
+    @property
+    def unranked(self) -> bool:
+        return self.threshold is not None and (self.threshold == 0 or not math.isfinite(self.threshold))
 
 
 @dataclass
@@ -37,10 +48,17 @@ class PruneResult:
     kept: int
     steps: int
     history: list[StepInfo] = field(default_factory=list)
+    objective: Objective | None = None  # the saliency objective used (None: data-free method)
+    warnings: list[str] = field(default_factory=list)  # for the user; the job adds connectivity ones
 
     @property
     def sparsity(self) -> float:
         return 1.0 - self.kept / self.total
+
+    @property
+    def unranked_steps(self) -> list[int]:
+        """Steps whose scores could not rank all the weights they kept (see ``StepInfo.threshold``)."""
+        return [info.step for info in self.history if info.unranked]
 
 
 class _BatchSource:
@@ -55,8 +73,26 @@ class _BatchSource:
                 for x, y in self.stream.take(self.num_batches)]
 
 
+def resolve_objective(spec: Method, loss: str | None = None, temperature: float | None = None) -> Objective | None:
+    """The saliency objective of a run: the method's own unless ``loss`` or ``temperature`` is given.
+
+    A temperature alone selects cross-entropy (the only objective it applies to); cross-entropy
+    without a temperature takes the method's default one (200 for GraSP, else 1). Data-free
+    methods have no objective: None, whatever is asked.
+    """
+    if not spec.needs_data:
+        return None
+    if loss is None and temperature is None:
+        return spec.objective
+    loss = loss or "cross-entropy"
+    if temperature is None and loss == "cross-entropy" and spec.objective.name == "cross-entropy":
+        temperature = spec.objective.temperature
+    return make_objective(loss, temperature)
+
+
 def scoring_context(model: nn.Module, *, stream=None, num_batches: int = 1,
-                    input_shape: tuple[int, ...] | None = None, seed: int = 0) -> ScoringContext:
+                    input_shape: tuple[int, ...] | None = None, seed: int = 0,
+                    objective: Objective | None = None) -> ScoringContext:
     """A context over one private copy of ``model`` for a whole run: the caller's weights and
     batch-norm statistics stay untouched, and no step copies the network again."""
     work = copy.deepcopy(model).train()
@@ -72,6 +108,7 @@ def scoring_context(model: nn.Module, *, stream=None, num_batches: int = 1,
         next_batches=_BatchSource(stream, num_batches, device) if stream is not None else None,
         input_shape=tuple(input_shape) if input_shape else (),
         generator=torch.Generator().manual_seed(seed),
+        objective=objective,
     )
 
 
@@ -81,6 +118,7 @@ def compute_scores(model: nn.Module, method: str, masks: Masks | None = None, **
     For analysis and tests; ``context`` takes the keyword arguments of ``scoring_context``.
     """
     spec = get_method(method)
+    context.setdefault("objective", spec.objective)
     ctx = scoring_context(model, **context)
     masks = masks if masks is not None else dense_masks(model)
     return spec.score(ctx, {n: m.to(ctx.initial[n].device) for n, m in masks.items()})
@@ -97,6 +135,8 @@ def prune(
     num_batches: int = 1,
     input_shape: tuple[int, ...] | None = None,
     seed: int = 0,
+    saliency_loss: str | None = None,
+    saliency_temperature: float | None = None,
     on_step: Callable[[StepInfo], None] | None = None,
 ) -> PruneResult:
     """Compute pruning masks for ``model`` at initialization. Returns masks; never mutates ``model``.
@@ -104,6 +144,8 @@ def prune(
     ``stream`` provides mini-batches through ``take(n)`` (needed by data-driven methods);
     ``input_shape`` (C, H, W) is needed by SynFlow. ``steps=None`` uses the method's default;
     one-shot methods always take one step. The model's current weights are θ0.
+    ``saliency_loss`` / ``saliency_temperature`` override the method's objective
+    (see ``resolve_objective``).
     """
     spec = get_method(method)
     if spec.needs_data and stream is None:
@@ -112,15 +154,17 @@ def prune(
         raise ConfigError(f"method '{method}' needs the input shape (C, H, W) of one sample")
     if num_batches < 1:
         raise ConfigError(f"--batches must be at least 1, got {num_batches}")
+    objective = resolve_objective(spec, saliency_loss, saliency_temperature)
     steps = spec.steps_for(steps)
     initial_masks = dense_masks(model)
     total = sum(m.numel() for m in initial_masks.values())
     if total == 0:
         raise ConfigError("the model has no prunable (Conv or Linear) weights")
     k = kept_for_sparsity(total, sparsity)
-    counts = kept_counts(schedule, total, k, steps)
+    counts = kept_counts(schedule, total, k, steps, density=1.0 - sparsity)
 
-    ctx = scoring_context(model, stream=stream, num_batches=num_batches, input_shape=input_shape, seed=seed)
+    ctx = scoring_context(model, stream=stream, num_batches=num_batches, input_shape=input_shape, seed=seed,
+                          objective=objective)
     device = next(iter(ctx.weights.values())).device
     masks = {n: m.to(device) for n, m in initial_masks.items()}
     history = []
@@ -129,9 +173,11 @@ def prune(
         if not spec.revives:
             for name, s in scores.items():
                 s.masked_fill_(~masks[name], float("-inf"))
-        masks = keep_top_k(scores, kt)
-        history.append(StepInfo(step=t, steps=steps, kept=kt, total=total))
+        masks, threshold = keep_top_k(scores, kt, return_threshold=True)
+        info = StepInfo(step=t, steps=steps, kept=kt, total=total, threshold=threshold)
+        history.append(info)
         if on_step is not None:
-            on_step(StepInfo(step=t, steps=steps, kept=kt, total=total, masks=masks))
+            on_step(dataclasses.replace(info, masks=masks))
     masks = {n: m.cpu() for n, m in masks.items()}
-    return PruneResult(masks=masks, total=total, kept=count_kept(masks), steps=steps, history=history)
+    return PruneResult(masks=masks, total=total, kept=count_kept(masks), steps=steps, history=history,
+                       objective=objective)

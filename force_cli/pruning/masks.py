@@ -59,19 +59,21 @@ def kept_for_sparsity(total: int, sparsity: float) -> int:
     return k
 
 
-def keep_top_k(scores: Mapping[str, torch.Tensor], k: int) -> Masks:
+def keep_top_k(scores: Mapping[str, torch.Tensor], k: int, *, return_threshold: bool = False):
     """Global top-k over all layers: exactly ``k`` weights kept, higher score kept.
 
     Ties at the threshold are broken deterministically: the tied weights that come first
     (in layer order, then in row-major order inside a layer) are kept. NaN scores rank lowest.
-    The inputs are not modified.
+    The inputs are not modified. With ``return_threshold``, returns ``(masks, threshold)``:
+    the k-th largest score as a float (None when k is 0 or every weight).
     """
     names = list(scores)
     total = sum(scores[n].numel() for n in names)
     if not 0 <= k <= total:
         raise ConfigError(f"cannot keep {k} of {total} weights")
     if k == total or k == 0:
-        return {n: torch.full_like(scores[n], k == total, dtype=torch.bool) for n in names}
+        masks = {n: torch.full_like(scores[n], k == total, dtype=torch.bool) for n in names}
+        return (masks, None) if return_threshold else masks
     threshold = kth_largest([scores[n].detach().reshape(-1) for n in names], k)
     masks = {n: scores[n].detach() > threshold for n in names}
     missing = k - sum(int(torch.count_nonzero(m)) for m in masks.values())
@@ -87,7 +89,7 @@ def keep_top_k(scores: Mapping[str, torch.Tensor], k: int) -> Masks:
         tied = torch.nonzero(torch.isnan(scores[n].detach().reshape(-1))).flatten()[:missing]
         masks[n].view(-1)[tied] = True
         missing -= tied.numel()
-    return masks
+    return (masks, float(threshold)) if return_threshold else masks
 
 
 _SAMPLE = 1 << 16
