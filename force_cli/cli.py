@@ -47,10 +47,13 @@ def _names(registry) -> str:
 
 def _saliency_loss_help() -> str:
     """--saliency-loss help: the choices, then each data-driven method's default and why."""
-    defaults = "; ".join(f"{m.name}: {m.objective.describe()} ({m.objective_reason})"
-                         for m in METHODS.values() if m.objective is not None)
-    return (f"Objective whose gradients the scores use: {_names(OBJECTIVES)}. Default: the method's "
-            f"reference code's, i.e. {defaults}. true-logit is -mean true-class logit.")
+    groups: dict[tuple[str, str], list[str]] = {}
+    for m in METHODS.values():
+        if m.objective is not None:
+            groups.setdefault((m.objective.describe(), m.objective_reason), []).append(m.name)
+    defaults = "; ".join(f"{', '.join(names)}: {objective} ({reason})" for (objective, reason), names in groups.items())
+    return (f"Objective whose gradients the scores use: {_names(OBJECTIVES)} (true-logit: minus the mean "
+            f"true-class logit). Default: each method's reference code's, i.e. {defaults}.")
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:

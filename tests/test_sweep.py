@@ -137,3 +137,27 @@ def test_every_shipped_recipe_is_valid_and_expands(path):
     cells = expand_grid(sweep_settings(recipe))
     assert cells and set(recipe.sections) == {"prune", "train", "sweep"}
     assert "Progressive Skeletonization" in path.read_text()
+
+
+def test_dense_reference_cells_and_the_prune_settings_of_a_cell(tmp_path):
+    from force_cli.checkpoint import read_metadata
+    from force_cli.sweep import Cell, prune_config
+
+    path = tmp_path / "d.yaml"
+    path.write_text(RECIPE.replace("  title: test\n", "  title: test\n  dense: true\n")
+                    .replace("  save_every: 1\n", "  save_every: 1\n  val_fraction: 0.2\n")
+                    .replace("seeds: [0, 1]", "seeds: [0]"))
+    recipe = load_recipe(path)
+    cells = expand_grid(sweep_settings(recipe))
+    assert [c.key for c in cells] == ["dense-s0-seed0", "force-s0.9-seed0", "random-s0.9-seed0"]
+    cfg = prune_config(recipe, Cell("force", 0.9, 0))
+    assert cfg.val_fraction == 0.2 and cfg.allow_disconnected  # train's holdout; collapse is a result
+    dense = prune_config(recipe, Cell("dense", 0.0, 0))
+    assert (dense.method, dense.sparsity) == ("magnitude", 0.0)
+    out = tmp_path / "out"
+    run_sweep(recipe, out)
+    records = {r["cell"]: r for r in read_results(out / "results.jsonl")}
+    assert records["dense-s0-seed0"]["method"] == "dense" and records["dense-s0-seed0"]["achieved_sparsity"] == 0
+    assert records["force-s0.9-seed0"]["disconnected"] is False
+    assert 0 < records["force-s0.9-seed0"]["effective_density"] <= 0.1 + 1e-9
+    assert read_metadata(out / records["force-s0.9-seed0"]["pruned"])["pruning"]["val_fraction"] == 0.2

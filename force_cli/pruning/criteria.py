@@ -180,7 +180,7 @@ def uniform_random(ctx: ScoringContext, masks: Masks) -> Scores:
 
 
 _PAPER = Objective("true-logit")
-_PAPER_REASON = "as the FORCE paper's code"
+_PAPER_REASON = "as the FORCE paper's code, which keeps extreme sparsities trainable"
 register(Method("force", connection_sensitivity, "FORCE: iterative |θ0 ⊙ ∇L(θ0 ⊙ c)|, pruned weights may come back",
                 iterative=True, revives=True, default_steps=60, objective=_PAPER, objective_reason=_PAPER_REASON))
 register(Method("iter-snip", connection_sensitivity, "Iterative SNIP: |θ ⊙ ∇L(θ ⊙ c)|, pruned weights stay pruned",
@@ -188,7 +188,7 @@ register(Method("iter-snip", connection_sensitivity, "Iterative SNIP: |θ ⊙ �
 register(Method("grasp-it", squared_gradient, "GraSP-It: iterative (∇L(θ ⊙ c))², pruned weights stay pruned",
                 iterative=True, default_steps=60, objective=_PAPER, objective_reason=_PAPER_REASON))
 register(Method("snip", connection_sensitivity, "SNIP: one-shot |θ ⊙ ∇L(θ)| (SNIP-MB with --batches > 1)",
-                objective=_PAPER, objective_reason="as the FORCE paper's code, which compares against it"))
+                objective=_PAPER, objective_reason=_PAPER_REASON))
 register(Method("grasp", grasp, "GraSP: one-shot, keeps the largest θ ⊙ H∇L",
                 objective=Objective("cross-entropy", 200.0), objective_reason="as Wang et al.'s GraSP code"))
 register(Method("synflow", synflow, "SynFlow: iterative, data-free |θ ⊙ ∂R/∂θ|",
