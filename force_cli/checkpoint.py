@@ -47,6 +47,7 @@ class Checkpoint:
     masks: dict[str, torch.Tensor]
     metadata: dict[str, Any]
     extra: dict[str, torch.Tensor] = field(default_factory=dict)  # training state, without the prefix
+    warnings: list[str] = field(default_factory=list)  # what the reader found odd but usable (shown by the CLI)
 
     @property
     def stage(self) -> str:
@@ -189,27 +190,31 @@ def _open(path: Path, tensors: bool) -> Checkpoint:
                 f"'{path}': mask '{name}' has shape {tuple(mask.shape)} but its weight has {tuple(state[name].shape)}; "
                 "the file is corrupt, re-create it"
             )
-    if tensors:
-        check_recorded_sparsity(masks, metadata, path)
-    return Checkpoint(state_dict=state, masks=masks, metadata=metadata, extra=extra)
+    warnings = [w for w in [check_recorded_sparsity(masks, metadata, path)] if w] if tensors else []
+    return Checkpoint(state_dict=state, masks=masks, metadata=metadata, extra=extra, warnings=warnings)
 
 
-def check_recorded_sparsity(masks: dict[str, torch.Tensor], metadata: dict[str, Any], path: Path) -> None:
-    """Refuse masks that contradict the recorded ``achieved_sparsity`` (an altered or corrupt file).
+def check_recorded_sparsity(masks: dict[str, torch.Tensor], metadata: dict[str, Any], path: Path) -> str | None:
+    """A warning when the masks contradict the recorded ``achieved_sparsity`` (an altered file).
 
-    The sparsity is recomputed from the masks; a difference of more than one weight means the
-    masks are not the ones the file says it holds, and nothing computed from them could be trusted.
+    The masks are what every command uses, so the sparsity is recomputed from them; the warning
+    says so. `train` records the recomputed value in its output. A value that is not a number is
+    corruption and refused.
     """
     recorded = metadata.get("achieved_sparsity")
     if recorded is None or not masks:
-        return
+        return None
     if isinstance(recorded, bool) or not isinstance(recorded, (int, float)) or not math.isfinite(recorded):
         raise CheckpointError(f"'{path}': metadata 'achieved_sparsity' is not a number; the file is corrupt, re-create it")
+    actual = recomputed_sparsity(masks)
+    total = sum(m.numel() for m in masks.values())
+    if abs(actual - recorded) * total <= 1.0 + 1e-6:
+        return None
+    return (f"'{path}': its masks remove {actual:.4%} of the weights but its metadata says {recorded:.4%}; "
+            f"the masks were altered after pruning, and {actual:.4%} (the masks) is what is used")
+
+
+def recomputed_sparsity(masks: dict[str, torch.Tensor]) -> float:
     total = sum(m.numel() for m in masks.values())
     kept = sum(int(m.sum()) for m in masks.values())
-    actual = 1.0 - kept / total if total else 0.0
-    if abs(actual - recorded) * total > 1.0 + 1e-6:
-        raise CheckpointError(
-            f"'{path}': its masks remove {actual:.4%} of the weights but its metadata says {recorded:.4%}; "
-            "the masks were altered or the file is corrupt, re-create it with `force prune`"
-        )
+    return 1.0 - kept / total if total else 0.0

@@ -8,25 +8,65 @@ from __future__ import annotations
 
 import functools
 import json
+import os
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.text import Text
+from typer.core import TyperGroup
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 import force_cli
 from force_cli.config import PruneConfig, load_recipe, resolve
 from force_cli.data import DATASETS
-from force_cli.errors import ForceError
+from force_cli.errors import ForceError, UnknownNameError
+from force_cli.atomic import remove_stale
+from force_cli.locking import hold
+from force_cli.safe_text import literal, one_line
 from force_cli.models import INIT_SCHEMES, MODELS
 from force_cli.pruning import METHODS, SCHEDULES
 from force_cli.evaluation import SPLITS
 from force_cli.training import LR_SCHEDULES, OPTIMIZERS, TRAIN_DEFAULTS
 
+class OneLineErrors(TyperGroup):
+    """Usage errors (unknown option, missing value, bad type) as one line on stderr, exit 2,
+    instead of Typer's five-line box; the one line names the command's --help."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        try:  # Typer >= 0.20 vendors click; older Typer uses click itself
+            from typer._click import exceptions
+        except ImportError:
+            from click import exceptions
+        NoArgsIsHelpError = getattr(exceptions, "NoArgsIsHelpError", ())
+        ClickException = exceptions.ClickException
+        try:
+            code = super().main(args=args, prog_name=prog_name, complete_var=complete_var,
+                                standalone_mode=False, **extra)
+        except NoArgsIsHelpError as exc:
+            exc.show()
+            code = exc.exit_code
+        except ClickException as exc:
+            where = exc.ctx.command_path if getattr(exc, "ctx", None) is not None else "force"
+            message = exc.format_message().rstrip(".")
+            stderr.print(Text.assemble(("error: ", "bold red"), one_line(f"{message}; see '{where} --help'")),
+                         highlight=False, soft_wrap=True)
+            code = exc.exit_code
+        except typer.Abort:
+            code = 130
+        code = code if isinstance(code, int) else 0
+        if not standalone_mode:
+            return code
+        sys.exit(code)
+
+
 app = typer.Typer(
     name="force",
+    cls=OneLineErrors,
     help="Prune neural networks at initialization (FORCE, Iterative SNIP, SNIP, GraSP, SynFlow, ...) "
     "into portable sparse checkpoints, then train, evaluate and inspect them.",
     no_args_is_help=True,
@@ -44,23 +84,85 @@ def _names(registry) -> str:
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
-    stderr.print(f"[bold red]error:[/] {message}", highlight=False, markup=True, soft_wrap=True)
+    """One line on stderr, printed literally (no markup, control characters made visible)."""
+    stderr.print(Text.assemble(("error: ", "bold red"), one_line(message)), highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 
+def stopped(message: str, code: int) -> typer.Exit:
+    """An interruption is not an error: one line without the 'error:' prefix, exit 130 or 143."""
+    stderr.print(one_line(message), highlight=False, soft_wrap=True, markup=False)
+    return typer.Exit(code)
+
+
+def warn(message: str) -> None:
+    """One line on stderr for something odd but usable in the input (printed even with --quiet)."""
+    stderr.print(Text.assemble(("warning: ", "yellow"), one_line(message)), highlight=False, soft_wrap=True)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that the same clean-up runs; exit code 143."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
+def _interrupted(exc: KeyboardInterrupt) -> typer.Exit:
+    name, code = ("SIGTERM", 143) if isinstance(exc, Terminated) else ("Ctrl-C", 130)
+    written = getattr(exc, "written", None)
+    if written is not None:
+        return stopped(f"interrupted ({name}) just after {written} was written completely", code)
+    return stopped(f"interrupted ({name}); nothing was written under the final name", code)
+
+
+def _stdout_closed() -> typer.Exit:
+    """The reader of stdout went away (`force inspect X | head -1`): stop quietly, as Unix tools do."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    return typer.Exit(128 + signal.SIGPIPE)
+
+
 def user_errors(command):
-    """Turn library errors into one line + exit 2, and Ctrl-C into exit 130, never a traceback."""
+    """Turn library errors into one line + exit 2, Ctrl-C into exit 130 and SIGTERM into exit 143,
+    a closed stdout into a quiet exit 141, never a traceback."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
+        main_thread = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, _raise_terminated) if main_thread else None
         try:
-            return command(*args, **kwargs)
+            result = command(*args, **kwargs)
+            sys.stdout.flush()
+            return result
         except ForceError as exc:
             raise fail(str(exc)) from None
-        except KeyboardInterrupt:
-            raise fail("interrupted; nothing was written under the final name", 130) from None
+        except KeyboardInterrupt as exc:
+            raise _interrupted(exc) from None
+        except BrokenPipeError:
+            raise _stdout_closed() from None
+        except OSError as exc:  # a last resort: every expected OS error is already a ForceError
+            where = f" ({exc.filename})" if exc.filename else ""
+            raise fail(f"{exc.strerror or exc}{where}; check the path and free space, then retry") from None
+        except (MemoryError, RecursionError) as exc:
+            raise fail(f"out of memory or too deeply nested input ({type(exc).__name__}); "
+                       "check the input's sizes") from None
+        finally:
+            if main_thread:
+                signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
     return wrapper
+
+
+def _path(text: str) -> Path:
+    """A path argument; an empty one (``force train "$(force prune ...)"`` after a failed prune)
+    is its own clear error rather than the current folder."""
+    if not text.strip():
+        raise typer.BadParameter("the path is empty (did the command that should have produced it fail?)")
+    return Path(text)
 
 
 def progress_bar(quiet: bool) -> Progress:
@@ -92,7 +194,7 @@ def root(
     """force-cli: pruning at initialization, as a command-line tool."""
 
 
-RecipeOpt = Annotated[Optional[Path], typer.Option("--recipe", help="YAML recipe supplying defaults; flags given here win.")]
+RecipeOpt = Annotated[Optional[Path], typer.Option("--recipe", parser=_path, help="YAML recipe supplying defaults; flags given here win.")]
 DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="auto (CUDA when present), cpu, cuda or cuda:N.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document to stdout (for jq).")]
@@ -121,7 +223,7 @@ def prune(
     data_dir: Annotated[Optional[str], typer.Option("--data-dir", help="Dataset root (default: $FORCE_DATA or the user cache).")] = None,
     download: Annotated[Optional[bool], typer.Option("--download/--no-download", help="Download a missing dataset (default: download).")] = None,
     recipe: RecipeOpt = None,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Checkpoint to write (default: MODEL-DATASET-METHOD-sSPARSITY-seedSEED.safetensors).")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", parser=_path, help="Checkpoint to write (default: MODEL-DATASET-METHOD-sSPARSITY-seedSEED.safetensors).")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output file.")] = False,
     quiet: QuietOpt = False,
 ):
@@ -133,7 +235,9 @@ def prune(
                  download=download)
     defaults = load_recipe(recipe).settings_for("prune") if recipe else None
     cfg = resolve(PruneConfig, defaults, flags)
-    with progress_bar(quiet) as bar:
+    output = _prune_output(cfg, output, overwrite)
+    with hold((output, "output")), progress_bar(quiet) as bar:
+        remove_stale(output)
         task = None
 
         def on_start(total_steps: int):
@@ -161,17 +265,33 @@ def inspect(
 ):
     """Per-layer density and effective density of a checkpoint, with its metadata."""
     from force_cli.checkpoint import load_checkpoint
-    from force_cli.report import effective_masks, render, summary
+    from force_cli.report import effective_masks, json_document, render, summary
     from force_cli.restore import input_shape, model_from_checkpoint
 
     ckpt = load_checkpoint(checkpoint)
     model = model_from_checkpoint(ckpt)
     effective = effective_masks(model, ckpt.masks, input_shape(ckpt.metadata))
-    report = summary(ckpt.masks, effective, ckpt.metadata, str(checkpoint))
+    report = summary(ckpt.masks, effective, ckpt.metadata, str(checkpoint)) | {"warnings": ckpt.warnings}
+    for message in ckpt.warnings:
+        warn(message)
     if json_output:
-        print(json.dumps(report))
+        print(json_document(report))
     else:
         render(report, stdout)
+
+
+def _prune_output(cfg: PruneConfig, output: Path | None, overwrite: bool) -> Path:
+    """The checkpoint `prune` will write, checked before any work; names are validated first,
+    so that a bad dataset name is reported as such and not as a missing output folder."""
+    from force_cli.checkpoint import check_new_output
+    from force_cli.pruning.job import default_output, validate
+
+    validate(cfg)
+    if str(cfg.dataset).strip().lower().replace("_", "-") not in DATASETS:
+        raise UnknownNameError("dataset", cfg.dataset, DATASETS)
+    output = output if output is not None else default_output(cfg)
+    check_new_output(output, overwrite)
+    return output
 
 
 def _train_defaults_help() -> str:
@@ -210,9 +330,9 @@ def _milestones(text: str | None) -> list[int] | None:
 )
 @user_errors
 def train(
-    checkpoint: Annotated[Optional[Path], typer.Argument(help="Checkpoint to train (made by `force prune`).", show_default=False)] = None,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Trained checkpoint to write (default: CHECKPOINT-trained.safetensors).")] = None,
-    resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue the partial checkpoint of an interrupted run (instead of CHECKPOINT).")] = None,
+    checkpoint: Annotated[Optional[Path], typer.Argument(parser=_path, help="Checkpoint to train (made by `force prune`).", show_default=False)] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", parser=_path, help="Trained checkpoint to write (default: CHECKPOINT-trained.safetensors).")] = None,
+    resume: Annotated[Optional[Path], typer.Option("--resume", parser=_path, help="Continue the partial checkpoint of an interrupted run (instead of CHECKPOINT).")] = None,
     epochs: Annotated[Optional[int], typer.Option("--epochs", help="Epochs to train (default: per dataset, below).")] = None,
     lr: Annotated[Optional[float], typer.Option("--lr", help="Initial learning rate.")] = None,
     optimizer: Annotated[Optional[str], typer.Option("--optimizer", help=f"Optimizer (default: sgd): {_names(OPTIMIZERS)}.")] = None,
@@ -233,7 +353,7 @@ def train(
     data_dir: Annotated[Optional[str], typer.Option("--data-dir", help="Dataset root (default: the checkpoint's, $FORCE_DATA or the user cache).")] = None,
     download: Annotated[Optional[bool], typer.Option("--download/--no-download", help="Download a missing dataset (default: download).")] = None,
     recipe: RecipeOpt = None,
-    log: Annotated[Optional[Path], typer.Option("--log", help="Append one JSON line per epoch to this file (.jsonl).")] = None,
+    log: Annotated[Optional[Path], typer.Option("--log", parser=_path, help="Append one JSON line per epoch to this file (.jsonl).")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output (and a stale partial checkpoint).")] = False,
     quiet: QuietOpt = False,
 ):
@@ -289,10 +409,10 @@ def train(
             result = train_checkpoint(
                 checkpoint, output, settings, resume=resume, seed=pick(seed, "seed"),
                 data_dir=pick(data_dir, "data_dir"), download=pick(download, "download", True), device=device,
-                overwrite=overwrite, log=log, callbacks=TrainCallbacks(on_start=on_start, on_batch=on_batch, on_epoch=on_epoch),
+                overwrite=overwrite, log=log, callbacks=TrainCallbacks(on_start=on_start, on_batch=on_batch, on_epoch=on_epoch, on_warning=warn),
             )
         except TrainingInterrupted as exc:
-            raise fail(str(exc), exc.exit_code) from None
+            raise stopped(str(exc), exc.exit_code) from None
         except TrainingDiverged as exc:
             raise fail(str(exc), 1) from None
     if not quiet:
@@ -325,6 +445,7 @@ def eval_command(
     from rich.table import Table
 
     from force_cli.evaluation import evaluate_checkpoint
+    from force_cli.report import json_document
 
     with progress_bar(quiet) as bar:
         task = None
@@ -336,12 +457,12 @@ def eval_command(
         report = evaluate_checkpoint(
             checkpoint, split=split, dataset=dataset, data_dir=data_dir, download=download,
             device=device or "auto", batch_size=batch_size, workers=workers, on_start=on_start,
-            on_batch=lambda done: bar.update(task, completed=done),
+            on_batch=lambda done: bar.update(task, completed=done), on_warning=warn,
         )
     if json_output:
-        print(json.dumps(report))
+        print(json_document(report))
         return
-    table = Table(title=f"{report['checkpoint']}: {report['model']} on {report['dataset']} ({report['split']})")
+    table = Table(title=literal(f"{report['checkpoint']}: {report['model']} on {report['dataset']} ({report['split']})"))
     table.add_column("metric")
     table.add_column("value", justify="right")
     table.add_row("top-1 accuracy", f"{report['top1']:.2%}")
@@ -360,10 +481,10 @@ def eval_command(
 )
 @user_errors
 def sweep(
-    recipe: Annotated[Optional[Path], typer.Argument(help="YAML recipe with a 'sweep:' section (methods, sparsities, seeds).")] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", help="Folder for checkpoints and results (default: runs/RECIPE-NAME).")] = None,
+    recipe: Annotated[Optional[Path], typer.Argument(parser=_path, help="YAML recipe with a 'sweep:' section (methods, sparsities, seeds).")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", parser=_path, help="Folder for checkpoints and results (default: runs/RECIPE-NAME).")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List the cells and whether each is done; run nothing.")] = False,
-    report: Annotated[Optional[Path], typer.Option("--report", help="Only (re)write the table and plot of this sweep folder.")] = None,
+    report: Annotated[Optional[Path], typer.Option("--report", parser=_path, help="Only (re)write the table and plot of this sweep folder.")] = None,
     quiet: QuietOpt = False,
 ):
     """Run prune -> train -> eval for every method x sparsity x seed of a recipe; resumable.
@@ -376,13 +497,18 @@ def sweep(
     from force_cli.training import TrainingDiverged
 
     if report is not None:
-        _write_sweep_report(report, "")
+        if not report.is_dir():
+            raise ForceError(f"--report '{report}' is not a folder; give the --out folder of a sweep")
+        with hold((report, "sweep folder")):
+            _write_sweep_report(report, "")
         return
     if recipe is None:
         raise ForceError("give a recipe (force sweep RECIPE.yaml) or --report DIR")
     loaded = load_recipe(recipe)
     settings = sweep_settings(loaded)
     out = out or Path("runs") / recipe.stem
+    if out.exists() and not out.is_dir():
+        raise ForceError(f"--out '{out}' is a file, not a folder; give a folder for the sweep's results")
     if dry_run:
         cells = expand_grid(settings)
         done = finished_cells(out) if out.exists() else set()
@@ -390,7 +516,10 @@ def sweep(
             print(f"{'done' if cell.key in done else 'todo'}\t{cell.key}")
         stderr.print(f"{len(cells)} cells, {len(done & {c.key for c in cells})} done, results in {out}", highlight=False)
         return
-    with progress_bar(quiet) as bar:
+    from force_cli.sweep import check_out_dir
+
+    check_out_dir(out)
+    with hold((out, "sweep folder")), progress_bar(quiet) as bar:
         task = bar.add_task("sweep", total=None, status="")
 
         def on_cell_start(cell, index, total):
@@ -405,23 +534,30 @@ def sweep(
         try:
             records = run_sweep(loaded, out, SweepHooks(on_cell_start=on_cell_start, on_cell_done=on_cell_done))
         except TrainingInterrupted as exc:
-            raise fail(f"sweep interrupted ({exc}); run the same command again to continue", exc.exit_code) from None
+            raise stopped(f"sweep interrupted ({exc}); run the same command again to continue", exc.exit_code) from None
         except TrainingDiverged as exc:
             raise fail(f"{exc}; the finished cells are kept in {out}", 1) from None
-    if not quiet:
-        stderr.print(f"{len(records)} cells run now; results in {out}", highlight=False)
-    _write_sweep_report(out, settings.title)
+        if not quiet:
+            stderr.print(f"{len(records)} cells run now; results in {out}", highlight=False, markup=False)
+        _write_sweep_report(out, settings.title)
 
 
 def _write_sweep_report(folder: Path, title: str) -> None:
     from force_cli.sweep_report import write_report
 
     written = write_report(folder, stdout, title=title)
-    stderr.print("wrote " + ", ".join(str(p) for p in written.values()), highlight=False, soft_wrap=True)
+    stderr.print("wrote " + ", ".join(str(p) for p in written.values()), highlight=False, soft_wrap=True, markup=False)
 
 
 def main():
-    app()
+    """The `force` command. Ctrl-C or a closed stdout outside a command (while parsing) ends quietly too."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted (Ctrl-C)\n")
+        sys.exit(130)
+    except BrokenPipeError:
+        raise SystemExit(_stdout_closed().exit_code) from None
 
 
 if __name__ == "__main__":

@@ -109,7 +109,8 @@ def check_int_bounds(key: str, value: Any, where: str = "") -> None:
     for item in value if isinstance(value, (list, tuple)) else [value]:
         if isinstance(item, int) and not isinstance(item, bool) and not low <= item <= high:
             name = f"{where}: '{key}'" if where else f"--{key.replace('_', '-')}"
-            raise ConfigError(f"{name} must be an integer in [{low}, {high}], got {item}")
+            bound = f"at least {low}" if item < low else f"at most {high}"
+            raise ConfigError(f"{name} must be {bound}, got {item}")
 
 
 #: Recipe sections and the dataclass that types each. Other commands add theirs here.

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from force_cli.config import check_int_bounds
 from force_cli.errors import ConfigError, DataError, IncompatibleError
 
 SPLITS = ("test", "val", "train")
@@ -114,6 +115,7 @@ def evaluate_checkpoint(
     workers: int = 0,
     on_start: Callable[[int], None] | None = None,
     on_batch: Callable[[int], None] | None = None,
+    on_warning: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Load ``checkpoint`` and evaluate it on ``split`` of its dataset (or of ``dataset``).
 
@@ -131,12 +133,12 @@ def evaluate_checkpoint(
 
     if split not in SPLITS:
         raise ConfigError(f"unknown split '{split}'; use one of: {', '.join(SPLITS)}")
-    if batch_size < 1:
-        raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
-    if workers < 0:
-        raise ConfigError(f"--workers must be >= 0, got {workers}")
+    check_int_bounds("batch_size", batch_size)
+    check_int_bounds("workers", workers)
     dev = resolve_device(device)
     ckpt = load_checkpoint(checkpoint)
+    for warning in ckpt.warnings if on_warning is not None else ():
+        on_warning(warning)
     metadata = ckpt.metadata
     name = dataset or metadata["dataset"]
     if data_dir is None and dataset in (None, metadata["dataset"]):

@@ -22,7 +22,8 @@ from force_cli.errors import ConfigError, OutputError
 
 
 def lock_path(target: Path) -> Path:
-    """The sidecar lock file of ``target`` (a file or a folder)."""
+    """The sidecar lock file of ``target`` (a file or a folder, ``.`` included)."""
+    target = Path(os.path.abspath(target))
     return target.parent / f".{target.name}.lock"
 
 

@@ -61,7 +61,7 @@ def check_shapes(ckpt: Checkpoint) -> None:
                                   "was made by other code, re-create it with `force prune`")
         if tuple(ckpt.state_dict[key].shape) != tuple(tensor.shape):
             raise CheckpointError(f"the checkpoint's '{key}' has shape {tuple(ckpt.state_dict[key].shape)} but model "
-                                  f"'{model}' needs {tuple(tensor.shape)}; the file is corrupt, re-create it")
+                                  f"'{model}' needs {tuple(tensor.shape)}; the file was made for a different model or is corrupt, re-create it")
     for key in ckpt.state_dict:
         if key not in expected:
             raise CheckpointError(f"the checkpoint holds '{key}', which model '{model}' has no place for; "

@@ -34,7 +34,13 @@ from typing import Any
 import torch
 
 import force_cli
-from force_cli.checkpoint import Checkpoint, check_new_output, load_checkpoint, save_checkpoint
+from force_cli.checkpoint import (
+    Checkpoint,
+    check_new_output,
+    load_checkpoint,
+    recomputed_sparsity,
+    save_checkpoint,
+)
 from force_cli.atomic import remove_stale
 from force_cli.config import TrainSettings, check_section
 from force_cli.data import dataset_info, load_datasets
@@ -297,6 +303,11 @@ def _train(ckpt, source, output, partial, base, state, run_seed, origin, data_di
 
     amp = autocast_dtype(run.amp, dev)
     carried = {k: v for k, v in metadata.items() if k not in _RUN_FIELDS}
+    for warning in ckpt.warnings:
+        if callbacks is not None and callbacks.on_warning is not None:
+            callbacks.on_warning(warning)
+    if ckpt.warnings and ckpt.masks:  # masks altered after pruning: record what they really keep
+        carried["achieved_sparsity"] = recomputed_sparsity(ckpt.masks)
 
     def training_metadata(epochs_done: int) -> dict:
         return asdict(run) | {

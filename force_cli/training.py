@@ -491,6 +491,7 @@ class TrainCallbacks:
     on_batch: Callable[[int, int, EpochTotals], None] | None = None
     on_epoch: Callable[[dict], None] | None = None  # the epoch's record (EPOCH_FIELDS)
     on_save: Callable[[int, int], None] | None = None  # (epoch, batches done in it) after a partial save
+    on_warning: Callable[[str], None] | None = None  # something odd but usable about the input, one line
 
 
 class Interrupted(Exception):
