@@ -75,7 +75,15 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-stdout = Console(soft_wrap=True)
+class _Stdout(Console):
+    """rich exits with 1 when stdout's reader goes away; hand that to ``user_errors`` (exit 141)."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        raise BrokenPipeError
+
+
+stdout = _Stdout(soft_wrap=True)
 stderr = Console(stderr=True)
 
 
@@ -198,7 +206,7 @@ RecipeOpt = Annotated[Optional[Path], typer.Option("--recipe", parser=_path, hel
 DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="auto (CUDA when present), cpu, cuda or cuda:N.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document to stdout (for jq).")]
-CheckpointArg = Annotated[Path, typer.Argument(help="A force checkpoint (.safetensors).")]
+CheckpointArg = Annotated[Path, typer.Argument(parser=_path, help="A force checkpoint (.safetensors).")]
 
 
 @app.command(
@@ -516,8 +524,9 @@ def sweep(
             print(f"{'done' if cell.key in done else 'todo'}\t{cell.key}")
         stderr.print(f"{len(cells)} cells, {len(done & {c.key for c in cells})} done, results in {out}", highlight=False)
         return
-    from force_cli.sweep import check_out_dir
+    from force_cli.sweep import check_out_dir, check_recipe
 
+    check_recipe(loaded)
     check_out_dir(out)
     with hold((out, "sweep folder")), progress_bar(quiet) as bar:
         task = bar.add_task("sweep", total=None, status="")

@@ -18,6 +18,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from force_cli import atomic
 from force_cli.errors import ConfigError, OutputError
 
 
@@ -39,7 +40,7 @@ def _acquire(target: Path, what: str) -> int:
     path = lock_path(target)
     for _ in range(10):  # retry if the holder removed the lock file between our open and flock
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            fd = atomic.create(path, os.O_RDWR | os.O_CREAT)
         except OSError as exc:
             raise OutputError.from_os(exc, target, what) from None
         try:

@@ -130,6 +130,15 @@ def run_cell(recipe: Recipe, cell: Cell, out_dir: Path, hooks: SweepHooks) -> di
     }
 
 
+def check_recipe(recipe: Recipe) -> list[Cell]:
+    """Every check of the recipe that needs no data, before any folder is made; the cells."""
+    cells = expand_grid(sweep_settings(recipe))
+    if recipe.common.get("model") is None:
+        raise ConfigError(f"{recipe.path}: no model; add 'model: NAME' at the top level of the recipe")
+    validate(prune_config(recipe, cells[0]))  # names and ranges, before any cell starts
+    return cells
+
+
 def check_out_dir(out_dir: Path) -> None:
     """Refuse an output folder that is a file, or that cannot be created, before any cell runs."""
     if str(out_dir) in ("", "."):
@@ -149,10 +158,7 @@ def run_sweep(recipe: Recipe, out_dir: Path, hooks: SweepHooks | None = None) ->
     `force sweep` does."""
     hooks = hooks or SweepHooks()
     settings = sweep_settings(recipe)
-    cells = expand_grid(settings)
-    if recipe.common.get("model") is None:
-        raise ConfigError(f"{recipe.path}: no model; add 'model: NAME' at the top level of the recipe")
-    validate(prune_config(recipe, cells[0]))  # names and ranges, before any cell starts
+    cells = check_recipe(recipe)
     check_out_dir(out_dir)
     write_info(out_dir, settings.title)
     done = finished_cells(out_dir)

@@ -212,11 +212,11 @@ def write_report(out_dir: Path, console: Console | None = None, title: str = "")
     if not records:
         raise DataError(f"no finished cells in {out_dir / RESULTS_FILE}; run `force sweep RECIPE --out {out_dir}` first")
     rows = summarise(records)
-    if console is not None:
-        render_table(rows, console, title=f"{title} test accuracy (%), mean ± std over seeds".strip())
     written = {"markdown": out_dir / "results.md", "csv": out_dir / "results.csv"}
     write_atomic(written["markdown"], markdown(rows).encode("utf-8"), "results table")
     write_csv(rows, written["csv"])
+    if console is not None:  # after the tables are safely written; the plot may still need matplotlib
+        render_table(rows, console, title=f"{title} test accuracy (%), mean ± std over seeds".strip())
     png, svg = plot(rows, out_dir / "results", title=title)
     written |= {"png": png, "svg": svg}
     return written

@@ -42,7 +42,7 @@ from force_cli.checkpoint import (
     save_checkpoint,
 )
 from force_cli.atomic import remove_stale
-from force_cli.config import TrainSettings, check_section
+from force_cli.config import TrainSettings, check_int_bounds, check_section
 from force_cli.data import dataset_info, load_datasets
 from force_cli.device import resolve_device
 from force_cli.errors import CheckpointError, ConfigError, OutputError
@@ -200,6 +200,7 @@ def train_checkpoint(
         run_seed = seed if seed is not None else (recorded if isinstance(recorded, int) else 0)
         origin = str(source)
 
+    check_int_bounds("seed", run_seed)
     output = Path(output) if output is not None else default_output(source)
     partial = partial_path(output)
     for path, what in ((output, "output"), (partial, "partial checkpoint")):
