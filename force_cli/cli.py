@@ -202,11 +202,11 @@ def root(
     """force-cli: pruning at initialization, as a command-line tool."""
 
 
-RecipeOpt = Annotated[Optional[Path], typer.Option("--recipe", parser=_path, help="YAML recipe supplying defaults; flags given here win.")]
+RecipeOpt = Annotated[Optional[Path], typer.Option("--recipe", parser=_path, metavar="<path>", help="YAML recipe supplying defaults; flags given here win.")]
 DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="auto (CUDA when present), cpu, cuda or cuda:N.")]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document to stdout (for jq).")]
-CheckpointArg = Annotated[Path, typer.Argument(parser=_path, help="A force checkpoint (.safetensors).")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", metavar="", help="No progress bar.")]
+JsonOpt = Annotated[bool, typer.Option("--json", metavar="", help="Print one JSON document to stdout (for jq).")]
+CheckpointArg = Annotated[Path, typer.Argument(parser=_path, metavar="CHECKPOINT", help="A force checkpoint (.safetensors).")]
 
 
 @app.command(
@@ -217,9 +217,9 @@ CheckpointArg = Annotated[Path, typer.Argument(parser=_path, help="A force check
 )
 @user_errors
 def prune(
-    model: Annotated[Optional[str], typer.Option("--model", "-m", help=f"Model: {_names(MODELS)}.")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help=f"Model (required unless the recipe sets it): {_names(MODELS)}.")] = None,
     dataset: Annotated[Optional[str], typer.Option("--dataset", "-d", help=f"Dataset (default: cifar10): {_names(DATASETS)}.")] = None,
-    sparsity: Annotated[Optional[float], typer.Option("--sparsity", "-s", help="Fraction of prunable weights to remove, in [0, 1).")] = None,
+    sparsity: Annotated[Optional[float], typer.Option("--sparsity", "-s", help="Fraction of prunable weights to remove, in [0, 1) (required unless the recipe sets it).")] = None,
     method: Annotated[Optional[str], typer.Option("--method", help=f"Criterion (default: force): {_names(METHODS)}.")] = None,
     steps: Annotated[Optional[int], typer.Option("--steps", help="Pruning steps of iterative methods (default: 60; synflow 100).")] = None,
     schedule: Annotated[Optional[str], typer.Option("--schedule", help=f"Density schedule (default: exp): {_names(SCHEDULES)}.")] = None,
@@ -229,10 +229,10 @@ def prune(
     init: Annotated[Optional[str], typer.Option("--init", help=f"Weight init (default: kaiming-normal): {_names(INIT_SCHEMES)}.")] = None,
     device: DeviceOpt = None,
     data_dir: Annotated[Optional[str], typer.Option("--data-dir", help="Dataset root (default: $FORCE_DATA or the user cache).")] = None,
-    download: Annotated[Optional[bool], typer.Option("--download/--no-download", help="Download a missing dataset (default: download).")] = None,
+    download: Annotated[Optional[bool], typer.Option("--download/--no-download", metavar="", help="Download a missing dataset (default: --download).")] = None,
     recipe: RecipeOpt = None,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", parser=_path, help="Checkpoint to write (default: MODEL-DATASET-METHOD-sSPARSITY-seedSEED.safetensors).")] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output file.")] = False,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", parser=_path, metavar="<path>", help="Checkpoint to write (default: MODEL-DATASET-METHOD-sSPARSITY-seedSEED.safetensors).")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", metavar="", help="Replace an existing output file.")] = False,
     quiet: QuietOpt = False,
 ):
     """Prune a freshly initialized network and write a sparse checkpoint; print its path."""
@@ -338,9 +338,9 @@ def _milestones(text: str | None) -> list[int] | None:
 )
 @user_errors
 def train(
-    checkpoint: Annotated[Optional[Path], typer.Argument(parser=_path, help="Checkpoint to train (made by `force prune`).", show_default=False)] = None,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", parser=_path, help="Trained checkpoint to write (default: CHECKPOINT-trained.safetensors).")] = None,
-    resume: Annotated[Optional[Path], typer.Option("--resume", parser=_path, help="Continue the partial checkpoint of an interrupted run (instead of CHECKPOINT).")] = None,
+    checkpoint: Annotated[Optional[Path], typer.Argument(parser=_path, metavar="CHECKPOINT", help="Checkpoint to train (made by `force prune`).", show_default=False)] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", parser=_path, metavar="<path>", help="Trained checkpoint to write (default: CHECKPOINT-trained.safetensors).")] = None,
+    resume: Annotated[Optional[Path], typer.Option("--resume", parser=_path, metavar="<path>", help="Continue the partial checkpoint of an interrupted run (instead of CHECKPOINT).")] = None,
     epochs: Annotated[Optional[int], typer.Option("--epochs", help="Epochs to train (default: per dataset, below).")] = None,
     lr: Annotated[Optional[float], typer.Option("--lr", help="Initial learning rate.")] = None,
     optimizer: Annotated[Optional[str], typer.Option("--optimizer", help=f"Optimizer (default: sgd): {_names(OPTIMIZERS)}.")] = None,
@@ -351,18 +351,18 @@ def train(
     gamma: Annotated[Optional[float], typer.Option("--gamma", help="multistep: lr factor at each milestone (default: 0.1).")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Training mini-batch size.")] = None,
     val_fraction: Annotated[Optional[float], typer.Option("--val-fraction", help="Fraction of the training set held out for validation.")] = None,
-    augment: Annotated[Optional[bool], typer.Option("--augment/--no-augment", help="Training augmentation (crops and flips where the dataset has them) (default: augment).")] = None,
+    augment: Annotated[Optional[bool], typer.Option("--augment/--no-augment", metavar="", help="Training augmentation (crops and flips where the dataset has them) (default: --augment).")] = None,
     workers: Annotated[Optional[int], typer.Option("--workers", help="Data-loading worker processes (default: 0).")] = None,
-    amp: Annotated[Optional[bool], typer.Option("--amp/--no-amp", help="Mixed precision (autocast, bfloat16 where supported) on CUDA; no effect on CPU (default: no-amp).")] = None,
-    channels_last: Annotated[Optional[bool], typer.Option("--channels-last/--no-channels-last", help="channels_last memory format for conv nets (faster on recent GPUs) (default: no).")] = None,
+    amp: Annotated[Optional[bool], typer.Option("--amp/--no-amp", metavar="", help="Mixed precision (autocast, bfloat16 where supported) on CUDA; no effect on CPU (default: --no-amp).")] = None,
+    channels_last: Annotated[Optional[bool], typer.Option("--channels-last/--no-channels-last", metavar="", help="channels_last memory format for conv nets (faster on recent GPUs) (default: --no-channels-last).")] = None,
     save_every: Annotated[Optional[int], typer.Option("--save-every", help="Epochs between partial checkpoints; 0: only when interrupted (default: 1).")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Seed of the data order, augmentation and validation split (default: the checkpoint's).")] = None,
     device: DeviceOpt = None,
     data_dir: Annotated[Optional[str], typer.Option("--data-dir", help="Dataset root (default: the checkpoint's, $FORCE_DATA or the user cache).")] = None,
-    download: Annotated[Optional[bool], typer.Option("--download/--no-download", help="Download a missing dataset (default: download).")] = None,
+    download: Annotated[Optional[bool], typer.Option("--download/--no-download", metavar="", help="Download a missing dataset (default: --download).")] = None,
     recipe: RecipeOpt = None,
-    log: Annotated[Optional[Path], typer.Option("--log", parser=_path, help="Append one JSON line per epoch to this file (.jsonl).")] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output (and a stale partial checkpoint).")] = False,
+    log: Annotated[Optional[Path], typer.Option("--log", parser=_path, metavar="<path>", help="Append one JSON line per epoch to this file (.jsonl).")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", metavar="", help="Replace an existing output (and a stale partial checkpoint).")] = False,
     quiet: QuietOpt = False,
 ):
     """Train a pruned checkpoint with its masks enforced; write a trained checkpoint and print its path."""
@@ -439,13 +439,13 @@ def train(
 @user_errors
 def eval_command(
     checkpoint: CheckpointArg,
-    split: Annotated[str, typer.Option("--split", help=f"Which split: {', '.join(SPLITS)} (val: the part held out during training).")] = "test",
+    split: Annotated[str, typer.Option("--split", help=f"Which split (default: test): {', '.join(SPLITS)} (val: the part held out during training).", show_default=False)] = "test",
     dataset: Annotated[Optional[str], typer.Option("--dataset", "-d", help="Evaluate on another dataset with the same classes and image shape (default: the checkpoint's).")] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Evaluation mini-batch size.")] = 256,
-    workers: Annotated[int, typer.Option("--workers", help="Data-loading worker processes.")] = 0,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Evaluation mini-batch size (default: 256).", show_default=False)] = 256,
+    workers: Annotated[int, typer.Option("--workers", help="Data-loading worker processes (default: 0).", show_default=False)] = 0,
     device: DeviceOpt = None,
     data_dir: Annotated[Optional[str], typer.Option("--data-dir", help="Dataset root (default: the checkpoint's, $FORCE_DATA or the user cache).")] = None,
-    download: Annotated[bool, typer.Option("--download/--no-download", help="Download a missing dataset.")] = True,
+    download: Annotated[bool, typer.Option("--download/--no-download", metavar="", help="Download a missing dataset (default: --download).", show_default=False)] = True,
     json_output: JsonOpt = False,
     quiet: QuietOpt = False,
 ):
@@ -489,10 +489,10 @@ def eval_command(
 )
 @user_errors
 def sweep(
-    recipe: Annotated[Optional[Path], typer.Argument(parser=_path, help="YAML recipe with a 'sweep:' section (methods, sparsities, seeds).")] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", parser=_path, help="Folder for checkpoints and results (default: runs/RECIPE-NAME).")] = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="List the cells and whether each is done; run nothing.")] = False,
-    report: Annotated[Optional[Path], typer.Option("--report", parser=_path, help="Only (re)write the table and plot of this sweep folder.")] = None,
+    recipe: Annotated[Optional[Path], typer.Argument(parser=_path, metavar="RECIPE", help="YAML recipe with a 'sweep:' section (methods, sparsities, seeds).")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", parser=_path, metavar="<path>", help="Folder for checkpoints and results (default: runs/RECIPE-NAME).")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", metavar="", help="List the cells and whether each is done; run nothing.")] = False,
+    report: Annotated[Optional[Path], typer.Option("--report", parser=_path, metavar="<path>", help="Only (re)write the table and plot of this sweep folder.")] = None,
     quiet: QuietOpt = False,
 ):
     """Run prune -> train -> eval for every method x sparsity x seed of a recipe; resumable.
