@@ -522,7 +522,8 @@ def sweep(
         done = finished_cells(out) if out.exists() else set()
         for cell in cells:
             print(f"{'done' if cell.key in done else 'todo'}\t{cell.key}")
-        stderr.print(f"{len(cells)} cells, {len(done & {c.key for c in cells})} done, results in {out}", highlight=False)
+        stderr.print(one_line(f"{len(cells)} cells, {len(done & {c.key for c in cells})} done, results in {out}"),
+                     highlight=False, markup=False)
         return
     from force_cli.sweep import check_out_dir, check_recipe
 
@@ -547,7 +548,7 @@ def sweep(
         except TrainingDiverged as exc:
             raise fail(f"{exc}; the finished cells are kept in {out}", 1) from None
         if not quiet:
-            stderr.print(f"{len(records)} cells run now; results in {out}", highlight=False, markup=False)
+            stderr.print(one_line(f"{len(records)} cells run now; results in {out}"), highlight=False, markup=False)
         _write_sweep_report(out, settings.title)
 
 
@@ -555,7 +556,8 @@ def _write_sweep_report(folder: Path, title: str) -> None:
     from force_cli.sweep_report import write_report
 
     written = write_report(folder, stdout, title=title)
-    stderr.print("wrote " + ", ".join(str(p) for p in written.values()), highlight=False, soft_wrap=True, markup=False)
+    stderr.print(one_line("wrote " + ", ".join(str(p) for p in written.values())), highlight=False, soft_wrap=True,
+                 markup=False)
 
 
 def main():

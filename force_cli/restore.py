@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from force_cli.checkpoint import Checkpoint
+from force_cli.data import dataset_info
 from force_cli.errors import CheckpointError, ForceError
 from force_cli.models import build_model
 from force_cli.pruning.masks import validate_masks
@@ -83,5 +84,18 @@ def model_from_checkpoint(ckpt: Checkpoint, device: torch.device | str = "cpu") 
 
 
 def input_shape(metadata: dict) -> tuple[int, int, int]:
+    """The input a checkpoint's model takes, checked against its dataset where that is known
+    without reading data: conv nets take any image size, so the weights alone cannot bound it."""
     args = _check_model_args(metadata["model_args"])
-    return (args["in_channels"], args["image_size"], args["image_size"])
+    shape = (args["in_channels"], args["image_size"], args["image_size"])
+    name = metadata.get("dataset")
+    if isinstance(name, str) and name != "imagefolder":
+        try:
+            info = dataset_info(name)
+        except ForceError:
+            return shape  # a dataset this version does not know: only the bounds apply
+        if (info.in_channels, info.image_size) != shape[:2]:
+            raise CheckpointError(
+                f"the checkpoint's model_args describe {shape[0]}x{shape[1]}x{shape[2]} inputs but its dataset "
+                f"'{name}' has {info.in_channels}x{info.image_size}x{info.image_size}; the file is corrupt, re-create it")
+    return shape
