@@ -207,7 +207,9 @@ def plot(rows: list[Row], stem: Path, title: str = "") -> list[Path]:
 
 def write_report(out_dir: Path, console: Console | None = None, title: str = "") -> dict[str, Path]:
     """Read ``out_dir/results.jsonl``, print the table, write results.md/.csv/.png/.svg beside it."""
-    records = read_results(out_dir / RESULTS_FILE)
+    # One record per cell (the last): a results file written by two sweeps at once, before sweeps
+    # locked their folder, could hold a cell twice, which would count its seed twice.
+    records = list({r["cell"]: r for r in read_results(out_dir / RESULTS_FILE)}.values())
     title = title or read_title(out_dir)
     if not records:
         raise DataError(f"no finished cells in {out_dir / RESULTS_FILE}; run `force sweep RECIPE --out {out_dir}` first")
