@@ -7,7 +7,6 @@ to stderr. A ForceError from the library becomes one line on stderr and exit cod
 from __future__ import annotations
 
 import functools
-import json
 import os
 import signal
 import sys
