@@ -546,6 +546,10 @@ def sweep(
             raise stopped(f"sweep interrupted ({exc}); run the same command again to continue", exc.exit_code) from None
         except TrainingDiverged as exc:
             raise fail(f"{exc}; the finished cells are kept in {out}", 1) from None
+        except KeyboardInterrupt as exc:  # outside training (pruning or evaluating a cell)
+            name, code = ("SIGTERM", 143) if isinstance(exc, Terminated) else ("Ctrl-C", 130)
+            raise stopped(f"sweep interrupted ({name}); the finished cells are kept in {out}; "
+                          "run the same command again to continue", code) from None
         if not quiet:
             stderr.print(one_line(f"{len(records)} cells run now; results in {out}"), highlight=False, markup=False)
         _write_sweep_report(out, settings.title)

@@ -569,3 +569,17 @@ def test_a_cell_recorded_twice_counts_once_in_the_report(tmp_path):
     result = runner.invoke(app, ["sweep", "--report", str(tmp_path)])
     assert result.exit_code in (0, 2), result.stderr  # 2 only if matplotlib is missing
     assert "| force | 60.00 (n=1) |" in (tmp_path / "results.md").read_text()
+
+
+def test_ctrl_c_while_a_sweep_prunes_keeps_the_finished_cells_and_says_so(golden, tmp_path, monkeypatch):
+    import force_cli.sweep as sweep_module
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(sweep_module, "prune_to_checkpoint", interrupted)
+    out = tmp_path / "s"
+    result = runner.invoke(app, ["sweep", str(golden / "sweep-ok.yaml"), "--out", str(out), "-q"])
+    assert result.exit_code == 130
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "run the same command again" in lines[0] and not lines[0].startswith("error")
+    assert not (out / "results.jsonl").exists() and not list(tmp_path.glob(".*.lock"))
