@@ -2,7 +2,7 @@
 
 Two commands writing the same output at once would silently overwrite each other's result (and
 one could delete the other's partial checkpoint). Each output therefore gets a sidecar lock file
-``.NAME.lock`` in its folder, locked with ``flock``; a second writer is refused at once with one
+(``.NAME.lock`` beside a file, ``.force.lock`` inside a folder), locked with ``flock``; a second writer is refused at once with one
 line naming the holder. Creating the lock file is also the first write into the output folder, so
 a folder that cannot be written is reported before any work starts. ``flock`` locks vanish when
 the process dies, so a killed command never leaves a stale lock behind (only, at worst, an empty
@@ -23,8 +23,11 @@ from force_cli.errors import ConfigError, OutputError
 
 
 def lock_path(target: Path) -> Path:
-    """The sidecar lock file of ``target`` (a file or a folder, ``.`` included)."""
+    """The lock file of ``target``: ``.NAME.lock`` beside a file, ``.force.lock`` inside a folder
+    (so that locking a sweep's folder needs only that folder to be writable)."""
     target = Path(os.path.abspath(target))
+    if target.is_dir():
+        return target / ".force.lock"
     return target.parent / f".{target.name}.lock"
 
 
