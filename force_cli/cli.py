@@ -120,7 +120,7 @@ def _interrupted(exc: KeyboardInterrupt) -> typer.Exit:
     written = getattr(exc, "written", None)
     if written is not None:
         return stopped(f"interrupted ({name}) just after {written} was written completely", code)
-    return stopped(f"interrupted ({name}); nothing was written under the final name", code)
+    return stopped(f"interrupted ({name}); no file was written or left half-written", code)
 
 
 def _stdout_closed() -> typer.Exit:

@@ -97,6 +97,7 @@ def golden(tmp_path_factory) -> Path:
         "markup.safetensors": (init, lambda m: m.update(created="[/]", note="[link=https://example.org]x[/link]"), None),
         "escape.safetensors": (init, lambda m: m.update(created="\x1b[2J\x1b]0;owned\x07"), None),
         "nan.safetensors": (init, lambda m: m.update(target_sparsity="NaN"), None),
+        "nanweights.safetensors": (init, None, lambda t: t.update({"fc3.bias": torch.full_like(t["fc3.bias"], math.nan)})),
         "lying.safetensors": (init, lambda m: m.update(achieved_sparsity="0.99"), None),
         "future.safetensors": (init, lambda m: m.update(format="force-ckpt/9"), None),
         "stage.safetensors": (init, lambda m: m.update(stage="final"), None),
@@ -472,7 +473,7 @@ def test_ctrl_c_before_the_rename_leaves_nothing_and_says_so(tmp_path, monkeypat
     monkeypatch.setattr(atomic, "write_all", interrupted)
     result = runner.invoke(app, PRUNE + ["-o", str(tmp_path / "x.safetensors")])
     assert result.exit_code == 130
-    assert "nothing was written" in result.stderr and os.listdir(tmp_path) == []
+    assert "no file was written" in result.stderr and os.listdir(tmp_path) == []
 
 
 def test_a_failed_final_save_keeps_the_trained_result_elsewhere(golden, tmp_path, monkeypatch):
@@ -583,3 +584,27 @@ def test_ctrl_c_while_a_sweep_prunes_keeps_the_finished_cells_and_says_so(golden
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "run the same command again" in lines[0] and not lines[0].startswith("error")
     assert not (out / "results.jsonl").exists() and not list(tmp_path.glob(".*.lock"))
+
+
+def test_eval_json_is_strict_when_the_loss_is_nan(golden, tmp_path):
+    result = runner.invoke(app, ["eval", str(golden / "nanweights.safetensors"), "--json", "--device", "cpu", "-q"])
+    assert result.exit_code == 0, result.stderr
+
+    def refuse(constant):
+        raise AssertionError(f"bare {constant} in --json output")
+    report = json.loads(result.stdout, parse_constant=refuse)
+    assert report["loss"] is None
+
+
+def test_sigterm_outside_training_exits_143_with_one_line(tmp_path, monkeypatch):
+    import force_cli.pruning.job as job
+
+    def terminated(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise AssertionError("SIGTERM should have stopped the command")
+    monkeypatch.setattr(job, "prune", terminated)
+    result = runner.invoke(app, PRUNE + ["-o", str(tmp_path / "x.safetensors")])
+    assert result.exit_code == 143, (result.stderr, result.exception)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "SIGTERM" in lines[0] and not lines[0].startswith("error")
+    assert os.listdir(tmp_path) == []
