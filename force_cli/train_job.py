@@ -200,6 +200,9 @@ def train_checkpoint(
         run_seed = seed if seed is not None else (recorded if isinstance(recorded, int) else 0)
         origin = str(source)
 
+    if seed is None and not 0 <= run_seed <= 2**32 - 1:
+        raise CheckpointError(f"'{source}' records the seed {run_seed}, outside [0, 4294967295]; "
+                              "pass --seed N to choose one")
     check_int_bounds("seed", run_seed)
     output = Path(output) if output is not None else default_output(source)
     partial = partial_path(output)
