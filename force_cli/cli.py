@@ -157,6 +157,13 @@ def user_errors(command):
         except (MemoryError, RecursionError) as exc:
             raise fail(f"out of memory or too deeply nested input ({type(exc).__name__}); "
                        "check the input's sizes") from None
+        except (typer.Exit, typer.Abort):
+            raise
+        except Exception as exc:  # a bug: still one line, exit 1; FORCE_DEBUG=1 shows the traceback
+            if os.environ.get("FORCE_DEBUG"):
+                raise
+            raise fail(f"unexpected {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}; this is a "
+                       "bug in force-cli, please report it (FORCE_DEBUG=1 shows the traceback)", 1) from None
         finally:
             if main_thread:
                 signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from force_cli.config import check_int_bounds
-from force_cli.errors import ConfigError, DataError, IncompatibleError
+from force_cli.errors import CheckpointError, ConfigError, DataError, IncompatibleError
 
 SPLITS = ("test", "val", "train")
 
@@ -153,6 +153,12 @@ def evaluate_checkpoint(
     seed = _recorded(metadata, "seed")
     if seed is None:
         seed = metadata.get("seed") if isinstance(metadata.get("seed"), int) else 0
+    if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not 0 <= val_fraction < 1:
+        raise CheckpointError(f"'{checkpoint}' records the validation fraction {val_fraction!r}, not a number in "
+                              "[0, 1); the file is corrupt")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= 2**32 - 1:
+        raise CheckpointError(f"'{checkpoint}' records the seed {seed!r}, not an integer in [0, 4294967295]; "
+                              "the file is corrupt")
     if split == "val" and not val_fraction:
         raise ConfigError(f"'{checkpoint}' was trained without a validation split (val_fraction 0); use --split test")
     # test: the whole test set; val and train: the training run's split of the training set

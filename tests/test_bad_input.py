@@ -95,6 +95,7 @@ def golden(tmp_path_factory) -> Path:
         "argsnotdict.safetensors": (init, edit_json("model_args", lambda a: [1, 2]), None),
         "otherdata.safetensors": (init, lambda m: m.update(dataset="cifar10"), None),
         "hugeseed.safetensors": (init, lambda m: m.update(seed=str(2**70)), None),
+        "trainmeta.safetensors": (init, lambda m: m.update(training=json.dumps({"seed": "x", "val_fraction": "y"})), None),
         "markup.safetensors": (init, lambda m: m.update(created="[/]", note="[link=https://example.org]x[/link]"), None),
         "escape.safetensors": (init, lambda m: m.update(created="\x1b[2J\x1b]0;owned\x07"), None),
         "nan.safetensors": (init, lambda m: m.update(target_sparsity="NaN"), None),
@@ -304,6 +305,7 @@ CASES = [
     Case("eval-batch-size-0", ["eval", "{init}", "--batch-size", "0"], "--batch-size must be at least 1"),
     Case("eval-batch-size-huge", ["eval", "{init}", "--batch-size", str(10**12)], "--batch-size must be at most"),
     Case("eval-split", ["eval", "{init}", "--split", "dev"], "unknown split"),
+    Case("eval-crafted-training-metadata", ["eval", "{tmp}/trainmeta.safetensors", "--split", "val"], "the file is corrupt"),
     # inspect: crafted checkpoints
     Case("inspect-huge-image-size", ["inspect", "{tmp}/huge.safetensors"], "'image_size' is 100000"),
     Case("inspect-shape-mismatch", ["inspect", "{tmp}/wide.safetensors"], "'fc1.weight' has shape"),
@@ -609,4 +611,18 @@ def test_sigterm_outside_training_exits_143_with_one_line(tmp_path, monkeypatch)
     assert result.exit_code == 143, (result.stderr, result.exception)
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "SIGTERM" in lines[0] and not lines[0].startswith("error")
+    assert os.listdir(tmp_path) == []
+
+
+def test_an_unexpected_error_is_still_one_line(tmp_path, monkeypatch):
+    import force_cli.pruning.job as job
+
+    def bug(*args, **kwargs):
+        raise ValueError("something force-cli did not foresee\nsecond line")
+    monkeypatch.setattr(job, "prune", bug)
+    monkeypatch.delenv("FORCE_DEBUG", raising=False)
+    result = runner.invoke(app, PRUNE + ["-o", str(tmp_path / "x.safetensors")])
+    assert result.exit_code == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "unexpected ValueError" in lines[0] and "bug" in lines[0], lines
     assert os.listdir(tmp_path) == []
