@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from force_cli.config import PruneConfig, Recipe, SweepSettings, resolve
+from force_cli.config import PruneConfig, Recipe, SweepSettings, TrainSettings, resolve
 from force_cli.atomic import write_atomic
 from force_cli.errors import ConfigError, OutputError
 from force_cli.evaluation import evaluate_checkpoint
@@ -25,7 +25,7 @@ from force_cli.pruning.criteria import get_method
 from force_cli.pruning.job import prune_to_checkpoint, validate
 from force_cli.sweep_report import RESULTS_FILE, read_results, write_info
 from force_cli.train_job import partial_path, train_checkpoint
-from force_cli.training import TrainCallbacks
+from force_cli.training import TrainCallbacks, complete_settings
 
 
 @dataclass(frozen=True)
@@ -135,7 +135,9 @@ def check_recipe(recipe: Recipe) -> list[Cell]:
     cells = expand_grid(sweep_settings(recipe))
     if recipe.common.get("model") is None:
         raise ConfigError(f"{recipe.path}: no model; add 'model: NAME' at the top level of the recipe")
-    validate(prune_config(recipe, cells[0]))  # names and ranges, before any cell starts
+    cfg = prune_config(recipe, cells[0])
+    validate(cfg)  # names and ranges, before any cell starts
+    complete_settings(TrainSettings(**recipe.sections.get("train", {})), cfg.dataset)  # the train: section too
     return cells
 
 

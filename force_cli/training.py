@@ -588,9 +588,15 @@ class Trainer:
             raise corrupt(f"optimizer state is malformed ({type(exc).__name__})") from None
         params = list(self.model.parameters())
         groups = sd["param_groups"]
-        if not all(isinstance(g, dict) and isinstance(g.get("params"), list) for g in groups) or \
+        current = self.optimizer.state_dict()["param_groups"]
+        if len(groups) != len(current) or not all(isinstance(g, dict) and isinstance(g.get("params"), list)
+                                                  for g in groups) or \
                 sorted(i for g in groups for i in g["params"]) != list(range(len(params))):
             raise corrupt("optimizer state does not fit the model")
+        # The hyper-parameters are the current settings' (set again below and at every epoch);
+        # only the parameter indices come from the file, so no saved value of the wrong type is used.
+        sd["param_groups"] = [{k: v for k, v in mine.items() if k != "params"} | {"params": saved["params"]}
+                              for mine, saved in zip(current, groups)]
         for index, entry in sd["state"].items():
             if not 0 <= index < len(params) or not isinstance(entry, dict):
                 raise corrupt("optimizer state names a parameter the model does not have")

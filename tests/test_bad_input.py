@@ -116,6 +116,7 @@ def golden(tmp_path_factory) -> Path:
         "negbatch.partial.safetensors": (partial, resume(lambda t: t["resume"]["totals"].__setitem__("batches", -3)), None),
         "bigbatch.partial.safetensors": (partial, resume(lambda t: t["resume"]["totals"].__setitem__("batches", 10**6)), None),
         "seed.partial.safetensors": (partial, resume(lambda t: t.__setitem__("seed", 2**70)), None),
+        "groups.partial.safetensors": (partial, resume(lambda t: t["resume"]["optimizer"].__setitem__("param_groups", [])), None),
         "nostate.partial.safetensors": (partial, None, lambda t: [t.pop(k) for k in list(t) if k.startswith("state:")]),
     }
     for name, (src, meta, tensors) in crafted.items():
@@ -136,6 +137,7 @@ def golden(tmp_path_factory) -> Path:
         "sweep-nomodel.yaml": b"dataset: digits\nsweep:\n  sparsities: [0.9]\n",
         "sweep-sparsity.yaml": b"model: lenet300\ndataset: digits\nsweep:\n  sparsities: [1.5]\n",
         "sweep-ok.yaml": b"model: lenet300\ndataset: digits\nsweep:\n  methods: [random]\n  sparsities: [0.9]\n",
+        "sweep-train.yaml": b"model: lenet300\ndataset: digits\ntrain:\n  lr: -1.0\nsweep:\n  sparsities: [0.9]\n",
         "steps.yaml": b"model: lenet300\ndataset: digits\nprune:\n  steps: 1000000000\n",
     }
     for name, data in recipes.items():
@@ -294,6 +296,7 @@ CASES = [
     Case("resume-negative-epoch", ["train", "--resume", "{tmp}/negepoch.partial.safetensors"], "epoch -1"),
     Case("resume-negative-batch", ["train", "--resume", "{tmp}/negbatch.partial.safetensors"], "running totals"),
     Case("resume-batch-beyond-epoch", ["train", "--resume", "{tmp}/bigbatch.partial.safetensors"], "batch index"),
+    Case("resume-optimizer-groups", ["train", "--resume", "{tmp}/groups.partial.safetensors"], "does not fit the model"),
     Case("resume-seed-2^70", ["train", "--resume", "{tmp}/seed.partial.safetensors"], "records the seed"),
     Case("resume-no-state", ["train", "--resume", "{tmp}/nostate.partial.safetensors"], "lost its training state"),
     # eval
@@ -323,6 +326,7 @@ CASES = [
     Case("sweep-no-model", ["sweep", "{tmp}/sweep-nomodel.yaml", "--out", "{tmp}/s"], "add 'model: NAME'"),
     Case("sweep-sparsity", ["sweep", "{tmp}/sweep-sparsity.yaml", "--out", "{tmp}/s"], "outside [0, 1)"),
     Case("sweep-no-recipe", ["sweep"], "give a recipe"),
+    Case("sweep-bad-train-settings", ["sweep", "{tmp}/sweep-train.yaml", "--out", "{tmp}/s"], "--lr must be a positive number"),
     Case("sweep-folder-locked", ["sweep", "{tmp}/sweep-ok.yaml", "--out", "{tmp}/adir", "-q"],
          "being written by another force command", prepare=locked("adir")),
     Case("report-not-a-folder", ["sweep", "--report", "{tmp}/afile"], "not a folder"),
