@@ -11,7 +11,7 @@ install: $(BIN)/force
 
 $(BIN)/force: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -e '.[dev]'
+	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $@
 
 # prune (FORCE, 99% sparse) -> train -> eval -> inspect, on scikit-learn's bundled digits: no download;

@@ -1,6 +1,20 @@
-"""Allow `python -m force_cli`."""
+"""Allow `python -m force_cli`, and the `force` entry point.
 
-from force_cli.cli import main
+The CLI's imports (torch, rich, typer) take a while; a Ctrl-C during them ends the command with
+exit code 130 and one line, not a KeyboardInterrupt traceback.
+"""
+
+import sys
+
+
+def main() -> None:
+    try:
+        from force_cli.cli import main as cli_main
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted (Ctrl-C) while starting; nothing was done\n")
+        sys.exit(130)
+    cli_main()
+
 
 if __name__ == "__main__":
     main()

@@ -9,26 +9,27 @@ A checkpoint is a single ``.safetensors`` file (nothing pickled, so an untrusted
   * string metadata: ``format`` plus the fields below. Values of ``JSON_FIELDS`` are JSON text,
     every other value is a plain string.
 
-Writes are atomic: a temporary file in the same folder, flushed to disk, then renamed over the
-final name, so an interrupted write never leaves a half-written file there nor damages an
-existing one.
+Writes are atomic (``atomic.write_atomic``): one temporary file of our own in the same folder,
+flushed to disk, then renamed over the final name, so an interrupted write never leaves a
+half-written file there nor damages an existing one. Reading checks the masks against the
+recorded sparsity, so a file whose masks were altered is refused rather than trusted.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save as serialize
 
 from force_cli import FORMAT_VERSION
-from force_cli.errors import CheckpointError, ConfigError
+from force_cli.atomic import write_atomic
+from force_cli.errors import CheckpointError, ConfigError, OutputError
 
 MASK_PREFIX = "mask:"
 STATE_PREFIX = "state:"
@@ -47,6 +48,7 @@ class Checkpoint:
     masks: dict[str, torch.Tensor]
     metadata: dict[str, Any]
     extra: dict[str, torch.Tensor] = field(default_factory=dict)  # training state, without the prefix
+    warnings: list[str] = field(default_factory=list)  # what the reader found odd but usable (shown by the CLI)
 
     @property
     def stage(self) -> str:
@@ -82,10 +84,16 @@ def _decode_metadata(raw: dict[str, str], path: Path) -> dict[str, Any]:
 
 def check_new_output(path: Path, overwrite: bool) -> None:
     """Refuse, before any work starts, an output that cannot be written or would replace a file."""
+    if str(path) == "" or path.name in ("", ".", ".."):
+        raise ConfigError(f"output '{path}' is not a file name; give one such as checkpoint.safetensors")
     if not path.parent.is_dir():
+        if path.parent.exists():
+            raise ConfigError(f"output folder '{path.parent}' is a file, not a folder; choose another -o path")
         raise ConfigError(f"output folder '{path.parent}' does not exist; create it first or choose another -o path")
     if path.is_dir():
         raise ConfigError(f"output '{path}' is a folder; give a file name such as {path / 'checkpoint.safetensors'}")
+    if path.exists() and not path.is_file():
+        raise ConfigError(f"output '{path}' exists and is not a regular file; choose another -o path")
     if path.exists() and not overwrite:
         raise ConfigError(f"output '{path}' already exists; choose another -o path or pass --overwrite")
 
@@ -119,24 +127,11 @@ def save_checkpoint(
         tensors[STATE_PREFIX + key] = value.detach().cpu().contiguous()
     header = _encode_metadata(metadata)
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
     try:
-        save_file(tensors, tmp, metadata=header)
-        os.chmod(tmp, 0o666 & ~_current_umask())  # mkstemp makes 0600; give the file normal permissions
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def _current_umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
+        data = serialize(tensors, metadata=header)
+    except OSError as exc:
+        raise OutputError.from_os(exc, path, "checkpoint") from None
+    return write_atomic(path, data, "checkpoint")
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:
@@ -196,4 +191,31 @@ def _open(path: Path, tensors: bool) -> Checkpoint:
                 f"'{path}': mask '{name}' has shape {tuple(mask.shape)} but its weight has {tuple(state[name].shape)}; "
                 "the file is corrupt, re-create it"
             )
-    return Checkpoint(state_dict=state, masks=masks, metadata=metadata, extra=extra)
+    warnings = [w for w in [check_recorded_sparsity(masks, metadata, path)] if w] if tensors else []
+    return Checkpoint(state_dict=state, masks=masks, metadata=metadata, extra=extra, warnings=warnings)
+
+
+def check_recorded_sparsity(masks: dict[str, torch.Tensor], metadata: dict[str, Any], path: Path) -> str | None:
+    """A warning when the masks contradict the recorded ``achieved_sparsity`` (an altered file).
+
+    The masks are what every command uses, so the sparsity is recomputed from them; the warning
+    says so. `train` records the recomputed value in its output. A value that is not a number is
+    corruption and refused.
+    """
+    recorded = metadata.get("achieved_sparsity")
+    if recorded is None or not masks:
+        return None
+    if isinstance(recorded, bool) or not isinstance(recorded, (int, float)) or not math.isfinite(recorded):
+        raise CheckpointError(f"'{path}': metadata 'achieved_sparsity' is not a number; the file is corrupt, re-create it")
+    actual = recomputed_sparsity(masks)
+    total = sum(m.numel() for m in masks.values())
+    if abs(actual - recorded) * total <= 1.0 + 1e-6:
+        return None
+    return (f"'{path}': its masks remove {actual:.4%} of the weights but its metadata says {recorded:.4%}; "
+            f"the masks were altered after pruning, and {actual:.4%} (the masks) is what is used")
+
+
+def recomputed_sparsity(masks: dict[str, torch.Tensor]) -> float:
+    total = sum(m.numel() for m in masks.values())
+    kept = sum(int(m.sum()) for m in masks.values())
+    return 1.0 - kept / total if total else 0.0

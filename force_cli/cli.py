@@ -7,28 +7,66 @@ to stderr. A ForceError from the library becomes one line on stderr and exit cod
 from __future__ import annotations
 
 import functools
-import json
+import os
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
-from rich.markup import escape
+from rich.text import Text
+from typer.core import TyperGroup
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 import force_cli
 from force_cli.config import PruneConfig, load_recipe, resolve
 from force_cli.data import DATASETS
-from force_cli.errors import ForceError
+from force_cli.errors import ForceError, UnknownNameError
+from force_cli.atomic import remove_stale
+from force_cli.locking import hold
+from force_cli.safe_text import literal, one_line
 from force_cli.models import INIT_SCHEMES, MODELS
 from force_cli.pruning import METHODS, SCHEDULES
 from force_cli.pruning.objectives import OBJECTIVES
 from force_cli.evaluation import SPLITS
 from force_cli.training import LR_SCHEDULES, OPTIMIZERS, TRAIN_DEFAULTS
 
+class OneLineErrors(TyperGroup):
+    """Usage errors (unknown option, missing value, bad type) as one line on stderr, exit 2,
+    instead of Typer's five-line box; the one line names the command's --help."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        try:  # Typer >= 0.20 vendors click; older Typer uses click itself
+            from typer._click import exceptions
+        except ImportError:
+            from click import exceptions
+        NoArgsIsHelpError = getattr(exceptions, "NoArgsIsHelpError", ())
+        ClickException = exceptions.ClickException
+        try:
+            code = super().main(args=args, prog_name=prog_name, complete_var=complete_var,
+                                standalone_mode=False, **extra)
+        except NoArgsIsHelpError as exc:
+            exc.show()
+            code = exc.exit_code
+        except ClickException as exc:
+            where = exc.ctx.command_path if getattr(exc, "ctx", None) is not None else "force"
+            message = exc.format_message().rstrip(".")
+            stderr.print(Text.assemble(("error: ", "bold red"), one_line(f"{message}; see '{where} --help'")),
+                         highlight=False, soft_wrap=True)
+            code = exc.exit_code
+        except typer.Abort:
+            code = 130
+        code = code if isinstance(code, int) else 0
+        if not standalone_mode:
+            return code
+        sys.exit(code)
+
+
 app = typer.Typer(
     name="force",
+    cls=OneLineErrors,
     help="Prune neural networks at initialization (FORCE, Iterative SNIP, SNIP, GraSP, SynFlow, ...) "
     "into portable sparse checkpoints, then train, evaluate and inspect them.",
     no_args_is_help=True,
@@ -37,7 +75,15 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-stdout = Console(soft_wrap=True)
+class _Stdout(Console):
+    """rich exits with 1 when stdout's reader goes away; hand that to ``user_errors`` (exit 141)."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        raise BrokenPipeError
+
+
+stdout = _Stdout(soft_wrap=True)
 stderr = Console(stderr=True)
 
 
@@ -57,23 +103,92 @@ def _saliency_loss_help() -> str:
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
-    stderr.print(f"[bold red]error:[/] {message}", highlight=False, markup=True, soft_wrap=True)
+    """One line on stderr, printed literally (no markup, control characters made visible)."""
+    stderr.print(Text.assemble(("error: ", "bold red"), one_line(message)), highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 
+def stopped(message: str, code: int) -> typer.Exit:
+    """An interruption is not an error: one line without the 'error:' prefix, exit 130 or 143."""
+    stderr.print(one_line(message), highlight=False, soft_wrap=True, markup=False)
+    return typer.Exit(code)
+
+
+def warn(message: str) -> None:
+    """One line on stderr for something odd but usable in the input (printed even with --quiet)."""
+    stderr.print(Text.assemble(("warning: ", "yellow"), one_line(message)), highlight=False, soft_wrap=True)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that the same clean-up runs; exit code 143."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
+def _interrupted(exc: KeyboardInterrupt) -> typer.Exit:
+    name, code = ("SIGTERM", 143) if isinstance(exc, Terminated) else ("Ctrl-C", 130)
+    written = getattr(exc, "written", None)
+    if written is not None:
+        return stopped(f"interrupted ({name}) just after {written} was written completely", code)
+    return stopped(f"interrupted ({name}); no file was written or left half-written", code)
+
+
+def _stdout_closed() -> typer.Exit:
+    """The reader of stdout went away (`force inspect X | head -1`): stop quietly, as Unix tools do."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    return typer.Exit(128 + signal.SIGPIPE)
+
+
 def user_errors(command):
-    """Turn library errors into one line + exit 2, and Ctrl-C into exit 130, never a traceback."""
+    """Turn library errors into one line + exit 2, Ctrl-C into exit 130 and SIGTERM into exit 143,
+    a closed stdout into a quiet exit 141, never a traceback."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
+        main_thread = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, _raise_terminated) if main_thread else None
         try:
-            return command(*args, **kwargs)
+            result = command(*args, **kwargs)
+            sys.stdout.flush()
+            return result
         except ForceError as exc:
             raise fail(str(exc), exc.exit_code) from None
-        except KeyboardInterrupt:
-            raise fail("interrupted; nothing was written under the final name", 130) from None
+        except KeyboardInterrupt as exc:
+            raise _interrupted(exc) from None
+        except BrokenPipeError:
+            raise _stdout_closed() from None
+        except OSError as exc:  # a last resort: every expected OS error is already a ForceError
+            where = f" ({exc.filename})" if exc.filename else ""
+            raise fail(f"{exc.strerror or exc}{where}; check the path and free space, then retry") from None
+        except (MemoryError, RecursionError) as exc:
+            raise fail(f"out of memory or too deeply nested input ({type(exc).__name__}); "
+                       "check the input's sizes") from None
+        except (typer.Exit, typer.Abort):
+            raise
+        except Exception as exc:  # a bug: still one line, exit 1; FORCE_DEBUG=1 shows the traceback
+            if os.environ.get("FORCE_DEBUG"):
+                raise
+            raise fail(f"unexpected {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}; this is a "
+                       "bug in force-cli, please report it (FORCE_DEBUG=1 shows the traceback)", 1) from None
+        finally:
+            if main_thread:
+                signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
     return wrapper
+
+
+def _path(text: str) -> Path:
+    """A path argument; an empty one (``force train "$(force prune ...)"`` after a failed prune)
+    is its own clear error rather than the current folder."""
+    if not text.strip():
+        raise typer.BadParameter("the path is empty (did the command that should have produced it fail?)")
+    return Path(text)
 
 
 def progress_bar(quiet: bool) -> Progress:
@@ -105,11 +220,11 @@ def root(
     """force-cli: pruning at initialization, as a command-line tool."""
 
 
-RecipeOpt = Annotated[Optional[Path], typer.Option("--recipe", help="YAML recipe supplying defaults; flags given here win.")]
+RecipeOpt = Annotated[Optional[Path], typer.Option("--recipe", parser=_path, metavar="<path>", help="YAML recipe supplying defaults; flags given here win.")]
 DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="auto (CUDA when present), cpu, cuda or cuda:N.")]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document to stdout (for jq).")]
-CheckpointArg = Annotated[Path, typer.Argument(help="A force checkpoint (.safetensors).")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", metavar="", help="No progress bar.")]
+JsonOpt = Annotated[bool, typer.Option("--json", metavar="", help="Print one JSON document to stdout (for jq).")]
+CheckpointArg = Annotated[Path, typer.Argument(parser=_path, metavar="CHECKPOINT", help="A force checkpoint (.safetensors).")]
 
 
 @app.command(
@@ -120,9 +235,9 @@ CheckpointArg = Annotated[Path, typer.Argument(help="A force checkpoint (.safete
 )
 @user_errors
 def prune(
-    model: Annotated[Optional[str], typer.Option("--model", "-m", help=f"Model: {_names(MODELS)}.")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help=f"Model (required unless the recipe sets it): {_names(MODELS)}.")] = None,
     dataset: Annotated[Optional[str], typer.Option("--dataset", "-d", help=f"Dataset (default: cifar10): {_names(DATASETS)}.")] = None,
-    sparsity: Annotated[Optional[float], typer.Option("--sparsity", "-s", help="Fraction of prunable weights to remove, in [0, 1).")] = None,
+    sparsity: Annotated[Optional[float], typer.Option("--sparsity", "-s", help="Fraction of prunable weights to remove, in [0, 1) (required unless the recipe sets it).")] = None,
     method: Annotated[Optional[str], typer.Option("--method", help=f"Criterion (default: force): {_names(METHODS)}.")] = None,
     steps: Annotated[Optional[int], typer.Option("--steps", help="Pruning steps of iterative methods (default: 60; synflow 100).")] = None,
     schedule: Annotated[Optional[str], typer.Option("--schedule", help=f"Density schedule (default: exp): {_names(SCHEDULES)}.")] = None,
@@ -133,13 +248,13 @@ def prune(
     saliency_loss: Annotated[Optional[str], typer.Option("--saliency-loss", help=_saliency_loss_help())] = None,
     saliency_temperature: Annotated[Optional[float], typer.Option("--saliency-temperature", help="Temperature T of --saliency-loss cross-entropy (default: the method's, 200 for grasp, else 1); given alone it selects cross-entropy.")] = None,
     val_fraction: Annotated[Optional[float], typer.Option("--val-fraction", help="Fraction of the training set `train` will hold out for validation (same seed); pruning never draws from it (default: the dataset's training default).")] = None,
-    allow_disconnected: Annotated[Optional[bool], typer.Option("--allow-disconnected", help="Write the checkpoint even if pruning leaves no input-to-output path or an empty output layer (default: fail with exit code 1).")] = None,
+    allow_disconnected: Annotated[Optional[bool], typer.Option("--allow-disconnected", metavar="", help="Write the checkpoint even if pruning leaves no input-to-output path or an empty output layer (default: fail with exit code 1).")] = None,
     device: DeviceOpt = None,
     data_dir: Annotated[Optional[str], typer.Option("--data-dir", help="Dataset root (default: $FORCE_DATA or the user cache).")] = None,
-    download: Annotated[Optional[bool], typer.Option("--download/--no-download", help="Download a missing dataset (default: download).")] = None,
+    download: Annotated[Optional[bool], typer.Option("--download/--no-download", metavar="", help="Download a missing dataset (default: --download).")] = None,
     recipe: RecipeOpt = None,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Checkpoint to write (default: MODEL-DATASET-METHOD-sSPARSITY-seedSEED.safetensors).")] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output file.")] = False,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", parser=_path, metavar="<path>", help="Checkpoint to write (default: MODEL-DATASET-METHOD-sSPARSITY-seedSEED.safetensors).")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", metavar="", help="Replace an existing output file.")] = False,
     quiet: QuietOpt = False,
 ):
     """Prune a freshly initialized network and write a sparse checkpoint; print its path."""
@@ -151,7 +266,9 @@ def prune(
                  val_fraction=val_fraction, allow_disconnected=allow_disconnected)
     defaults = load_recipe(recipe).settings_for("prune") if recipe else None
     cfg = resolve(PruneConfig, defaults, flags)
-    with progress_bar(quiet) as bar:
+    output = _prune_output(cfg, output, overwrite)
+    with hold((output, "output")), progress_bar(quiet) as bar:
+        remove_stale(output)
         task = None
 
         def on_start(total_steps: int):
@@ -163,7 +280,7 @@ def prune(
 
         path, result = prune_to_checkpoint(cfg, output, overwrite=overwrite, on_step=on_step, on_start=on_start)
     for warning in result.warnings:
-        stderr.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False)
+        warn(warning)
     if not quiet:
         stderr.print(f"kept {result.kept:,} of {result.total:,} weights (sparsity {result.sparsity:.4%})", highlight=False)
     print(path)
@@ -181,17 +298,33 @@ def inspect(
 ):
     """Per-layer density and effective density of a checkpoint, with its metadata."""
     from force_cli.checkpoint import load_checkpoint
-    from force_cli.report import effective_masks, render, summary
+    from force_cli.report import effective_masks, json_document, render, summary
     from force_cli.restore import input_shape, model_from_checkpoint
 
     ckpt = load_checkpoint(checkpoint)
     model = model_from_checkpoint(ckpt)
     effective = effective_masks(model, ckpt.masks, input_shape(ckpt.metadata))
-    report = summary(ckpt.masks, effective, ckpt.metadata, str(checkpoint))
+    report = summary(ckpt.masks, effective, ckpt.metadata, str(checkpoint)) | {"warnings": ckpt.warnings}
+    for message in ckpt.warnings:
+        warn(message)
     if json_output:
-        print(json.dumps(report))
+        print(json_document(report))
     else:
         render(report, stdout)
+
+
+def _prune_output(cfg: PruneConfig, output: Path | None, overwrite: bool) -> Path:
+    """The checkpoint `prune` will write, checked before any work; names are validated first,
+    so that a bad dataset name is reported as such and not as a missing output folder."""
+    from force_cli.checkpoint import check_new_output
+    from force_cli.pruning.job import default_output, validate
+
+    validate(cfg)
+    if str(cfg.dataset).strip().lower().replace("_", "-") not in DATASETS:
+        raise UnknownNameError("dataset", cfg.dataset, DATASETS)
+    output = output if output is not None else default_output(cfg)
+    check_new_output(output, overwrite)
+    return output
 
 
 def _train_defaults_help() -> str:
@@ -230,9 +363,9 @@ def _milestones(text: str | None) -> list[int] | None:
 )
 @user_errors
 def train(
-    checkpoint: Annotated[Optional[Path], typer.Argument(help="Checkpoint to train (made by `force prune`).", show_default=False)] = None,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Trained checkpoint to write (default: CHECKPOINT-trained.safetensors).")] = None,
-    resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue the partial checkpoint of an interrupted run (instead of CHECKPOINT).")] = None,
+    checkpoint: Annotated[Optional[Path], typer.Argument(parser=_path, metavar="CHECKPOINT", help="Checkpoint to train (made by `force prune`).", show_default=False)] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", parser=_path, metavar="<path>", help="Trained checkpoint to write (default: CHECKPOINT-trained.safetensors).")] = None,
+    resume: Annotated[Optional[Path], typer.Option("--resume", parser=_path, metavar="<path>", help="Continue the partial checkpoint of an interrupted run (instead of CHECKPOINT).")] = None,
     epochs: Annotated[Optional[int], typer.Option("--epochs", help="Epochs to train (default: per dataset, below).")] = None,
     lr: Annotated[Optional[float], typer.Option("--lr", help="Initial learning rate.")] = None,
     optimizer: Annotated[Optional[str], typer.Option("--optimizer", help=f"Optimizer (default: sgd): {_names(OPTIMIZERS)}.")] = None,
@@ -243,18 +376,18 @@ def train(
     gamma: Annotated[Optional[float], typer.Option("--gamma", help="multistep: lr factor at each milestone (default: 0.1).")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Training mini-batch size.")] = None,
     val_fraction: Annotated[Optional[float], typer.Option("--val-fraction", help="Fraction of the training set held out for validation.")] = None,
-    augment: Annotated[Optional[bool], typer.Option("--augment/--no-augment", help="Training augmentation (crops and flips where the dataset has them) (default: augment).")] = None,
+    augment: Annotated[Optional[bool], typer.Option("--augment/--no-augment", metavar="", help="Training augmentation (crops and flips where the dataset has them) (default: --augment).")] = None,
     workers: Annotated[Optional[int], typer.Option("--workers", help="Data-loading worker processes (default: 0).")] = None,
-    amp: Annotated[Optional[bool], typer.Option("--amp/--no-amp", help="Mixed precision (autocast, bfloat16 where supported) on CUDA; no effect on CPU (default: no-amp).")] = None,
-    channels_last: Annotated[Optional[bool], typer.Option("--channels-last/--no-channels-last", help="channels_last memory format for conv nets (faster on recent GPUs) (default: no).")] = None,
+    amp: Annotated[Optional[bool], typer.Option("--amp/--no-amp", metavar="", help="Mixed precision (autocast, bfloat16 where supported) on CUDA; no effect on CPU (default: --no-amp).")] = None,
+    channels_last: Annotated[Optional[bool], typer.Option("--channels-last/--no-channels-last", metavar="", help="channels_last memory format for conv nets (faster on recent GPUs) (default: --no-channels-last).")] = None,
     save_every: Annotated[Optional[int], typer.Option("--save-every", help="Epochs between partial checkpoints; 0: only when interrupted (default: 1).")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Seed of the data order, augmentation and validation split (default: the checkpoint's).")] = None,
     device: DeviceOpt = None,
     data_dir: Annotated[Optional[str], typer.Option("--data-dir", help="Dataset root (default: the checkpoint's, $FORCE_DATA or the user cache).")] = None,
-    download: Annotated[Optional[bool], typer.Option("--download/--no-download", help="Download a missing dataset (default: download).")] = None,
+    download: Annotated[Optional[bool], typer.Option("--download/--no-download", metavar="", help="Download a missing dataset (default: --download).")] = None,
     recipe: RecipeOpt = None,
-    log: Annotated[Optional[Path], typer.Option("--log", help="Append one JSON line per epoch to this file (.jsonl).")] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output (and a stale partial checkpoint).")] = False,
+    log: Annotated[Optional[Path], typer.Option("--log", parser=_path, metavar="<path>", help="Append one JSON line per epoch to this file (.jsonl).")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", metavar="", help="Replace an existing output (and a stale partial checkpoint).")] = False,
     quiet: QuietOpt = False,
 ):
     """Train a pruned checkpoint with its masks enforced; write a trained checkpoint and print its path."""
@@ -309,10 +442,10 @@ def train(
             result = train_checkpoint(
                 checkpoint, output, settings, resume=resume, seed=pick(seed, "seed"),
                 data_dir=pick(data_dir, "data_dir"), download=pick(download, "download", True), device=device,
-                overwrite=overwrite, log=log, callbacks=TrainCallbacks(on_start=on_start, on_batch=on_batch, on_epoch=on_epoch),
+                overwrite=overwrite, log=log, callbacks=TrainCallbacks(on_start=on_start, on_batch=on_batch, on_epoch=on_epoch, on_warning=warn),
             )
         except TrainingInterrupted as exc:
-            raise fail(str(exc), exc.exit_code) from None
+            raise stopped(str(exc), exc.exit_code) from None
         except TrainingDiverged as exc:
             raise fail(str(exc), 1) from None
     if not quiet:
@@ -331,13 +464,13 @@ def train(
 @user_errors
 def eval_command(
     checkpoint: CheckpointArg,
-    split: Annotated[str, typer.Option("--split", help=f"Which split: {', '.join(SPLITS)} (val: the part held out during training).")] = "test",
+    split: Annotated[str, typer.Option("--split", help=f"Which split (default: test): {', '.join(SPLITS)} (val: the part held out during training).", show_default=False)] = "test",
     dataset: Annotated[Optional[str], typer.Option("--dataset", "-d", help="Evaluate on another dataset with the same classes and image shape (default: the checkpoint's).")] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Evaluation mini-batch size.")] = 256,
-    workers: Annotated[int, typer.Option("--workers", help="Data-loading worker processes.")] = 0,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Evaluation mini-batch size (default: 256).", show_default=False)] = 256,
+    workers: Annotated[int, typer.Option("--workers", help="Data-loading worker processes (default: 0).", show_default=False)] = 0,
     device: DeviceOpt = None,
     data_dir: Annotated[Optional[str], typer.Option("--data-dir", help="Dataset root (default: the checkpoint's, $FORCE_DATA or the user cache).")] = None,
-    download: Annotated[bool, typer.Option("--download/--no-download", help="Download a missing dataset.")] = True,
+    download: Annotated[bool, typer.Option("--download/--no-download", metavar="", help="Download a missing dataset (default: --download).", show_default=False)] = True,
     json_output: JsonOpt = False,
     quiet: QuietOpt = False,
 ):
@@ -345,6 +478,7 @@ def eval_command(
     from rich.table import Table
 
     from force_cli.evaluation import evaluate_checkpoint
+    from force_cli.report import json_document
 
     with progress_bar(quiet) as bar:
         task = None
@@ -356,12 +490,12 @@ def eval_command(
         report = evaluate_checkpoint(
             checkpoint, split=split, dataset=dataset, data_dir=data_dir, download=download,
             device=device or "auto", batch_size=batch_size, workers=workers, on_start=on_start,
-            on_batch=lambda done: bar.update(task, completed=done),
+            on_batch=lambda done: bar.update(task, completed=done), on_warning=warn,
         )
     if json_output:
-        print(json.dumps(report))
+        print(json_document(report))
         return
-    table = Table(title=f"{report['checkpoint']}: {report['model']} on {report['dataset']} ({report['split']})")
+    table = Table(title=literal(f"{report['checkpoint']}: {report['model']} on {report['dataset']} ({report['split']})"))
     table.add_column("metric")
     table.add_column("value", justify="right")
     table.add_row("top-1 accuracy", f"{report['top1']:.2%}")
@@ -380,10 +514,10 @@ def eval_command(
 )
 @user_errors
 def sweep(
-    recipe: Annotated[Optional[Path], typer.Argument(help="YAML recipe with a 'sweep:' section (methods, sparsities, seeds).")] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", help="Folder for checkpoints and results (default: runs/RECIPE-NAME).")] = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="List the cells and whether each is done; run nothing.")] = False,
-    report: Annotated[Optional[Path], typer.Option("--report", help="Only (re)write the table and plot of this sweep folder.")] = None,
+    recipe: Annotated[Optional[Path], typer.Argument(parser=_path, metavar="RECIPE", help="YAML recipe with a 'sweep:' section (methods, sparsities, seeds).")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", parser=_path, metavar="<path>", help="Folder for checkpoints and results (default: runs/RECIPE-NAME).")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", metavar="", help="List the cells and whether each is done; run nothing.")] = False,
+    report: Annotated[Optional[Path], typer.Option("--report", parser=_path, metavar="<path>", help="Only (re)write the table and plot of this sweep folder.")] = None,
     quiet: QuietOpt = False,
 ):
     """Run prune -> train -> eval for every method x sparsity x seed of a recipe; resumable.
@@ -396,21 +530,31 @@ def sweep(
     from force_cli.training import TrainingDiverged
 
     if report is not None:
-        _write_sweep_report(report, "")
+        if not report.is_dir():
+            raise ForceError(f"--report '{report}' is not a folder; give the --out folder of a sweep")
+        with hold((report, "sweep folder")):
+            _write_sweep_report(report, "")
         return
     if recipe is None:
         raise ForceError("give a recipe (force sweep RECIPE.yaml) or --report DIR")
     loaded = load_recipe(recipe)
     settings = sweep_settings(loaded)
     out = out or Path("runs") / recipe.stem
+    if out.exists() and not out.is_dir():
+        raise ForceError(f"--out '{out}' is a file, not a folder; give a folder for the sweep's results")
     if dry_run:
         cells = expand_grid(settings)
         done = finished_cells(out) if out.exists() else set()
         for cell in cells:
             print(f"{'done' if cell.key in done else 'todo'}\t{cell.key}")
-        stderr.print(f"{len(cells)} cells, {len(done & {c.key for c in cells})} done, results in {out}", highlight=False)
+        stderr.print(one_line(f"{len(cells)} cells, {len(done & {c.key for c in cells})} done, results in {out}"),
+                     highlight=False, markup=False)
         return
-    with progress_bar(quiet) as bar:
+    from force_cli.sweep import check_out_dir, check_recipe
+
+    check_recipe(loaded)
+    check_out_dir(out)
+    with hold((out, "sweep folder")), progress_bar(quiet) as bar:
         task = bar.add_task("sweep", total=None, status="")
 
         def on_cell_start(cell, index, total):
@@ -423,29 +567,41 @@ def sweep(
                                   f"({record['prune_seconds'] + record['train_seconds']:.1f}s)", highlight=False)
 
         def on_warning(cell, warning: str):
-            stderr.print(f"[bold yellow]warning:[/] {escape(cell.key)}: {escape(warning)}", highlight=False)
+            warn(f"{cell.key}: {warning}")
 
         try:
             records = run_sweep(loaded, out, SweepHooks(on_cell_start=on_cell_start, on_cell_done=on_cell_done,
                                                         on_warning=on_warning))
         except TrainingInterrupted as exc:
-            raise fail(f"sweep interrupted ({exc}); run the same command again to continue", exc.exit_code) from None
+            raise stopped(f"sweep interrupted ({exc}); run the same command again to continue", exc.exit_code) from None
         except TrainingDiverged as exc:
             raise fail(f"{exc}; the finished cells are kept in {out}", 1) from None
-    if not quiet:
-        stderr.print(f"{len(records)} cells run now; results in {out}", highlight=False)
-    _write_sweep_report(out, settings.title)
+        except KeyboardInterrupt as exc:  # outside training (pruning or evaluating a cell)
+            name, code = ("SIGTERM", 143) if isinstance(exc, Terminated) else ("Ctrl-C", 130)
+            raise stopped(f"sweep interrupted ({name}); the finished cells are kept in {out}; "
+                          "run the same command again to continue", code) from None
+        if not quiet:
+            stderr.print(one_line(f"{len(records)} cells run now; results in {out}"), highlight=False, markup=False)
+        _write_sweep_report(out, settings.title)
 
 
 def _write_sweep_report(folder: Path, title: str) -> None:
     from force_cli.sweep_report import write_report
 
     written = write_report(folder, stdout, title=title)
-    stderr.print("wrote " + ", ".join(str(p) for p in written.values()), highlight=False, soft_wrap=True)
+    stderr.print(one_line("wrote " + ", ".join(str(p) for p in written.values())), highlight=False, soft_wrap=True,
+                 markup=False)
 
 
 def main():
-    app()
+    """The `force` command. Ctrl-C or a closed stdout outside a command (while parsing) ends quietly too."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted (Ctrl-C)\n")
+        sys.exit(130)
+    except BrokenPipeError:
+        raise SystemExit(_stdout_closed().exit_code) from None
 
 
 if __name__ == "__main__":

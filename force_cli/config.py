@@ -95,6 +95,33 @@ class TrainSettings:
     save_every: int = 1  # epochs between partial checkpoints; 0: only when interrupted
 
 
+#: Inclusive bounds of every integer setting (a recipe key, a flag, or each item of a list).
+#: Beyond them a seed overflows torch's generators and a step or epoch count exhausts memory.
+INT_BOUNDS: dict[str, tuple[int, int]] = {
+    "seed": (0, 2**32 - 1),
+    "seeds": (0, 2**32 - 1),
+    "steps": (1, 10_000),
+    "batches": (1, 100_000),
+    "batch_size": (1, 65_536),
+    "epochs": (1, 100_000),
+    "milestones": (1, 100_000),
+    "workers": (0, 256),
+    "save_every": (0, 100_000),
+}
+
+
+def check_int_bounds(key: str, value: Any, where: str = "") -> None:
+    """Refuse an integer (or list of integers) outside ``INT_BOUNDS[key]``, naming the key or flag."""
+    if key not in INT_BOUNDS or value is None:
+        return
+    low, high = INT_BOUNDS[key]
+    for item in value if isinstance(value, (list, tuple)) else [value]:
+        if isinstance(item, int) and not isinstance(item, bool) and not low <= item <= high:
+            name = f"{where}: '{key}'" if where else f"--{key.replace('_', '-')}"
+            bound = f"at least {low}" if item < low else f"at most {high}"
+            raise ConfigError(f"{name} must be {bound}, got {item}")
+
+
 #: Recipe sections and the dataclass that types each. Other commands add theirs here.
 SECTIONS: dict[str, type] = {"prune": PruneSettings, "sweep": SweepSettings, "train": TrainSettings}
 
@@ -137,6 +164,7 @@ def check_section(data: Any, cls: type, where: str) -> dict[str, Any]:
             raise ConfigError(
                 f"{where}: '{key}' must be {_type_name(hints[key])}, got {value!r} ({type(value).__name__})"
             )
+        check_int_bounds(key, value, where)
         checked[key] = float(value) if hints[key] in (float, float | None) and isinstance(value, int) else value
     return checked
 
@@ -154,18 +182,31 @@ class Recipe:
 
 def load_recipe(path: str | Path) -> Recipe:
     path = Path(path)
+    if str(path) == "":
+        raise ConfigError("the recipe path is empty; give a YAML file such as recipes/digits-lenet300.yaml")
     try:
-        text = path.read_text()
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise ConfigError(f"recipe '{path}' does not exist; check the path") from None
     except OSError as exc:
-        raise ConfigError(f"cannot read recipe '{path}': {exc.strerror}") from None
+        raise ConfigError(f"cannot read recipe '{path}': {exc.strerror}; give a readable YAML file") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"recipe '{path}' is not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
     try:
         data = yaml.safe_load(text)
+    except yaml.constructor.ConstructorError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"recipe '{path}' uses a YAML tag that recipes do not allow{where} "
+                          f"({exc.problem}); use plain values only") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise ConfigError(f"recipe '{path}' is not valid YAML{where}; fix the syntax") from None
+    except RecursionError:
+        raise ConfigError(f"recipe '{path}' is nested too deeply; simplify it") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -188,6 +229,7 @@ def resolve(cls: type, recipe: dict[str, Any] | None, flags: dict[str, Any]):
     names = {f.name for f in fields(cls)}
     for name in names:
         if flags.get(name) is not None:
+            check_int_bounds(name, flags[name])
             values[name] = flags[name]
         elif recipe and name in recipe:
             values[name] = recipe[name]

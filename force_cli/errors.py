@@ -4,6 +4,8 @@ Library code raises these; only ``cli.py`` turns them into a one-line message an
 Each message names the problem *and* the fix, because it is shown to the user verbatim.
 """
 
+import errno
+
 
 class ForceError(Exception):
     """Base class for every error caused by user input (bad names, files, settings)."""
@@ -46,3 +48,27 @@ class DisconnectedError(ForceError):
     """
 
     exit_code = 1
+
+
+class OutputError(ForceError):
+    """An output that cannot be written: read-only or full file system, no permission, a folder in the way."""
+
+    _REASONS = {
+        errno.EROFS: ("the file system is read-only", "choose a folder you can write to"),
+        errno.EACCES: ("permission denied", "choose a folder you can write to"),
+        errno.EPERM: ("the operation is not permitted", "choose a folder you can write to"),
+        errno.ENOSPC: ("no space left on the device", "free some space or choose another disk"),
+        errno.EDQUOT: ("the disk quota is exceeded", "free some space or choose another disk"),
+        errno.EISDIR: ("it is a folder", "give a file name"),
+        errno.ENOTDIR: ("a part of its path is a file, not a folder", "check the path"),
+        errno.ENOENT: ("its folder does not exist", "create the folder first or choose another path"),
+        errno.ENAMETOOLONG: ("the name is too long", "choose a shorter name"),
+    }
+
+    @classmethod
+    def from_os(cls, exc: OSError, path, what: str = "output") -> "OutputError":
+        """One line for an OS error met while writing ``path``, naming the cause and the fix."""
+        reason, fix = cls._REASONS.get(exc.errno, (exc.strerror or type(exc).__name__, "choose another path"))
+        error = cls(f"cannot write {what} '{path}': {reason}; {fix}")
+        error.errno = exc.errno
+        return error

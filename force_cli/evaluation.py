@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from force_cli.errors import ConfigError, DataError, IncompatibleError
+from force_cli.config import check_int_bounds
+from force_cli.errors import CheckpointError, ConfigError, DataError, IncompatibleError
 
 SPLITS = ("test", "val", "train")
 
@@ -114,6 +115,7 @@ def evaluate_checkpoint(
     workers: int = 0,
     on_start: Callable[[int], None] | None = None,
     on_batch: Callable[[int], None] | None = None,
+    on_warning: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Load ``checkpoint`` and evaluate it on ``split`` of its dataset (or of ``dataset``).
 
@@ -131,12 +133,12 @@ def evaluate_checkpoint(
 
     if split not in SPLITS:
         raise ConfigError(f"unknown split '{split}'; use one of: {', '.join(SPLITS)}")
-    if batch_size < 1:
-        raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
-    if workers < 0:
-        raise ConfigError(f"--workers must be >= 0, got {workers}")
+    check_int_bounds("batch_size", batch_size)
+    check_int_bounds("workers", workers)
     dev = resolve_device(device)
     ckpt = load_checkpoint(checkpoint)
+    for warning in ckpt.warnings if on_warning is not None else ():
+        on_warning(warning)
     metadata = ckpt.metadata
     name = dataset or metadata["dataset"]
     if data_dir is None and dataset in (None, metadata["dataset"]):
@@ -151,6 +153,12 @@ def evaluate_checkpoint(
     seed = _recorded(metadata, "seed")
     if seed is None:
         seed = metadata.get("seed") if isinstance(metadata.get("seed"), int) else 0
+    if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not 0 <= val_fraction < 1:
+        raise CheckpointError(f"'{checkpoint}' records the validation fraction {val_fraction!r}, not a number in "
+                              "[0, 1); the file is corrupt")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= 2**32 - 1:
+        raise CheckpointError(f"'{checkpoint}' records the seed {seed!r}, not an integer in [0, 4294967295]; "
+                              "the file is corrupt")
     if split == "val" and not val_fraction:
         raise ConfigError(f"'{checkpoint}' was trained without a validation split (val_fraction 0); use --split test")
     # test: the whole test set; val and train: the training run's split of the training set

@@ -13,14 +13,17 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 from torch import nn
 
+from force_cli.safe_text import literal, visible
 from force_cli.pruning.masks import PRUNABLE_LAYERS, Masks, prunable_weights
 
 _NORMS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm)
@@ -119,6 +122,7 @@ def _shape(shape: list[int]) -> str:
 
 
 def render(report: dict[str, Any], console: Console) -> None:
+    """Every string from the file (metadata, layer names) and its path is shown literally."""
     meta = report["metadata"]
     info = Table.grid(padding=(0, 2))
     info.add_column(style="bold")
@@ -127,10 +131,10 @@ def render(report: dict[str, Any], console: Console) -> None:
         if key in ("history",):
             continue
         value = meta[key]
-        info.add_row(key, value if isinstance(value, str) else json.dumps(value))
+        info.add_row(literal(key), literal(value if isinstance(value, str) else json.dumps(value)))
     console.print(info)
 
-    table = Table(title=f"{report['path']}", show_footer=True)
+    table = Table(title=literal(report["path"]), show_footer=True)
     t = report["totals"]
     table.add_column("layer", footer="total")
     table.add_column("shape")
@@ -141,12 +145,28 @@ def render(report: dict[str, Any], console: Console) -> None:
     table.add_column("eff. density", justify="right", footer=f"{t['effective_density']:.4%}")
     for row in report["layers"]:
         style = "red" if row["kept"] == 0 else ("yellow" if row["effective_kept"] < row["kept"] else None)
-        table.add_row(row["layer"], _shape(row["shape"]), f"{row['weights']:,}", f"{row['kept']:,}",
+        table.add_row(literal(row["layer"]), _shape(row["shape"]), f"{row['weights']:,}", f"{row['kept']:,}",
                       f"{row['density']:.4%}", f"{row['effective_kept']:,}", f"{row['effective_density']:.4%}",
                       style=style)
     console.print(table)
     if report["empty_layers"]:
-        console.print(f"[red]layers with no kept weights:[/] {', '.join(report['empty_layers'])}")
+        console.print(Text.assemble(("layers with no kept weights: ", "red"), visible(", ".join(report["empty_layers"]))))
     if report["disconnected"]:
         console.print("[bold red]the network is disconnected: no path from input to output survives; "
                       "it can only output a constant[/]")
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def json_document(value: Any) -> str:
+    """Strict JSON for `--json`: NaN and infinities (an empty split, a diverged metric) become
+    ``null``, since strict parsers (jq, JavaScript) reject bare ``NaN``."""
+    return json.dumps(_finite(value), allow_nan=False)

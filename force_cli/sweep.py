@@ -17,14 +17,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from force_cli.config import PruneConfig, Recipe, SweepSettings, resolve
-from force_cli.errors import ConfigError
+from force_cli.config import PruneConfig, Recipe, SweepSettings, TrainSettings, resolve
+from force_cli.atomic import write_atomic
+from force_cli.errors import ConfigError, OutputError
 from force_cli.evaluation import evaluate_checkpoint
 from force_cli.pruning.criteria import get_method
 from force_cli.pruning.job import prune_to_checkpoint, validate
-from force_cli.sweep_report import RESULTS_FILE, read_results
+from force_cli.sweep_report import RESULTS_FILE, read_results, write_info
 from force_cli.train_job import partial_path, train_checkpoint
-from force_cli.training import TrainCallbacks
+from force_cli.training import TrainCallbacks, complete_settings
 
 
 @dataclass(frozen=True)
@@ -88,14 +89,17 @@ def append_result(out_dir: Path, record: dict) -> None:
     A line cut short by an earlier interruption is dropped first, so it cannot swallow this one.
     """
     path = out_dir / RESULTS_FILE
-    if path.exists():
-        data = path.read_bytes()
-        if data and not data.endswith(b"\n"):
-            path.write_bytes(data[: data.rfind(b"\n") + 1])
-    with open(path, "a") as f:
-        f.write(json.dumps(record, sort_keys=True) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        if path.exists():
+            data = path.read_bytes()
+            if data and not data.endswith(b"\n"):
+                write_atomic(path, data[: data.rfind(b"\n") + 1], "results file")
+        with open(path, "a") as f:
+            f.write(json.dumps(record, sort_keys=True) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as exc:
+        raise OutputError.from_os(exc, path, "results file") from None
 
 
 @dataclass
@@ -155,12 +159,39 @@ def _connectivity(pruned: Path) -> dict:
     return {"effective_density": found.get("effective_density"), "disconnected": found.get("disconnected")}
 
 
-def run_sweep(recipe: Recipe, out_dir: Path, hooks: SweepHooks | None = None) -> list[dict]:
-    """Run every unfinished cell; return the records of the cells run now."""
-    hooks = hooks or SweepHooks()
+def check_recipe(recipe: Recipe) -> list[Cell]:
+    """Every check of the recipe that needs no data, before any folder is made; the cells."""
     cells = expand_grid(sweep_settings(recipe))
-    validate(prune_config(recipe, cells[0]))  # names and ranges, before any cell starts
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if recipe.common.get("model") is None:
+        raise ConfigError(f"{recipe.path}: no model; add 'model: NAME' at the top level of the recipe")
+    cfg = prune_config(recipe, cells[0])
+    validate(cfg)  # names and ranges, before any cell starts
+    complete_settings(TrainSettings(**recipe.sections.get("train", {})), cfg.dataset)  # the train: section too
+    return cells
+
+
+def check_out_dir(out_dir: Path) -> None:
+    """Refuse an output folder that is a file, or that cannot be created, before any cell runs."""
+    if str(out_dir) in ("", "."):
+        return
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"--out '{out_dir}' is a file, not a folder; give a folder for the sweep's results")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError.from_os(exc, out_dir, "sweep folder") from None
+
+
+def run_sweep(recipe: Recipe, out_dir: Path, hooks: SweepHooks | None = None) -> list[dict]:
+    """Run every unfinished cell; return the records of the cells run now.
+
+    The caller holds the folder's lock (``locking.hold``) so that two sweeps never share it;
+    `force sweep` does."""
+    hooks = hooks or SweepHooks()
+    settings = sweep_settings(recipe)
+    cells = check_recipe(recipe)
+    check_out_dir(out_dir)
+    write_info(out_dir, settings.title)
     done = finished_cells(out_dir)
     todo = [c for c in cells if c.key not in done]
     records = []

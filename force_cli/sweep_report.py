@@ -4,7 +4,9 @@ as a rich table, Markdown, CSV, and a plot in the style of the paper's figures."
 from __future__ import annotations
 
 import csv
+import io
 import json
+import math
 import statistics
 from collections import defaultdict
 from dataclasses import dataclass
@@ -13,9 +15,27 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from force_cli.atomic import write_atomic
 from force_cli.errors import ConfigError, DataError
+from force_cli.safe_text import literal
 
 RESULTS_FILE = "results.jsonl"
+#: The sweep's own description (its recipe's title), so that `--report` shows what the sweep showed.
+INFO_FILE = "sweep.json"
+
+
+def write_info(out_dir: Path, title: str) -> None:
+    write_atomic(out_dir / INFO_FILE, json.dumps({"title": title}).encode("utf-8"), "sweep description")
+
+
+def read_title(out_dir: Path) -> str:
+    """The title recorded by the sweep, or "" when there is none or it cannot be read."""
+    try:
+        info = json.loads((out_dir / INFO_FILE).read_bytes().decode("utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return ""
+    title = info.get("title") if isinstance(info, dict) else None
+    return title if isinstance(title, str) else ""
 
 
 @dataclass(frozen=True)
@@ -32,21 +52,45 @@ class Row:
         return 1.0 - self.sparsity
 
 
+#: Fields every results line must hold, with their types (what the table and the resume logic read).
+RECORD_FIELDS = {"cell": str, "method": str, "sparsity": (int, float), "test_acc": (int, float)}
+
+
 def read_results(path: Path) -> list[dict]:
-    """The finished cells of a results file; a last line cut short by an interruption is ignored."""
+    """The finished cells of a results file; a last line cut short by an interruption is ignored.
+
+    Every other line must be a JSON object with ``RECORD_FIELDS``; anything else is a DataError
+    naming the line, so a damaged file is reported rather than half-used.
+    """
     if not path.exists():
         return []
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc.strerror}; it must be the results file of a sweep") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path} is not UTF-8 text (byte {exc.start}); restore it or delete it and re-run the sweep") from None
     records = []
-    lines = path.read_text().splitlines()
+    lines = text.splitlines()
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
+            record = json.loads(line)
+        except (json.JSONDecodeError, RecursionError):
             if number == len(lines):  # interrupted while appending: that cell simply is not finished
                 continue
             raise DataError(f"{path}: line {number} is not valid JSON; delete that line and re-run the sweep") from None
+        if not isinstance(record, dict):
+            raise DataError(f"{path}: line {number} is not a JSON object; delete that line and re-run the sweep")
+        for key, kind in RECORD_FIELDS.items():
+            value = record.get(key)
+            if isinstance(value, bool) or not isinstance(value, kind) or (
+                    isinstance(value, float) and not math.isfinite(value) and key != "test_acc"):
+                raise DataError(f"{path}: line {number} lacks a valid '{key}'; delete that line and re-run the sweep")
+        records.append(record)
     return records
 
 
@@ -74,7 +118,8 @@ def _pivot(rows: list[Row]):
 def _fmt(row: Row | None, with_n: bool = True) -> str:
     if row is None:
         return "–"
-    text = f"{100 * row.mean:.2f} ± {100 * row.std:.2f}"
+    # One seed has no spread: print none rather than a misleading "± 0.00".
+    text = f"{100 * row.mean:.2f}" if row.n == 1 else f"{100 * row.mean:.2f} ± {100 * row.std:.2f}"
     return f"{text} (n={row.n})" if with_n else text
 
 
@@ -83,12 +128,15 @@ def render_table(rows: list[Row], console: Console, title: str = "test accuracy 
     methods, sparsities, cell = _pivot(rows)
     counts = {r.n for r in rows}
     same_n = len(counts) == 1
-    table = Table(title=f"{title}, n={counts.pop()} seeds" if same_n else title, padding=(0, 1))
+    if same_n:
+        n = counts.pop()
+        title = f"{title}, {n} seed" if n == 1 else f"{title}, n={n} seeds"
+    table = Table(title=literal(title), padding=(0, 1))
     table.add_column("method")
     for s in sparsities:
         table.add_column(f"{100 * s:g}%", justify="right")
     for m in methods:
-        table.add_row(m, *[_fmt(cell.get((m, s)), with_n=not same_n) for s in sparsities])
+        table.add_row(literal(m), *[_fmt(cell.get((m, s)), with_n=not same_n) for s in sparsities])
     # In a terminal rich fits the table to the window; in a pipe or file, print it at its natural width.
     if console.is_terminal:
         console.print(table)
@@ -110,12 +158,13 @@ def markdown(rows: list[Row]) -> str:
 
 
 def write_csv(rows: list[Row], path: Path) -> None:
-    with path.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["method", "sparsity", "remaining", "n", "mean_test_acc", "std_test_acc", "accuracies"])
-        for r in rows:
-            writer.writerow([r.method, r.sparsity, f"{r.remaining:.6g}", r.n, f"{r.mean:.6f}", f"{r.std:.6f}",
-                             " ".join(f"{a:.6f}" for a in r.accuracies)])
+    f = io.StringIO(newline="")
+    writer = csv.writer(f)
+    writer.writerow(["method", "sparsity", "remaining", "n", "mean_test_acc", "std_test_acc", "accuracies"])
+    for r in rows:
+        writer.writerow([r.method, r.sparsity, f"{r.remaining:.6g}", r.n, f"{r.mean:.6f}", f"{r.std:.6f}",
+                         " ".join(f"{a:.6f}" for a in r.accuracies)])
+    write_atomic(path, f.getvalue().encode("utf-8"), "results table")
 
 
 def plot(rows: list[Row], stem: Path, title: str = "") -> list[Path]:
@@ -145,28 +194,35 @@ def plot(rows: list[Row], stem: Path, title: str = "") -> list[Path]:
     ax.set_xlabel("fraction of weights remaining (log scale)")
     ax.set_ylabel("test accuracy (%)")
     if title:
-        ax.set_title(title)
+        ax.set_title(title.replace("$", r"\$"))  # literally: no mathtext from a recipe's title
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     fig.tight_layout()
     paths = [stem.with_suffix(".png"), stem.with_suffix(".svg")]
-    for p in paths:
-        fig.savefig(p, dpi=150)
-    plt.close(fig)
+    try:
+        for p in paths:
+            buffer = io.BytesIO()
+            fig.savefig(buffer, dpi=150, format=p.suffix[1:])
+            write_atomic(p, buffer.getvalue(), "plot")
+    finally:
+        plt.close(fig)
     return paths
 
 
 def write_report(out_dir: Path, console: Console | None = None, title: str = "") -> dict[str, Path]:
     """Read ``out_dir/results.jsonl``, print the table, write results.md/.csv/.png/.svg beside it."""
-    records = read_results(out_dir / RESULTS_FILE)
+    # One record per cell (the last): a results file written by two sweeps at once, before sweeps
+    # locked their folder, could hold a cell twice, which would count its seed twice.
+    records = list({r["cell"]: r for r in read_results(out_dir / RESULTS_FILE)}.values())
+    title = title or read_title(out_dir)
     if not records:
         raise DataError(f"no finished cells in {out_dir / RESULTS_FILE}; run `force sweep RECIPE --out {out_dir}` first")
     rows = summarise(records)
-    if console is not None:
-        render_table(rows, console, title=f"{title} test accuracy (%), mean ± std over seeds".strip())
     written = {"markdown": out_dir / "results.md", "csv": out_dir / "results.csv"}
-    written["markdown"].write_text(markdown(rows))
+    write_atomic(written["markdown"], markdown(rows).encode("utf-8"), "results table")
     write_csv(rows, written["csv"])
+    if console is not None:  # after the tables are safely written; the plot may still need matplotlib
+        render_table(rows, console, title=f"{title} test accuracy (%), mean ± std over seeds".strip())
     png, svg = plot(rows, out_dir / "results", title=title)
     written |= {"png": png, "svg": svg}
     return written

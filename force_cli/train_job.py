@@ -22,7 +22,9 @@ override the saved ones (not the optimizer), which changes the result accordingl
 from __future__ import annotations
 
 import contextlib
+import os
 import platform
+import tempfile
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, is_dataclass
 from datetime import datetime, timezone
@@ -32,11 +34,19 @@ from typing import Any
 import torch
 
 import force_cli
-from force_cli.checkpoint import Checkpoint, check_new_output, load_checkpoint, save_checkpoint
-from force_cli.config import TrainSettings, check_section
+from force_cli.checkpoint import (
+    Checkpoint,
+    check_new_output,
+    load_checkpoint,
+    recomputed_sparsity,
+    save_checkpoint,
+)
+from force_cli.atomic import remove_stale
+from force_cli.config import TrainSettings, check_int_bounds, check_section
 from force_cli.data import dataset_info, load_datasets
 from force_cli.device import resolve_device
-from force_cli.errors import CheckpointError, ConfigError
+from force_cli.errors import CheckpointError, ConfigError, OutputError
+from force_cli.locking import hold
 from force_cli.evaluation import check_dataset_fits, recorded_data_dir
 from force_cli.restore import model_from_checkpoint
 from force_cli.training import (
@@ -125,11 +135,21 @@ def _resume_state(ckpt: Checkpoint, path: Path) -> tuple[dict, dict]:
     """(training metadata, resume structure) of a partial checkpoint, or a one-line error."""
     training = ckpt.metadata.get("training")
     resume = training.get("resume") if isinstance(training, dict) else None
-    if ckpt.stage != "partial" or not isinstance(resume, dict) or not ckpt.extra:
+    if ckpt.stage != "partial":
         raise CheckpointError(
             f"'{path}' holds no training state (stage '{ckpt.stage}'); --resume takes the partial checkpoint "
             f"(*{PARTIAL_SUFFIX}) of an interrupted `force train`; to train this file run: force train {path}"
         )
+    if not isinstance(resume, dict) or not ckpt.extra:
+        source = training.get("source") if isinstance(training, dict) else None
+        start = f"start again from the pruned checkpoint: force train {source}" if isinstance(source, str) and source \
+            else "start again from the pruned checkpoint with `force train`"
+        raise CheckpointError(f"the partial checkpoint '{path}' has lost its training state, so it cannot be "
+                              f"resumed; {start}")
+    seed = training.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise CheckpointError(f"the partial checkpoint '{path}' records the seed {seed!r}, not an integer in "
+                              "[0, 4294967295]; the file is corrupt")
     return training, resume
 
 
@@ -181,7 +201,7 @@ def train_checkpoint(
                               f"start a new run from the pruned checkpoint instead")
         base = TrainSettings(**(saved | chosen))
         run_seed = seed if seed is not None else int(training.get("seed", 0))
-        origin = training.get("source", str(source))
+        origin = str(training.get("source", source))
     else:
         if ckpt.stage == "partial":
             raise ConfigError(f"'{source}' is the partial checkpoint of an interrupted run; continue it with: "
@@ -192,19 +212,94 @@ def train_checkpoint(
         run_seed = seed if seed is not None else (recorded if isinstance(recorded, int) else 0)
         origin = str(source)
 
+    if seed is None and not 0 <= run_seed <= 2**32 - 1:
+        raise CheckpointError(f"'{source}' records the seed {run_seed}, outside [0, 4294967295]; "
+                              "pass --seed N to choose one")
+    check_int_bounds("seed", run_seed)
     output = Path(output) if output is not None else default_output(source)
     partial = partial_path(output)
     for path, what in ((output, "output"), (partial, "partial checkpoint")):
         if _same_file(path, source) and not (resume is not None and what == "partial checkpoint"):
             raise ConfigError(f"the {what} '{path}' would overwrite the input checkpoint; choose another -o path")
     check_new_output(output, overwrite)
-    if partial.exists() and not overwrite and not _same_file(partial, source):
-        raise ConfigError(f"a partial checkpoint of an earlier run exists at '{partial}'; continue it with: "
-                          f"force train --resume {partial}  (or pass --overwrite to start over)")
-    log_path = Path(log) if log is not None else None
-    if log_path is not None and (not log_path.parent.is_dir() or log_path.is_dir()):
-        raise ConfigError(f"cannot write the log '{log_path}': its folder does not exist or it is a folder; choose another --log path")
+    log_path = check_log(log, {"input checkpoint": source, "output": output, "partial checkpoint": partial})
+    with hold((output, "output"), (partial, "partial checkpoint")):
+        check_new_output(output, overwrite)  # again: another command may have written it meanwhile
+        if partial.exists() and not overwrite and not _same_file(partial, source):
+            raise ConfigError(f"a partial checkpoint of an earlier run exists at '{partial}'; continue it with: "
+                              f"force train --resume {partial}  (or pass --overwrite to start over)")
+        remove_stale(output)
+        remove_stale(partial)
+        return _train(ckpt, source, output, partial, base, state, run_seed, origin, data_dir, download, device,
+                      log_path, callbacks, stop, catch_signals)
 
+
+def check_log(log: str | Path | None, protected: dict[str, Path]) -> Path | None:
+    """The ``--log`` path, refused when it could damage a checkpoint: it must be none of the run's
+    files, nor look like a checkpoint, nor be an existing file that is not a JSON-lines log."""
+    if log is None:
+        return None
+    log = Path(log)
+    if str(log) in ("", ".") or log.name in ("", ".", ".."):
+        raise ConfigError(f"--log '{log}' is not a file name; give one such as train.jsonl")
+    for what, path in protected.items():
+        if os.path.abspath(log) == os.path.abspath(path) or (log.exists() and path.exists() and log.samefile(path)):
+            raise ConfigError(f"--log '{log}' is the {what}; give a separate file such as train.jsonl")
+    if log.name.endswith(SUFFIX):
+        raise ConfigError(f"--log '{log}' has a checkpoint's name; the log is JSON lines, give a path such as train.jsonl")
+    if not log.parent.is_dir():
+        raise ConfigError(f"cannot write the log '{log}': its folder does not exist; create it or choose another --log path")
+    if log.is_dir():
+        raise ConfigError(f"--log '{log}' is a folder; give a file name such as {log / 'train.jsonl'}")
+    if log.is_file():
+        try:
+            with open(log, "rb") as f:
+                head = f.read(1)
+        except OSError as exc:
+            raise OutputError.from_os(exc, log, "log") from None
+        if head and head != b"{":
+            raise ConfigError(f"--log '{log}' exists and is not a JSON-lines log (it does not start with '{{'); "
+                              "it is not appended to, give another path")
+    return log
+
+
+class _Log:
+    """The epoch log: one JSON line per epoch. A write error stops the run cleanly (``error``)."""
+
+    def __init__(self, path: Path, stop: StopFlag):
+        self.path, self.stop, self.error = path, stop, None
+        try:
+            self.file = open(path, "a", encoding="utf-8")
+        except OSError as exc:
+            raise OutputError.from_os(exc, path, "log") from None
+
+    def write(self, text: str) -> None:
+        if self.error is None:
+            try:
+                self.file.write(text)
+            except OSError as exc:
+                self._failed(exc)
+
+    def flush(self) -> None:
+        if self.error is None:
+            try:
+                self.file.flush()
+            except OSError as exc:
+                self._failed(exc)
+
+    def _failed(self, exc: OSError) -> None:
+        self.error = OutputError.from_os(exc, self.path, "log")
+        self.stop.set("log write failed")
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.file.close()
+
+
+def _train(ckpt, source, output, partial, base, state, run_seed, origin, data_dir, download, device,
+           log_path, callbacks, stop, catch_signals) -> TrainResult:
+    """The run itself, with the outputs locked (see ``train_checkpoint``)."""
+    metadata = ckpt.metadata
     dev = resolve_device(device)
     name = metadata["dataset"]
     if data_dir is None:
@@ -224,6 +319,11 @@ def train_checkpoint(
 
     amp = autocast_dtype(run.amp, dev)
     carried = {k: v for k, v in metadata.items() if k not in _RUN_FIELDS}
+    for warning in ckpt.warnings:
+        if callbacks is not None and callbacks.on_warning is not None:
+            callbacks.on_warning(warning)
+    if ckpt.warnings and ckpt.masks:  # masks altered after pruning: record what they really keep
+        carried["achieved_sparsity"] = recomputed_sparsity(ckpt.masks)
 
     def training_metadata(epochs_done: int) -> dict:
         return asdict(run) | {
@@ -237,7 +337,7 @@ def train_checkpoint(
                 "python_version": platform.python_version(),
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
-    last_good: list[tuple[Path, int]] = [(source, trainer.epoch)] if resume is not None else []
+    last_good: list[tuple[Path, int]] = [(source, trainer.epoch)] if state is not None else []
 
     def save_partial(t: Trainer) -> None:
         structure, tensors = t.state()
@@ -250,37 +350,61 @@ def train_checkpoint(
         last_good.append((partial, t.epoch))
 
     stop = stop or StopFlag()
-    log_file = open(log_path, "a", encoding="utf-8") if log_path is not None else None
-    try:
-        with stop_on_signals(stop) if catch_signals else contextlib.nullcontext():
+    log_file = _Log(log_path, stop) if log_path is not None else None
+    # The signal handlers stay in place until the trained checkpoint is written: a SIGTERM between
+    # the last epoch and the final save only sets the flag, and the result is still saved.
+    with stop_on_signals(stop) if catch_signals else contextlib.nullcontext():
+        try:
             history = trainer.run(stop=stop, save=save_partial, log=log_file, callbacks=callbacks)
-    except Interrupted as exc:
-        where = (f"in epoch {exc.epoch + 1} (after {exc.batch} of {exc.batches} batches)" if exc.batch
-                 else f"after epoch {exc.epoch}")
-        raise TrainingInterrupted(
-            f"interrupted ({exc.reason}) {where}; progress saved to {partial}; continue with: "
-            f"force train --resume {partial}", partial, exc.reason) from None
-    except TrainingDiverged as exc:
-        lower = f"{run.lr / 10:g}"
-        if last_good:
-            path, epoch = last_good[-1]
-            hint = (f"the last good state (after epoch {epoch}) is kept in {path}; continue it with a lower "
-                    f"learning rate: force train --resume {path} --lr {lower}")
-        else:
-            hint = f"no checkpoint was written; retry with a lower learning rate, e.g. --lr {lower}"
-        raise TrainingDiverged(f"training diverged: {exc}; {hint}") from None
-    finally:
-        if log_file is not None:
-            log_file.close()
+        except Interrupted as exc:
+            where = (f"in epoch {exc.epoch + 1} (after {exc.batch} of {exc.batches} batches)" if exc.batch
+                     else f"after epoch {exc.epoch}")
+            if log_file is not None and log_file.error is not None:
+                raise OutputError(f"{log_file.error}; progress saved to {partial}; continue with: "
+                                  f"force train --resume {partial} --log OTHER.jsonl") from None
+            raise TrainingInterrupted(
+                f"interrupted ({exc.reason}) {where}; progress saved to {partial}; continue with: "
+                f"force train --resume {partial}", partial, exc.reason) from None
+        except TrainingDiverged as exc:
+            lower = f"{run.lr / 10:g}"
+            if last_good:
+                path, epoch = last_good[-1]
+                hint = (f"the last good state (after epoch {epoch}) is kept in {path}; continue it with a lower "
+                        f"learning rate: force train --resume {path} --lr {lower}")
+            else:
+                hint = f"no checkpoint was written; retry with a lower learning rate, e.g. --lr {lower}"
+            raise TrainingDiverged(f"training diverged: {exc}; {hint}") from None
+        finally:
+            if log_file is not None:
+                log_file.close()
 
-    last = history[-1]
-    metrics = {k: v for k, v in last.items() if k not in ("lr", "seconds")}
-    meta = carried | versions() | {
-        "stage": "trained",
-        "training": training_metadata(trainer.epoch),
-        "history": history,
-        "metrics": metrics,
-    }
-    save_checkpoint(output, trainer.model.state_dict(), ckpt.masks, meta)
-    partial.unlink(missing_ok=True)
+        last = history[-1]
+        metrics = {k: v for k, v in last.items() if k not in ("lr", "seconds")}
+        meta = carried | versions() | {
+            "stage": "trained",
+            "training": training_metadata(trainer.epoch),
+            "history": history,
+            "metrics": metrics,
+        }
+        _save_final(output, trainer.model.state_dict(), ckpt.masks, meta)
+    with contextlib.suppress(OSError):
+        partial.unlink(missing_ok=True)
+    if log_file is not None and log_file.error is not None:
+        raise OutputError(f"{log_file.error}; the trained checkpoint was written to {output} all the same")
+    if stop.is_set:
+        raise TrainingInterrupted(f"interrupted ({stop.reason}) after the last epoch; the trained checkpoint was "
+                                  f"written completely to {output}", output, stop.reason)
     return TrainResult(path=output, history=history, metrics=metrics, settings=run, seed=run_seed)
+
+
+def _save_final(output: Path, state_dict, masks, meta) -> None:
+    """Write the trained checkpoint; if that fails, keep the finished result elsewhere and say where."""
+    try:
+        save_checkpoint(output, state_dict, masks, meta)
+    except OutputError as exc:
+        try:
+            rescue = Path(tempfile.mkdtemp(prefix="force-rescue-")) / output.name
+            save_checkpoint(rescue, state_dict, masks, meta)
+        except (OSError, OutputError) as again:
+            raise OutputError(f"{exc}; the finished training could not be saved elsewhere either ({again})") from None
+        raise OutputError(f"{exc}; the finished training was saved to {rescue} instead; move it where you want it") from None

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from force_cli.config import TrainSettings
+from force_cli.config import TrainSettings, check_int_bounds
 from force_cli.data import DataSplits
 from force_cli.errors import CheckpointError, ConfigError, DataError, UnknownNameError
 from force_cli.evaluation import EvalMetrics, evaluate
@@ -147,6 +147,8 @@ def validate_settings(s: TrainSettings) -> None:
         ("workers", s.workers >= 0, ">= 0"),
         ("save-every", s.save_every >= 0, ">= 0 (0: only when interrupted)"),
     ]
+    for f in fields(s):
+        check_int_bounds(f.name, getattr(s, f.name))
     for flag, ok, what in checks:
         if not ok:
             raise ConfigError(f"--{flag} must be {what}, got {getattr(s, flag.replace('-', '_'))}")
@@ -282,6 +284,10 @@ def stop_on_signals(flag: StopFlag) -> Iterator[None]:
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old if old is not None else signal.SIG_DFL)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 class TrainingDiverged(Exception):
@@ -485,6 +491,7 @@ class TrainCallbacks:
     on_batch: Callable[[int, int, EpochTotals], None] | None = None
     on_epoch: Callable[[dict], None] | None = None  # the epoch's record (EPOCH_FIELDS)
     on_save: Callable[[int, int], None] | None = None  # (epoch, batches done in it) after a partial save
+    on_warning: Callable[[str], None] | None = None  # something odd but usable about the input, one line
 
 
 class Interrupted(Exception):
@@ -545,31 +552,93 @@ class Trainer:
         }, tensors
 
     def load_state(self, structure: Mapping, tensors: Mapping[str, Tensor], history: list[dict]) -> None:
-        """Continue from a ``state()``; the optimizer's hyper-parameters are the current settings'."""
+        """Continue from a ``state()``; the optimizer's hyper-parameters are the current settings'.
+
+        A partial checkpoint is a file like any other: every field is checked (types, ranges,
+        tensor shapes and dtypes) before it is used, and any mismatch is a one-line CheckpointError.
+        """
+        def corrupt(what: str) -> CheckpointError:
+            return CheckpointError(f"the partial checkpoint's {what}; the file is corrupt, resume from an "
+                                   "earlier partial checkpoint or start again from the pruned one")
+
+        if not isinstance(structure, Mapping):
+            raise corrupt("training state is not a mapping")
+        epoch = structure.get("epoch")
+        if not _is_int(epoch) or not 0 <= epoch <= self.settings.epochs + 100_000:
+            raise corrupt(f"epoch {epoch!r} is not a non-negative integer")
+        totals = structure.get("totals")
+        if not isinstance(totals, Mapping) or set(totals) != {f.name for f in fields(EpochTotals)}:
+            raise corrupt("running totals are malformed")
+        if not all(_is_int(totals[k]) and totals[k] >= 0 for k in ("correct", "seen", "batches")) or not (
+                isinstance(totals["loss_sum"], (int, float)) and not isinstance(totals["loss_sum"], bool)
+                and math.isfinite(totals["loss_sum"])):
+            raise corrupt("running totals are not non-negative numbers")
+        if totals["batches"] >= self.batches_per_epoch or totals["correct"] > totals["seen"]:
+            raise corrupt(f"batch index {totals['batches']} is outside the epoch's {self.batches_per_epoch} batches")
+        seconds = structure.get("epoch_seconds", 0.0)
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not math.isfinite(seconds):
+            raise corrupt("epoch time is not a number")
+        if not isinstance(history, list) or not all(isinstance(r, Mapping) for r in history):
+            raise corrupt("history is not a list of epoch records")
+        if len(history) < epoch or any(not _is_int(r.get("epoch")) for r in history[:epoch]):
+            raise corrupt(f"history has {len(history)} epoch records for {epoch} finished epochs")
         try:
-            self.epoch = int(structure["epoch"])
-            self.totals = EpochTotals(**structure["totals"])
-            self.epoch_seconds = float(structure.get("epoch_seconds", 0.0))
             sd = optimizer_state_from_tensors(structure["optimizer"], tensors)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise CheckpointError(f"the partial checkpoint's training state is malformed ({exc}); the file is corrupt") from None
-        if sum(len(g["params"]) for g in sd["param_groups"]) != sum(1 for _ in self.model.parameters()):
-            raise CheckpointError("the partial checkpoint's optimizer state does not fit the model; the file is corrupt")
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise corrupt(f"optimizer state is malformed ({type(exc).__name__})") from None
+        params = list(self.model.parameters())
+        groups = sd["param_groups"]
+        current = self.optimizer.state_dict()["param_groups"]
+        if len(groups) != len(current) or not all(isinstance(g, dict) and isinstance(g.get("params"), list)
+                                                  for g in groups) or \
+                sorted(i for g in groups for i in g["params"]) != list(range(len(params))):
+            raise corrupt("optimizer state does not fit the model")
+        # The hyper-parameters are the current settings' (set again below and at every epoch);
+        # only the parameter indices come from the file, so no saved value of the wrong type is used.
+        sd["param_groups"] = [{k: v for k, v in mine.items() if k != "params"} | {"params": saved["params"]}
+                              for mine, saved in zip(current, groups)]
+        for index, entry in sd["state"].items():
+            if not 0 <= index < len(params) or not isinstance(entry, dict):
+                raise corrupt("optimizer state names a parameter the model does not have")
+            for key, value in entry.items():
+                if torch.is_tensor(value) and value.dim() > 0 and (
+                        value.shape != params[index].shape or not value.dtype.is_floating_point):
+                    raise corrupt(f"optimizer state '{key}' of parameter {index} has shape {tuple(value.shape)} "
+                                  f"and dtype {value.dtype}, the parameter {tuple(params[index].shape)}")
+                if torch.is_tensor(value) and value.dim() == 0 and value.numel() != 1:
+                    raise corrupt(f"optimizer state '{key}' of parameter {index} is malformed")
         try:
             self.optimizer.load_state_dict(sd)
-        except (ValueError, KeyError, RuntimeError) as exc:
+        except (ValueError, KeyError, RuntimeError, TypeError) as exc:
             raise CheckpointError(f"cannot restore the optimizer state ({str(exc).splitlines()[0]}); "
                                   "the partial checkpoint was made with another optimizer") from None
         for group in self.optimizer.param_groups:  # settings given on resume win
             group["weight_decay"] = self.settings.weight_decay
             if "momentum" in group:
                 group["momentum"] = self.settings.momentum
-        if self.scaler is not None and structure.get("scaler"):
-            self.scaler.load_state_dict(structure["scaler"])
-        if "rng.cpu" not in tensors:
-            raise CheckpointError("the partial checkpoint has no RNG state; the file is corrupt")
-        self.rng_state = tensors["rng.cpu"].to(torch.uint8)
-        self.cuda_rng_state = tensors.get("rng.cuda") if self.device.type == "cuda" else None
+        scaler = structure.get("scaler")
+        if self.scaler is not None and scaler:
+            if not isinstance(scaler, dict):
+                raise corrupt("gradient-scaler state is malformed")
+            self.scaler.load_state_dict(scaler)
+        rng = tensors.get("rng.cpu")
+        reference = torch.get_rng_state()
+        if rng is None:
+            raise corrupt("RNG state is missing")
+        if rng.dtype != torch.uint8 or rng.shape != reference.shape:
+            raise corrupt(f"RNG state is {rng.dtype} of shape {tuple(rng.shape)}, not uint8 of {tuple(reference.shape)}")
+        try:  # torch checks the generator's own consistency; try it on a scratch generator
+            torch.Generator().set_state(rng)
+        except RuntimeError:
+            raise corrupt("RNG state is invalid") from None
+        cuda_rng = tensors.get("rng.cuda") if self.device.type == "cuda" else None
+        if cuda_rng is not None and cuda_rng.dtype != torch.uint8:
+            raise corrupt("CUDA RNG state is not uint8")
+        self.epoch = epoch
+        self.totals = EpochTotals(**totals)
+        self.epoch_seconds = float(seconds)
+        self.rng_state = rng
+        self.cuda_rng_state = cuda_rng
         self.history = [dict(r) for r in history][: self.epoch]
 
     # -- running --------------------------------------------------------------------------

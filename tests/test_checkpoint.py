@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-import force_cli.checkpoint as checkpoint_module
+from force_cli import atomic
 from force_cli.checkpoint import load_checkpoint, read_metadata, save_checkpoint
 from force_cli.errors import CheckpointError
 from tests.helpers import tiny_convnet
@@ -106,12 +106,11 @@ def test_interrupted_write_leaves_the_existing_file_intact_and_no_temporary(tmp_
     path = save_checkpoint(tmp_path / "c.safetensors", state, masks, meta)
     original = path.read_bytes()
 
-    def explode(tensors, filename, metadata=None):
-        with open(filename, "wb") as f:
-            f.write(b"partial")
+    def explode(fd, data):  # killed half-way through writing the temporary file
+        os.write(fd, b"partial")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(checkpoint_module, "save_file", explode)
+    monkeypatch.setattr(atomic, "write_all", explode)
     with pytest.raises(KeyboardInterrupt):
         save_checkpoint(path, state, masks, meta | {"seed": 4})
     assert path.read_bytes() == original

@@ -101,8 +101,8 @@ def test_markdown_csv_and_plot_are_written(tmp_path):
     console = Console(record=True, width=200)
     written = write_report(tmp_path, console, title="digits")
     md = (tmp_path / "results.md").read_text()
-    assert "| force | 85.00 ± 5.00 (n=3) | 70.00 ± 0.00 (n=1) |" in md
-    assert "| random | 50.00 ± 0.00 (n=1) | – |" in md
+    assert "| force | 85.00 ± 5.00 (n=3) | 70.00 (n=1) |" in md
+    assert "| random | 50.00 (n=1) | – |" in md
     with open(tmp_path / "results.csv") as f:
         rows = list(csv.DictReader(f))
     assert rows[0]["method"] == "force" and float(rows[0]["mean_test_acc"]) == pytest.approx(0.85)

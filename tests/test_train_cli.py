@@ -53,7 +53,6 @@ def init_ckpt(tmp_path_factory):
 
 
 def test_prune_train_eval_on_digits_end_to_end(tmp_path):
-    started = time.perf_counter()
     pruned = tmp_path / "lenet.safetensors"
     result = invoke("prune", "--model", "lenet300", "--dataset", "digits", "--sparsity", "0.99",
                     "--method", "force", "-o", pruned, "--quiet")
@@ -80,7 +79,6 @@ def test_prune_train_eval_on_digits_end_to_end(tmp_path):
     table = invoke("eval", trained, "--split", "val")
     assert table.exit_code == 0 and "top-1 accuracy" in table.stdout
     assert invoke("inspect", trained).exit_code == 0
-    assert time.perf_counter() - started < 60
 
 
 def test_train_flags_and_recipe(tmp_path, init_ckpt):

@@ -1,7 +1,7 @@
 """Pruning criteria: each one computes scores (higher = kept) and nothing else.
 
 Thresholding, schedules and the iterative loop live in ``loop.py``. Adding a criterion is one
-score function plus one ``register`` call. The meaning of every score is DESIGN.md's table.
+score function plus one ``register`` call. The meaning of every score is the README's method table.
 """
 
 from __future__ import annotations

@@ -1,0 +1,107 @@
+"""Atomic file writes: a file appears under its final name complete, or not at all.
+
+The data goes to one temporary file of our own, ``.NAME.force-tmp`` in the same folder (so the
+rename cannot cross file systems and a stale one is recognisable), is flushed to disk, then
+renamed over the final name and the folder is flushed too. A temporary file left by a killed
+command is removed by the next command that writes the same output (``remove_stale``).
+
+The rename is the moment the new file replaces the old one. Ctrl-C and SIGTERM are held back
+during it, so an interruption lands either before (the old file, if any, is untouched) or after
+(the new file is complete); an interruption that lands after is marked on the exception
+(``written``) so the message can say truthfully that the file was written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from collections.abc import Iterable
+from pathlib import Path
+
+from force_cli.errors import OutputError
+
+TEMP_SUFFIX = ".force-tmp"
+_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
+def temp_path(path: Path) -> Path:
+    return path.parent / f".{path.name}{TEMP_SUFFIX}"
+
+
+def create(path: Path, flags: int) -> int:
+    """``os.open`` for writing; the one place files are created (tests simulate failing disks here)."""
+    return os.open(path, flags | os.O_CLOEXEC, 0o666)
+
+
+def write_all(fd: int, data: bytes | memoryview) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def remove_stale(path: Path) -> None:
+    """Delete the temporary file an earlier, killed command left for ``path`` (call under its lock)."""
+    with contextlib.suppress(FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        temp_path(path).unlink()
+
+
+def fsync_folder(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems cannot sync a folder; the rename itself is still atomic
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: str | Path, chunks: Iterable[bytes | memoryview] | bytes, what: str = "output") -> Path:
+    """Write ``chunks`` to ``path`` atomically; an OS error becomes one-line ``OutputError``."""
+    path = Path(path)
+    if isinstance(chunks, (bytes, bytearray, memoryview)):
+        chunks = [chunks]
+    tmp = temp_path(path)
+    try:
+        fd = create(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    except OSError as exc:
+        raise OutputError.from_os(exc, path, what) from None
+    try:
+        try:
+            for chunk in chunks:
+                write_all(fd, chunk)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if path.is_dir():
+            raise IsADirectoryError(21, "Is a directory", str(path))
+        _commit(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise OutputError.from_os(exc, path, what) from None
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    return path
+
+
+def _commit(tmp: Path, path: Path) -> None:
+    """Rename ``tmp`` over ``path`` with Ctrl-C and SIGTERM held back until the folder is synced."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+    try:
+        os.replace(tmp, path)
+        fsync_folder(path.parent)
+    finally:
+        try:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)  # a held-back signal is handled here
+        except BaseException as exc:
+            if not path.exists() or tmp.exists():
+                raise
+            exc.written = path  # the new file is complete: let the message say so
+            raise

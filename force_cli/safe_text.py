@@ -1,0 +1,40 @@
+"""Printing text that came from a user or a file exactly as it is.
+
+A checkpoint's metadata, a file name or a flag's value can hold rich markup (``[/]``,
+``[link=...]``) or terminal escape sequences. Shown raw, the first crashes rich or turns into
+styling and hyperlinks, the second drives the terminal. ``literal`` makes control characters
+visible (``\\x1b``) and ``escape`` also neutralises markup, so the user sees the bytes they have.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+
+from rich.markup import escape as _escape_markup
+from rich.text import Text
+
+
+def visible(text: object) -> str:
+    """``text`` with every control or format character (ESC, CR, BEL, bidi overrides...) spelled out."""
+    out = []
+    for ch in str(text):
+        if ch == "\n" or unicodedata.category(ch) not in ("Cc", "Cf", "Zl", "Zp"):
+            out.append(ch)
+        else:
+            out.append(ch.encode("unicode_escape").decode("ascii"))
+    return "".join(out)
+
+
+def one_line(text: object) -> str:
+    """``visible`` and on one line: newlines spelled out too (for error messages)."""
+    return visible(text).replace("\n", "\\n")
+
+
+def escape(text: object) -> str:
+    """Safe to embed in a rich markup string: control characters visible, markup escaped."""
+    return _escape_markup(visible(text))
+
+
+def literal(text: object) -> Text:
+    """A rich ``Text`` that is never parsed as markup (for table cells and titles)."""
+    return Text(visible(text))
