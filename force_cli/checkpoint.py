@@ -28,6 +28,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from force_cli import FORMAT_VERSION
+from force_cli import compact as compact_format
 from force_cli.errors import CheckpointError, ConfigError
 
 MASK_PREFIX = "mask:"
@@ -96,8 +97,12 @@ def save_checkpoint(
     masks: dict[str, torch.Tensor],
     metadata: dict[str, Any],
     extra: dict[str, torch.Tensor] | None = None,
+    compact: bool = False,
 ) -> Path:
-    """Write a checkpoint atomically. Pruned weights are zeroed in the file (not in the caller's tensors)."""
+    """Write a checkpoint atomically. Pruned weights are zeroed in the file (not in the caller's tensors).
+
+    ``compact``: write the compact variant (``force_cli.compact``), which stores only the kept values.
+    """
     path = Path(path)
     if not path.parent.is_dir():
         raise CheckpointError(f"cannot write {path}: folder '{path.parent}' does not exist; create it or choose another -o path")
@@ -118,6 +123,8 @@ def save_checkpoint(
     for key, value in (extra or {}).items():
         tensors[STATE_PREFIX + key] = value.detach().cpu().contiguous()
     header = _encode_metadata(metadata)
+    if compact:  # the compact variant: same content, pruned weights re-encoded (force_cli/compact.py)
+        tensors, header = compact_format.encode(tensors, header)
 
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -160,18 +167,22 @@ def _open(path: Path, tensors: bool) -> Checkpoint:
             fmt = raw.get("format")
             if fmt is None:
                 raise CheckpointError(f"'{path}' is a safetensors file but not a force checkpoint (no 'format' metadata); create one with `force prune`")
-            if fmt != FORMAT_VERSION:
+            if fmt not in (FORMAT_VERSION, compact_format.FORMAT):
                 raise CheckpointError(
                     f"'{path}' has format '{fmt}', which this version of force-cli cannot read "
-                    f"(it reads '{FORMAT_VERSION}'); upgrade force-cli or re-create the checkpoint"
+                    f"(it reads '{FORMAT_VERSION}' and '{compact_format.FORMAT}'); upgrade force-cli or re-create the checkpoint"
                 )
             missing = [k for k in REQUIRED_FIELDS if k not in raw]
             if missing:
                 raise CheckpointError(f"'{path}' lacks the metadata field '{missing[0]}'; the file is corrupt, re-create it")
             metadata = _decode_metadata(raw, path)
+            metadata.pop(compact_format.LAYOUT_FIELD, None)
             state, masks, extra = {}, {}, {}
             if tensors:
-                for key in f.keys():
+                keys = list(f.keys())
+                if fmt == compact_format.FORMAT:  # decode the pruned weights; the rest reads as dense
+                    state, masks, keys = compact_format.decode(f, raw, path)
+                for key in keys:
                     value = f.get_tensor(key)
                     if key.startswith(MASK_PREFIX):
                         masks[key[len(MASK_PREFIX):]] = value
