@@ -25,6 +25,7 @@ from force_cli.models import INIT_SCHEMES, MODELS
 from force_cli.pruning import METHODS, SCHEDULES
 from force_cli.pruning.objectives import OBJECTIVES
 from force_cli.evaluation import SPLITS
+from force_cli.export import FORMATS as EXPORT_FORMATS
 from force_cli.training import LR_SCHEDULES, OPTIMIZERS, TRAIN_DEFAULTS
 
 app = typer.Typer(
@@ -110,6 +111,14 @@ DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="auto (CUDA w
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document to stdout (for jq).")]
 CheckpointArg = Annotated[Path, typer.Argument(help="A force checkpoint (.safetensors).")]
+CompactOpt = Annotated[bool, typer.Option("--compact", help="Write the compact variant: kept values plus a bit-packed mask or gap codes.")]
+TrustOpt = Annotated[bool, typer.Option("--trust-model-code", help="Allow a checkpoint whose model is an import path (package.module:factory) to import and run that code.")]
+
+
+def _trust(trust: bool):
+    from force_cli.models.refs import trusted_model_code
+
+    return trusted_model_code(trust)
 
 
 @app.command(
@@ -120,7 +129,7 @@ CheckpointArg = Annotated[Path, typer.Argument(help="A force checkpoint (.safete
 )
 @user_errors
 def prune(
-    model: Annotated[Optional[str], typer.Option("--model", "-m", help=f"Model: {_names(MODELS)}.")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help=f"Model: {_names(MODELS)}; or torchvision:NAME; or package.module:factory (a function returning an nn.Module).")] = None,
     dataset: Annotated[Optional[str], typer.Option("--dataset", "-d", help=f"Dataset (default: cifar10): {_names(DATASETS)}.")] = None,
     sparsity: Annotated[Optional[float], typer.Option("--sparsity", "-s", help="Fraction of prunable weights to remove, in [0, 1).")] = None,
     method: Annotated[Optional[str], typer.Option("--method", help=f"Criterion (default: force): {_names(METHODS)}.")] = None,
@@ -140,6 +149,7 @@ def prune(
     recipe: RecipeOpt = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Checkpoint to write (default: MODEL-DATASET-METHOD-sSPARSITY-seedSEED.safetensors).")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output file.")] = False,
+    compact: CompactOpt = False,
     quiet: QuietOpt = False,
 ):
     """Prune a freshly initialized network and write a sparse checkpoint; print its path."""
@@ -164,6 +174,10 @@ def prune(
         path, result = prune_to_checkpoint(cfg, output, overwrite=overwrite, on_step=on_step, on_start=on_start)
     for warning in result.warnings:
         stderr.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False)
+    if compact:
+        from force_cli.export import rewrite_compact
+
+        rewrite_compact(path)
     if not quiet:
         stderr.print(f"kept {result.kept:,} of {result.total:,} weights (sparsity {result.sparsity:.4%})", highlight=False)
     print(path)
@@ -178,6 +192,7 @@ def prune(
 def inspect(
     checkpoint: CheckpointArg,
     json_output: JsonOpt = False,
+    trust_model_code: TrustOpt = False,
 ):
     """Per-layer density and effective density of a checkpoint, with its metadata."""
     from force_cli.checkpoint import load_checkpoint
@@ -185,7 +200,8 @@ def inspect(
     from force_cli.restore import input_shape, model_from_checkpoint
 
     ckpt = load_checkpoint(checkpoint)
-    model = model_from_checkpoint(ckpt)
+    with _trust(trust_model_code):
+        model = model_from_checkpoint(ckpt)
     effective = effective_masks(model, ckpt.masks, input_shape(ckpt.metadata))
     report = summary(ckpt.masks, effective, ckpt.metadata, str(checkpoint))
     if json_output:
@@ -255,6 +271,8 @@ def train(
     recipe: RecipeOpt = None,
     log: Annotated[Optional[Path], typer.Option("--log", help="Append one JSON line per epoch to this file (.jsonl).")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output (and a stale partial checkpoint).")] = False,
+    compact: CompactOpt = False,
+    trust_model_code: TrustOpt = False,
     quiet: QuietOpt = False,
 ):
     """Train a pruned checkpoint with its masks enforced; write a trained checkpoint and print its path."""
@@ -306,11 +324,12 @@ def train(
                     f"  test {r['test_loss']:.4f} {r['test_acc']:.2%}  {r['seconds']:.1f}s", highlight=False, soft_wrap=True)
 
         try:
-            result = train_checkpoint(
-                checkpoint, output, settings, resume=resume, seed=pick(seed, "seed"),
-                data_dir=pick(data_dir, "data_dir"), download=pick(download, "download", True), device=device,
-                overwrite=overwrite, log=log, callbacks=TrainCallbacks(on_start=on_start, on_batch=on_batch, on_epoch=on_epoch),
-            )
+            with _trust(trust_model_code):
+                result = train_checkpoint(
+                    checkpoint, output, settings, resume=resume, seed=pick(seed, "seed"),
+                    data_dir=pick(data_dir, "data_dir"), download=pick(download, "download", True), device=device,
+                    overwrite=overwrite, log=log, callbacks=TrainCallbacks(on_start=on_start, on_batch=on_batch, on_epoch=on_epoch),
+                )
         except TrainingInterrupted as exc:
             raise fail(str(exc), exc.exit_code) from None
         except TrainingDiverged as exc:
@@ -319,6 +338,10 @@ def train(
         m = result.metrics
         stderr.print(f"trained {len(result.history)} epochs: test accuracy {m['test_acc']:.2%} (loss {m['test_loss']:.4f})",
                      highlight=False)
+    if compact:
+        from force_cli.export import rewrite_compact
+
+        rewrite_compact(result.path)
     print(result.path)
 
 
@@ -339,6 +362,7 @@ def eval_command(
     data_dir: Annotated[Optional[str], typer.Option("--data-dir", help="Dataset root (default: the checkpoint's, $FORCE_DATA or the user cache).")] = None,
     download: Annotated[bool, typer.Option("--download/--no-download", help="Download a missing dataset.")] = True,
     json_output: JsonOpt = False,
+    trust_model_code: TrustOpt = False,
     quiet: QuietOpt = False,
 ):
     """Top-1 and top-5 accuracy, loss, samples and density of a checkpoint on a dataset split."""
@@ -353,11 +377,12 @@ def eval_command(
             nonlocal task
             task = bar.add_task(f"evaluating ({split})", total=samples, status="")
 
-        report = evaluate_checkpoint(
-            checkpoint, split=split, dataset=dataset, data_dir=data_dir, download=download,
-            device=device or "auto", batch_size=batch_size, workers=workers, on_start=on_start,
-            on_batch=lambda done: bar.update(task, completed=done),
-        )
+        with _trust(trust_model_code):
+            report = evaluate_checkpoint(
+                checkpoint, split=split, dataset=dataset, data_dir=data_dir, download=download,
+                device=device or "auto", batch_size=batch_size, workers=workers, on_start=on_start,
+                on_batch=lambda done: bar.update(task, completed=done),
+            )
     if json_output:
         print(json.dumps(report))
         return
@@ -426,8 +451,10 @@ def sweep(
             stderr.print(f"[bold yellow]warning:[/] {escape(cell.key)}: {escape(warning)}", highlight=False)
 
         try:
-            records = run_sweep(loaded, out, SweepHooks(on_cell_start=on_cell_start, on_cell_done=on_cell_done,
-                                                        on_warning=on_warning))
+            # the recipe names the model it prunes, so the sweep may rebuild it from its own checkpoints
+            with _trust(True):
+                records = run_sweep(loaded, out, SweepHooks(on_cell_start=on_cell_start, on_cell_done=on_cell_done,
+                                                            on_warning=on_warning))
         except TrainingInterrupted as exc:
             raise fail(f"sweep interrupted ({exc}); run the same command again to continue", exc.exit_code) from None
         except TrainingDiverged as exc:
@@ -442,6 +469,25 @@ def _write_sweep_report(folder: Path, title: str) -> None:
 
     written = write_report(folder, stdout, title=title)
     stderr.print("wrote " + ", ".join(str(p) for p in written.values()), highlight=False, soft_wrap=True)
+
+
+@app.command(
+    epilog="Formats:\n\n" + "\n\n".join(f"  {name}: {what}" for name, what in EXPORT_FORMATS.items())
+    + "\n\nExamples:\n\n"
+    "  force export lenet.safetensors --to compact -o lenet-compact.safetensors\n\n"
+    "  force export lenet-trained.safetensors --to state-dict -o lenet-weights.safetensors",
+)
+@user_errors
+def export(
+    checkpoint: CheckpointArg,
+    to: Annotated[str, typer.Option("--to", help="Format to write: compact, dense, state-dict or torch-prune (below).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="File to write.")],
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output file.")] = False,
+):
+    """Convert a checkpoint: compact <-> dense (lossless), or a plain state_dict / torch.nn.utils.prune layout; print the path."""
+    from force_cli.export import export_checkpoint
+
+    print(export_checkpoint(checkpoint, to, output, overwrite=overwrite))
 
 
 def main():

@@ -8,6 +8,7 @@ from torch import nn
 from force_cli.checkpoint import Checkpoint
 from force_cli.errors import CheckpointError, ForceError
 from force_cli.models import build_model
+from force_cli.models.refs import check_trusted
 from force_cli.pruning.masks import validate_masks
 
 
@@ -16,6 +17,7 @@ def build_from_metadata(metadata: dict) -> nn.Module:
     args = metadata.get("model_args")
     if not isinstance(args, dict):
         raise CheckpointError("the checkpoint's 'model_args' metadata is missing or malformed; re-create it with `force prune`")
+    check_trusted(str(metadata["model"]))  # an import path runs code: only with --trust-model-code
     try:
         return build_model(metadata["model"], init=None, **args)
     except ForceError as exc:

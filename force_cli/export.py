@@ -1,0 +1,102 @@
+"""`force export`: a force checkpoint into the other variant, or into what other code loads.
+
+  * ``dense`` / ``compact``: the two variants of the force format (lossless either way);
+  * ``state-dict``: a plain safetensors ``state_dict``, pruned weights zero, no mask keys, so
+    ``model.load_state_dict(load_file(path), strict=True)`` works on a freshly built model;
+  * ``torch-prune``: the layout of ``torch.nn.utils.prune``: each pruned ``W`` becomes ``W_orig``
+    (the weight) and ``W_mask`` (the mask, in the weight's dtype), loadable with ``strict=True``
+    into a model on which ``prune.custom_from_mask`` was applied to each pruned weight.
+Only the model's own tensors are exported to the last two; training state (of a partial
+checkpoint) is kept by ``dense`` and ``compact`` only.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from force_cli.checkpoint import Checkpoint, check_new_output, load_checkpoint, save_checkpoint
+from force_cli.errors import ConfigError
+
+FORMATS = {
+    "compact": "force checkpoint, compact variant (kept values + bit-packed mask or gap codes)",
+    "dense": "force checkpoint, dense variant (force-ckpt/1)",
+    "state-dict": "plain safetensors state_dict, pruned weights zero, no masks (load_state_dict strict=True)",
+    "torch-prune": "torch.nn.utils.prune layout: W_orig + W_mask per pruned weight",
+}
+
+
+def plain_state_dict(ckpt: Checkpoint) -> dict[str, torch.Tensor]:
+    """The model's state_dict with pruned weights at zero (they are stored as zero already)."""
+    return {k: (v * ckpt.masks[k].to(v.dtype) if k in ckpt.masks else v).contiguous() for k, v in ckpt.state_dict.items()}
+
+
+def torch_prune_state_dict(ckpt: Checkpoint) -> dict[str, torch.Tensor]:
+    """``W -> W_orig, W_mask`` for every pruned weight, as torch.nn.utils.prune names them."""
+    out = {}
+    for key, value in plain_state_dict(ckpt).items():
+        if key in ckpt.masks:
+            out[key + "_orig"] = value
+            out[key + "_mask"] = ckpt.masks[key].to(value.dtype).contiguous()
+        else:
+            out[key] = value
+    return out
+
+
+def export_checkpoint(source: str | Path, to: str, output: str | Path, *, overwrite: bool = False) -> Path:
+    """Write ``source`` in format ``to`` to ``output`` (atomically); return ``output``."""
+    if to not in FORMATS:
+        raise ConfigError(f"unknown export format '{to}'; known formats are: {', '.join(FORMATS)}")
+    output = Path(output)
+    check_new_output(output, overwrite)
+    ckpt = load_checkpoint(source)
+    if _same_file(Path(source), output):
+        raise ConfigError(f"the output '{output}' is the input checkpoint; choose another -o path")
+    if to in ("dense", "compact"):
+        return save_checkpoint(output, ckpt.state_dict, ckpt.masks, ckpt.metadata, extra=ckpt.extra,
+                               compact=to == "compact")
+    tensors = plain_state_dict(ckpt) if to == "state-dict" else torch_prune_state_dict(ckpt)
+    # "format": "pt" is what safetensors' own torch helpers write; the model is recorded for humans
+    header = {"format": "pt", "force_model": str(ckpt.metadata["model"]), "force_export": to}
+    _write_atomic(output, tensors, header)
+    return output
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _write_atomic(path: Path, tensors: dict[str, torch.Tensor], header: dict[str, str]) -> None:
+    """Temporary file in the same folder, fsync, rename: no half-written file under ``path``.
+
+    (checkpoint.py has its own for force checkpoints; this one writes plain safetensors.)
+    """
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=header)
+        mask = os.umask(0o022)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def rewrite_compact(path: str | Path) -> Path:
+    """Re-encode a checkpoint just written dense as compact, in place and atomically.
+
+    Used by ``prune --compact`` and ``train --compact``: their jobs write dense; this converts.
+    """
+    ckpt = load_checkpoint(path)
+    return save_checkpoint(path, ckpt.state_dict, ckpt.masks, ckpt.metadata, extra=ckpt.extra, compact=True)
