@@ -113,8 +113,8 @@ def save_checkpoint(
         if ":" in key:
             raise ValueError(f"state_dict key '{key}' contains ':', which is reserved for masks and state")
         value = value.detach().cpu()
-        if key in masks:
-            value = value * masks[key].to(value.dtype)
+        if key in masks:  # where, not multiply: a pruned -w or NaN would be stored as -0.0 or NaN
+            value = torch.where(masks[key].detach().cpu().to(torch.bool), value, torch.zeros((), dtype=value.dtype))
         tensors[key] = value.contiguous()
     for key, mask in masks.items():
         if key not in state_dict:
@@ -207,4 +207,6 @@ def _open(path: Path, tensors: bool) -> Checkpoint:
                 f"'{path}': mask '{name}' has shape {tuple(mask.shape)} but its weight has {tuple(state[name].shape)}; "
                 "the file is corrupt, re-create it"
             )
+    if metadata["format"] == compact_format.FORMAT:  # the dense variant's order (safetensors sorts names)
+        state, masks = dict(sorted(state.items())), dict(sorted(masks.items()))
     return Checkpoint(state_dict=state, masks=masks, metadata=metadata, extra=extra)

@@ -32,7 +32,9 @@ FORMATS = {
 
 def plain_state_dict(ckpt: Checkpoint) -> dict[str, torch.Tensor]:
     """The model's state_dict with pruned weights at zero (they are stored as zero already)."""
-    return {k: (v * ckpt.masks[k].to(v.dtype) if k in ckpt.masks else v).contiguous() for k, v in ckpt.state_dict.items()}
+    zero = torch.zeros(())
+    return {k: (torch.where(ckpt.masks[k], v, zero.to(v.dtype)) if k in ckpt.masks else v).contiguous()
+            for k, v in ckpt.state_dict.items()}
 
 
 def torch_prune_state_dict(ckpt: Checkpoint) -> dict[str, torch.Tensor]:
