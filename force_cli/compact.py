@@ -103,9 +103,9 @@ def _layout(raw: dict[str, str], path: Path) -> dict[str, dict]:
     return layout
 
 
-def _header_of(f, key: str, path: Path) -> tuple[str, list[int]]:
+def _header_of(f, keys: set[str], key: str, path: Path) -> tuple[str, list[int]]:
     """dtype and shape of ``key`` from the safetensors header, without reading the tensor."""
-    if key not in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
+    if key not in keys:
         raise _corrupt(path, f"tensor '{key}' is missing")
     part = f.get_slice(key)
     return part.get_dtype(), list(part.get_shape())
@@ -121,21 +121,22 @@ def decode(f, raw: dict[str, str], path: Path) -> tuple[dict, dict, list[str]]:
             raise _corrupt(path, f"the compact layout names '{name}', a reserved name or one also stored densely")
         shape, kept, n = entry["shape"], entry["kept"], math.prod(entry["shape"])
         values_key = VALUES_PREFIX + name
-        dtype, vshape = _header_of(f, values_key, path)
+        dtype, vshape = _header_of(f, keys, values_key, path)
         if dtype not in FLOAT_DTYPES or vshape != [kept]:
             raise _corrupt(path, f"'{values_key}' is {dtype} {vshape}, the layout says {kept} float values")
         if entry["mask"] == "bits":
             key = BITS_PREFIX + name
-            dtype, mshape = _header_of(f, key, path)
+            dtype, mshape = _header_of(f, keys, key, path)
             if dtype != "U8" or mshape != [(n + 7) // 8]:
                 raise _corrupt(path, f"'{key}' is {dtype} {mshape}, the layout says {(n + 7) // 8} bytes")
             bits = np.unpackbits(f.get_tensor(key).numpy(), bitorder="little")
             if bits[n:].any() or int(bits.sum()) != kept:
                 raise _corrupt(path, f"the mask of '{name}' does not keep the {kept} weights its layout says")
             flat_mask = torch.from_numpy(bits[:n].astype(bool))
+            positions = torch.nonzero(flat_mask).flatten()
         else:
             key = GAPS_PREFIX + name
-            dtype, mshape = _header_of(f, key, path)
+            dtype, mshape = _header_of(f, keys, key, path)
             if dtype not in GAP_DTYPES or len(mshape) != 1 or mshape[0] < kept:
                 raise _corrupt(path, f"'{key}' is {dtype} {mshape}, the layout says at least {kept} gap codes")
             escape = GAP_DTYPES[dtype][1]
@@ -150,11 +151,11 @@ def decode(f, raw: dict[str, str], path: Path) -> tuple[dict, dict, list[str]]:
             flat_mask[positions] = True
         values = f.get_tensor(values_key)
         weight = torch.zeros(n, dtype=values.dtype)
-        weight[flat_mask] = values
+        weight[positions] = values
         state[name] = weight.reshape(shape)
         masks[name] = flat_mask.reshape(shape)
         used.update({values_key, key})
-    rest = [k for k in f.keys() if k not in used]
+    rest = sorted(keys - used)
     stray = [k for k in rest if k.startswith(PREFIXES + (MASK_PREFIX,))]
     if stray:
         raise _corrupt(path, f"tensor '{stray[0]}' is not described by the compact layout")
