@@ -451,8 +451,10 @@ def sweep(
             stderr.print(f"[bold yellow]warning:[/] {escape(cell.key)}: {escape(warning)}", highlight=False)
 
         try:
-            # the recipe names the model it prunes, so the sweep may rebuild it from its own checkpoints
-            with _trust(True):
+            # the recipe names the model it prunes, so the sweep may rebuild that one from its checkpoints
+            from force_cli.models.refs import trusted_model_code
+
+            with trusted_model_code(only=str(loaded.common.get("model"))):
                 records = run_sweep(loaded, out, SweepHooks(on_cell_start=on_cell_start, on_cell_done=on_cell_done,
                                                             on_warning=on_warning))
         except TrainingInterrupted as exc:

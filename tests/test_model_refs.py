@@ -103,6 +103,16 @@ def test_registry_lists_only_its_names_but_accepts_references():
     assert all(":" not in name for name in MODELS)
 
 
+def test_trust_can_name_one_reference(tmp_path):
+    out = tmp_path / "p.safetensors"
+    assert invoke("prune", "-m", TINY, "-d", "digits", "-s", "0.5", "--method", "random", "-o", out).exit_code == 0
+    ckpt = load_checkpoint(out)
+    with trusted_model_code(only=TINY):
+        model_from_checkpoint(ckpt)
+    with trusted_model_code(only="tests.custom_models:small_convnet"), pytest.raises(CheckpointError):
+        model_from_checkpoint(ckpt)
+
+
 def test_untrusted_checkpoint_is_refused_before_its_module_is_imported(tmp_path, monkeypatch):
     out = tmp_path / "p.safetensors"
     assert invoke("prune", "-m", TINY, "-d", "digits", "-s", "0.5", "--method", "random", "-o", out).exit_code == 0
@@ -113,3 +123,13 @@ def test_untrusted_checkpoint_is_refused_before_its_module_is_imported(tmp_path,
     with pytest.raises(CheckpointError, match="--trust-model-code"):
         model_from_checkpoint(ckpt)
     assert imported == []
+
+
+def test_sweep_runs_an_import_path_model_its_recipe_names(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"model: {TINY}\ndataset: digits\ntrain:\n  epochs: 1\n"
+                      "sweep:\n  methods: [random]\n  sparsities: [0.9]\n  seeds: [0]\n")
+    result = invoke("sweep", recipe, "--out", tmp_path / "out", "-q")
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "out" / "results.jsonl").read_text().splitlines()[0])
+    assert record["test_acc"] > 0.1

@@ -28,7 +28,8 @@ _IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
 _IMPORT_PATH = re.compile(rf"{_IDENT}(\.{_IDENT})*:{_IDENT}(\.{_IDENT})*")
 FACTORY_ARGS = ("num_classes", "in_channels", "image_size")
 
-_trusted: ContextVar[bool] = ContextVar("force_cli_trust_model_code", default=False)
+# True: every import path; a frozenset: only those references
+_trusted: ContextVar[bool | frozenset[str]] = ContextVar("force_cli_trust_model_code", default=False)
 
 
 def is_reference(name: str) -> bool:
@@ -42,9 +43,9 @@ def runs_code(name: str) -> bool:
 
 
 @contextlib.contextmanager
-def trusted_model_code(trust: bool = True):
-    """Within this block, checkpoints that name an import path may be rebuilt (imported)."""
-    token = _trusted.set(trust)
+def trusted_model_code(trust: bool = True, *, only: str | None = None):
+    """Within this block, checkpoints that name an import path (or only the reference ``only``) may be rebuilt."""
+    token = _trusted.set(frozenset({only}) if trust and only is not None else trust)
     try:
         yield
     finally:
@@ -53,7 +54,8 @@ def trusted_model_code(trust: bool = True):
 
 def check_trusted(name: str) -> None:
     """Refuse to rebuild a checkpoint's import-path model unless the user opted in."""
-    if runs_code(name) and not _trusted.get():
+    trusted = _trusted.get()
+    if runs_code(name) and not (trusted is True or (isinstance(trusted, frozenset) and name in trusted)):
         raise CheckpointError(
             f"the checkpoint's model is '{name}', Python code that would run when it is loaded; "
             f"pass --trust-model-code if you trust this file (trusted_model_code() in the library)"
