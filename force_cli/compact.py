@@ -15,14 +15,16 @@ The compact variant stores, for each pruned weight ``NAME`` (each ``mask:NAME`` 
 Everything else (unpruned entries, training state, metadata) is stored as in ``force-ckpt/1``.
 
 Reading an untrusted file: every tensor's dtype and length is checked against ``compact`` through
-the safetensors header before it is read, and the dense weight is allocated only once the mask
-stream has been shown to cover exactly its declared number of elements.
+the safetensors header before it is read; dense weights that would not fit in memory are refused
+up front; a dense weight is allocated only once its mask stream has been shown to account for its
+declared number of elements (to within one gap code).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -111,11 +113,32 @@ def _header_of(f, keys: set[str], key: str, path: Path) -> tuple[str, list[int]]
     return part.get_dtype(), list(part.get_shape())
 
 
+def _memory_bytes() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # not POSIX: no limit known
+        return 1 << 62
+
+
+def _check_memory(layout: dict[str, dict], path: Path) -> None:
+    """Refuse, before allocating, dense weights and masks larger than this machine's memory.
+
+    A few bytes of gap codes may legitimately stand for millions of pruned weights (an emptied
+    layer), so no ratio to the file size can tell a crafted file from a real one; memory can.
+    """
+    declared = sum(math.prod(e["shape"]) * 9 for e in layout.values())  # float64 at most, plus a bool mask
+    available = _memory_bytes()
+    if declared > available:
+        raise CheckpointError(f"'{path}' declares {declared / 2**30:.1f} GiB of dense weights, more than this machine's "
+                              f"{available / 2**30:.1f} GiB of memory; the file is corrupt or for a larger machine")
+
+
 def decode(f, raw: dict[str, str], path: Path) -> tuple[dict, dict, list[str]]:
     """Read the pruned weights of an open compact file: (weights, masks, the keys left to read as dense)."""
     layout = _layout(raw, path)
     state, masks, used = {}, {}, set()
     keys = set(f.keys())
+    _check_memory(layout, path)
     for name, entry in layout.items():
         if ":" in name or name in keys:
             raise _corrupt(path, f"the compact layout names '{name}', a reserved name or one also stored densely")

@@ -79,7 +79,9 @@ def _craft(tmp_path, tensors, layout):
 @pytest.mark.parametrize("tensors, layout, reason", [
     # a huge declared shape with a one-byte mask stream: refused before the weight is allocated
     ({"values:w": torch.zeros(1), "gaps:w": torch.tensor([0], dtype=torch.uint8)},
-     {"w": {"shape": [10**6, 10**6], "kept": 1, "mask": "gaps"}}, "gap codes"),
+     {"w": {"shape": [10**6, 10**6], "kept": 1, "mask": "gaps"}}, "more than this machine's"),
+    ({"values:w": torch.zeros(1), "gaps:w": torch.tensor([0], dtype=torch.uint8)},
+     {"w": {"shape": [1000], "kept": 1, "mask": "gaps"}}, "gap codes"),  # the stream covers 1 of 1000
     ({"values:w": torch.zeros(3), "bits:w": torch.tensor([1], dtype=torch.uint8)},
      {"w": {"shape": [8], "kept": 1, "mask": "bits"}}, "float values"),
     ({"values:w": torch.zeros(1), "bits:w": torch.tensor([0b11], dtype=torch.uint8)},
@@ -103,6 +105,16 @@ def test_crafted_compact_files_are_refused_with_one_line(tmp_path, tensors, layo
     with pytest.raises(CheckpointError, match=reason) as info:
         load_checkpoint(path)
     assert "\n" not in str(info.value) and "corrupt" in str(info.value)
+
+
+def test_weights_larger_than_memory_are_refused_before_allocation(tmp_path, monkeypatch):
+    monkeypatch.setattr(compact, "_memory_bytes", lambda: 1000)
+    m = torch.zeros(200, dtype=torch.bool)  # an emptied layer: a few gap codes stand for 200 weights
+    save_checkpoint(tmp_path / "c.safetensors", {"w": torch.ones(200)}, {"w": m}, META, compact=True)
+    with pytest.raises(CheckpointError, match="more than this machine's"):
+        load_checkpoint(tmp_path / "c.safetensors")
+    monkeypatch.setattr(compact, "_memory_bytes", lambda: 200 * 9)
+    assert torch.equal(load_checkpoint(tmp_path / "c.safetensors").state_dict["w"], torch.zeros(200))
 
 
 def test_a_compact_file_of_a_sample_checkpoint_keeps_training_state(tmp_path):
