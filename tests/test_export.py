@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 
 import pytest
 import torch
@@ -102,8 +103,6 @@ def test_compact_checkpoint_reads_everywhere_the_dense_one_does(dense_ckpt, tmp_
     a = invoke("inspect", dense_ckpt, "--json")
     b = invoke("inspect", compact, "--json")
     assert a.exit_code == 0 and b.exit_code == 0, b.output
-    import json
-
     ra, rb = json.loads(a.stdout), json.loads(b.stdout)
     assert ra["totals"] == rb["totals"] and ra["layers"] == rb["layers"]
 
