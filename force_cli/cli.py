@@ -115,10 +115,17 @@ CompactOpt = Annotated[bool, typer.Option("--compact", help="Write the compact v
 TrustOpt = Annotated[bool, typer.Option("--trust-model-code", help="Allow a checkpoint whose model is an import path (package.module:factory) to import and run that code.")]
 
 
-def _trust(trust: bool):
-    from force_cli.models.refs import trusted_model_code
+def honours_trust(command):
+    """Let the command rebuild a checkpoint's import-path model only when given --trust-model-code."""
 
-    return trusted_model_code(trust)
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        from force_cli.models.refs import trusted_model_code
+
+        with trusted_model_code(bool(kwargs.get("trust_model_code"))):
+            return command(*args, **kwargs)
+
+    return wrapper
 
 
 @app.command(
@@ -189,6 +196,7 @@ def prune(
     "  force inspect lenet.safetensors --json | jq .totals.effective_density",
 )
 @user_errors
+@honours_trust
 def inspect(
     checkpoint: CheckpointArg,
     json_output: JsonOpt = False,
@@ -200,8 +208,7 @@ def inspect(
     from force_cli.restore import input_shape, model_from_checkpoint
 
     ckpt = load_checkpoint(checkpoint)
-    with _trust(trust_model_code):
-        model = model_from_checkpoint(ckpt)
+    model = model_from_checkpoint(ckpt)
     effective = effective_masks(model, ckpt.masks, input_shape(ckpt.metadata))
     report = summary(ckpt.masks, effective, ckpt.metadata, str(checkpoint))
     if json_output:
@@ -245,6 +252,7 @@ def _milestones(text: str | None) -> list[int] | None:
     "  force train --resume lenet-trained.partial.safetensors",
 )
 @user_errors
+@honours_trust
 def train(
     checkpoint: Annotated[Optional[Path], typer.Argument(help="Checkpoint to train (made by `force prune`).", show_default=False)] = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Trained checkpoint to write (default: CHECKPOINT-trained.safetensors).")] = None,
@@ -324,12 +332,11 @@ def train(
                     f"  test {r['test_loss']:.4f} {r['test_acc']:.2%}  {r['seconds']:.1f}s", highlight=False, soft_wrap=True)
 
         try:
-            with _trust(trust_model_code):
-                result = train_checkpoint(
-                    checkpoint, output, settings, resume=resume, seed=pick(seed, "seed"),
-                    data_dir=pick(data_dir, "data_dir"), download=pick(download, "download", True), device=device,
-                    overwrite=overwrite, log=log, callbacks=TrainCallbacks(on_start=on_start, on_batch=on_batch, on_epoch=on_epoch),
-                )
+            result = train_checkpoint(
+                checkpoint, output, settings, resume=resume, seed=pick(seed, "seed"),
+                data_dir=pick(data_dir, "data_dir"), download=pick(download, "download", True), device=device,
+                overwrite=overwrite, log=log, callbacks=TrainCallbacks(on_start=on_start, on_batch=on_batch, on_epoch=on_epoch),
+            )
         except TrainingInterrupted as exc:
             raise fail(str(exc), exc.exit_code) from None
         except TrainingDiverged as exc:
@@ -352,6 +359,7 @@ def train(
     "  force eval lenet-trained.safetensors --split val --json | jq .top1",
 )
 @user_errors
+@honours_trust
 def eval_command(
     checkpoint: CheckpointArg,
     split: Annotated[str, typer.Option("--split", help=f"Which split: {', '.join(SPLITS)} (val: the part held out during training).")] = "test",
@@ -377,12 +385,11 @@ def eval_command(
             nonlocal task
             task = bar.add_task(f"evaluating ({split})", total=samples, status="")
 
-        with _trust(trust_model_code):
-            report = evaluate_checkpoint(
-                checkpoint, split=split, dataset=dataset, data_dir=data_dir, download=download,
-                device=device or "auto", batch_size=batch_size, workers=workers, on_start=on_start,
-                on_batch=lambda done: bar.update(task, completed=done),
-            )
+        report = evaluate_checkpoint(
+            checkpoint, split=split, dataset=dataset, data_dir=data_dir, download=download,
+            device=device or "auto", batch_size=batch_size, workers=workers, on_start=on_start,
+            on_batch=lambda done: bar.update(task, completed=done),
+        )
     if json_output:
         print(json.dumps(report))
         return
