@@ -28,6 +28,7 @@ from safetensors import safe_open
 from safetensors.torch import save as serialize
 
 from force_cli import FORMAT_VERSION
+from force_cli import compact as compact_format
 from force_cli.atomic import write_atomic
 from force_cli.errors import CheckpointError, ConfigError, OutputError
 
@@ -104,8 +105,12 @@ def save_checkpoint(
     masks: dict[str, torch.Tensor],
     metadata: dict[str, Any],
     extra: dict[str, torch.Tensor] | None = None,
+    compact: bool = False,
 ) -> Path:
-    """Write a checkpoint atomically. Pruned weights are zeroed in the file (not in the caller's tensors)."""
+    """Write a checkpoint atomically. Pruned weights are zeroed in the file (not in the caller's tensors).
+
+    ``compact``: write the compact variant (``force_cli.compact``), which stores only the kept values.
+    """
     path = Path(path)
     if not path.parent.is_dir():
         raise CheckpointError(f"cannot write {path}: folder '{path.parent}' does not exist; create it or choose another -o path")
@@ -116,8 +121,8 @@ def save_checkpoint(
         if ":" in key:
             raise ValueError(f"state_dict key '{key}' contains ':', which is reserved for masks and state")
         value = value.detach().cpu()
-        if key in masks:
-            value = value * masks[key].to(value.dtype)
+        if key in masks:  # where, not multiply: a pruned -w or NaN would be stored as -0.0 or NaN
+            value = torch.where(masks[key].detach().cpu().to(torch.bool), value, torch.zeros((), dtype=value.dtype))
         tensors[key] = value.contiguous()
     for key, mask in masks.items():
         if key not in state_dict:
@@ -126,6 +131,8 @@ def save_checkpoint(
     for key, value in (extra or {}).items():
         tensors[STATE_PREFIX + key] = value.detach().cpu().contiguous()
     header = _encode_metadata(metadata)
+    if compact:  # the compact variant: same content, pruned weights re-encoded (force_cli/compact.py)
+        tensors, header = compact_format.encode(tensors, header)
 
     try:
         data = serialize(tensors, metadata=header)
@@ -155,18 +162,22 @@ def _open(path: Path, tensors: bool) -> Checkpoint:
             fmt = raw.get("format")
             if fmt is None:
                 raise CheckpointError(f"'{path}' is a safetensors file but not a force checkpoint (no 'format' metadata); create one with `force prune`")
-            if fmt != FORMAT_VERSION:
+            if fmt not in (FORMAT_VERSION, compact_format.FORMAT):
                 raise CheckpointError(
                     f"'{path}' has format '{fmt}', which this version of force-cli cannot read "
-                    f"(it reads '{FORMAT_VERSION}'); upgrade force-cli or re-create the checkpoint"
+                    f"(it reads '{FORMAT_VERSION}' and '{compact_format.FORMAT}'); upgrade force-cli or re-create the checkpoint"
                 )
             missing = [k for k in REQUIRED_FIELDS if k not in raw]
             if missing:
                 raise CheckpointError(f"'{path}' lacks the metadata field '{missing[0]}'; the file is corrupt, re-create it")
             metadata = _decode_metadata(raw, path)
+            metadata.pop(compact_format.LAYOUT_FIELD, None)
             state, masks, extra = {}, {}, {}
             if tensors:
-                for key in f.keys():
+                keys = list(f.keys())
+                if fmt == compact_format.FORMAT:  # decode the pruned weights; the rest reads as dense
+                    state, masks, keys = compact_format.decode(f, raw, path)
+                for key in keys:
                     value = f.get_tensor(key)
                     if key.startswith(MASK_PREFIX):
                         masks[key[len(MASK_PREFIX):]] = value
@@ -191,6 +202,8 @@ def _open(path: Path, tensors: bool) -> Checkpoint:
                 f"'{path}': mask '{name}' has shape {tuple(mask.shape)} but its weight has {tuple(state[name].shape)}; "
                 "the file is corrupt, re-create it"
             )
+    if metadata["format"] == compact_format.FORMAT:  # the dense variant's order (safetensors sorts names)
+        state, masks = dict(sorted(state.items())), dict(sorted(masks.items()))
     warnings = [w for w in [check_recorded_sparsity(masks, metadata, path)] if w] if tensors else []
     return Checkpoint(state_dict=state, masks=masks, metadata=metadata, extra=extra, warnings=warnings)
 

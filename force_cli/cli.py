@@ -31,6 +31,7 @@ from force_cli.models import INIT_SCHEMES, MODELS
 from force_cli.pruning import METHODS, SCHEDULES
 from force_cli.pruning.objectives import OBJECTIVES
 from force_cli.evaluation import SPLITS
+from force_cli.export import FORMATS as EXPORT_FORMATS
 from force_cli.training import LR_SCHEDULES, OPTIMIZERS, TRAIN_DEFAULTS
 
 class OneLineErrors(TyperGroup):
@@ -225,6 +226,21 @@ DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="auto (CUDA w
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", metavar="", help="No progress bar.")]
 JsonOpt = Annotated[bool, typer.Option("--json", metavar="", help="Print one JSON document to stdout (for jq).")]
 CheckpointArg = Annotated[Path, typer.Argument(parser=_path, metavar="CHECKPOINT", help="A force checkpoint (.safetensors).")]
+CompactOpt = Annotated[bool, typer.Option("--compact", metavar="", help="Write the compact variant: kept values plus a bit-packed mask or gap codes.")]
+TrustOpt = Annotated[bool, typer.Option("--trust-model-code", metavar="", help="Allow a checkpoint whose model is an import path (package.module:factory) to import and run that code.")]
+
+
+def honours_trust(command):
+    """Let the command rebuild a checkpoint's import-path model only when given --trust-model-code."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        from force_cli.models.refs import trusted_model_code
+
+        with trusted_model_code(bool(kwargs.get("trust_model_code"))):
+            return command(*args, **kwargs)
+
+    return wrapper
 
 
 @app.command(
@@ -235,7 +251,7 @@ CheckpointArg = Annotated[Path, typer.Argument(parser=_path, metavar="CHECKPOINT
 )
 @user_errors
 def prune(
-    model: Annotated[Optional[str], typer.Option("--model", "-m", help=f"Model (required unless the recipe sets it): {_names(MODELS)}.")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help=f"Model (required unless the recipe sets it): {_names(MODELS)}; or torchvision:NAME; or package.module:factory (a function returning an nn.Module).")] = None,
     dataset: Annotated[Optional[str], typer.Option("--dataset", "-d", help=f"Dataset (default: cifar10): {_names(DATASETS)}.")] = None,
     sparsity: Annotated[Optional[float], typer.Option("--sparsity", "-s", help="Fraction of prunable weights to remove, in [0, 1) (required unless the recipe sets it).")] = None,
     method: Annotated[Optional[str], typer.Option("--method", help=f"Criterion (default: force): {_names(METHODS)}.")] = None,
@@ -255,6 +271,7 @@ def prune(
     recipe: RecipeOpt = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", parser=_path, metavar="<path>", help="Checkpoint to write (default: MODEL-DATASET-METHOD-sSPARSITY-seedSEED.safetensors).")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", metavar="", help="Replace an existing output file.")] = False,
+    compact: CompactOpt = False,
     quiet: QuietOpt = False,
 ):
     """Prune a freshly initialized network and write a sparse checkpoint; print its path."""
@@ -278,7 +295,8 @@ def prune(
         def on_step(info):
             bar.update(task, completed=info.step, status=f"density {info.density:.4%}")
 
-        path, result = prune_to_checkpoint(cfg, output, overwrite=overwrite, on_step=on_step, on_start=on_start)
+        path, result = prune_to_checkpoint(cfg, output, overwrite=overwrite, on_step=on_step, on_start=on_start,
+                                           compact=compact)
     for warning in result.warnings:
         warn(warning)
     if not quiet:
@@ -292,9 +310,11 @@ def prune(
     "  force inspect lenet.safetensors --json | jq .totals.effective_density",
 )
 @user_errors
+@honours_trust
 def inspect(
     checkpoint: CheckpointArg,
     json_output: JsonOpt = False,
+    trust_model_code: TrustOpt = False,
 ):
     """Per-layer density and effective density of a checkpoint, with its metadata."""
     from force_cli.checkpoint import load_checkpoint
@@ -362,6 +382,7 @@ def _milestones(text: str | None) -> list[int] | None:
     "  force train --resume lenet-trained.partial.safetensors",
 )
 @user_errors
+@honours_trust
 def train(
     checkpoint: Annotated[Optional[Path], typer.Argument(parser=_path, metavar="CHECKPOINT", help="Checkpoint to train (made by `force prune`).", show_default=False)] = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", parser=_path, metavar="<path>", help="Trained checkpoint to write (default: CHECKPOINT-trained.safetensors).")] = None,
@@ -388,6 +409,8 @@ def train(
     recipe: RecipeOpt = None,
     log: Annotated[Optional[Path], typer.Option("--log", parser=_path, metavar="<path>", help="Append one JSON line per epoch to this file (.jsonl).")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", metavar="", help="Replace an existing output (and a stale partial checkpoint).")] = False,
+    compact: CompactOpt = False,
+    trust_model_code: TrustOpt = False,
     quiet: QuietOpt = False,
 ):
     """Train a pruned checkpoint with its masks enforced; write a trained checkpoint and print its path."""
@@ -443,6 +466,7 @@ def train(
                 checkpoint, output, settings, resume=resume, seed=pick(seed, "seed"),
                 data_dir=pick(data_dir, "data_dir"), download=pick(download, "download", True), device=device,
                 overwrite=overwrite, log=log, callbacks=TrainCallbacks(on_start=on_start, on_batch=on_batch, on_epoch=on_epoch, on_warning=warn),
+                compact=compact,
             )
         except TrainingInterrupted as exc:
             raise stopped(str(exc), exc.exit_code) from None
@@ -462,6 +486,7 @@ def train(
     "  force eval lenet-trained.safetensors --split val --json | jq .top1",
 )
 @user_errors
+@honours_trust
 def eval_command(
     checkpoint: CheckpointArg,
     split: Annotated[str, typer.Option("--split", help=f"Which split (default: test): {', '.join(SPLITS)} (val: the part held out during training).", show_default=False)] = "test",
@@ -472,6 +497,7 @@ def eval_command(
     data_dir: Annotated[Optional[str], typer.Option("--data-dir", help="Dataset root (default: the checkpoint's, $FORCE_DATA or the user cache).")] = None,
     download: Annotated[bool, typer.Option("--download/--no-download", metavar="", help="Download a missing dataset (default: --download).", show_default=False)] = True,
     json_output: JsonOpt = False,
+    trust_model_code: TrustOpt = False,
     quiet: QuietOpt = False,
 ):
     """Top-1 and top-5 accuracy, loss, samples and density of a checkpoint on a dataset split."""
@@ -570,8 +596,12 @@ def sweep(
             warn(f"{cell.key}: {warning}")
 
         try:
-            records = run_sweep(loaded, out, SweepHooks(on_cell_start=on_cell_start, on_cell_done=on_cell_done,
-                                                        on_warning=on_warning))
+            # the recipe names the model it prunes, so the sweep may rebuild that one from its checkpoints
+            from force_cli.models.refs import trusted_model_code
+
+            with trusted_model_code(only=str(loaded.common.get("model"))):
+                records = run_sweep(loaded, out, SweepHooks(on_cell_start=on_cell_start, on_cell_done=on_cell_done,
+                                                            on_warning=on_warning))
         except TrainingInterrupted as exc:
             raise stopped(f"sweep interrupted ({exc}); run the same command again to continue", exc.exit_code) from None
         except TrainingDiverged as exc:
@@ -591,6 +621,28 @@ def _write_sweep_report(folder: Path, title: str) -> None:
     written = write_report(folder, stdout, title=title)
     stderr.print(one_line("wrote " + ", ".join(str(p) for p in written.values())), highlight=False, soft_wrap=True,
                  markup=False)
+
+
+@app.command(
+    epilog="Formats:\n\n" + "\n\n".join(f"  {name}: {what}" for name, what in EXPORT_FORMATS.items())
+    + "\n\nExamples:\n\n"
+    "  force export lenet.safetensors --to compact -o lenet-compact.safetensors\n\n"
+    "  force export lenet-trained.safetensors --to state-dict -o lenet-weights.safetensors",
+)
+@user_errors
+def export(
+    checkpoint: CheckpointArg,
+    to: Annotated[str, typer.Option("--to", help="Format to write: compact, dense, state-dict or torch-prune (below).")],
+    output: Annotated[Path, typer.Option("--output", "-o", parser=_path, metavar="<path>", help="File to write (required).")],
+    overwrite: Annotated[bool, typer.Option("--overwrite", metavar="", help="Replace an existing output file.")] = False,
+):
+    """Convert a checkpoint: compact <-> dense (lossless), or a plain state_dict / torch.nn.utils.prune layout; print the path."""
+    from force_cli.export import export_checkpoint
+
+    with hold((output, "output")):
+        remove_stale(output)
+        path = export_checkpoint(checkpoint, to, output, overwrite=overwrite)
+    print(path)
 
 
 def main():

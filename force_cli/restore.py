@@ -15,6 +15,7 @@ from force_cli.checkpoint import Checkpoint
 from force_cli.data import dataset_info
 from force_cli.errors import CheckpointError, ForceError
 from force_cli.models import build_model
+from force_cli.models.refs import check_trusted
 from force_cli.pruning.masks import validate_masks
 
 #: Bounds on the builder arguments a checkpoint may ask for (ImageNet is 224 px, 3 channels, 1000 classes).
@@ -40,6 +41,7 @@ def build_from_metadata(metadata: dict, device: torch.device | str | None = None
     name = metadata.get("model")
     if not isinstance(name, str):
         raise CheckpointError("the checkpoint's 'model' metadata is malformed; re-create it with `force prune`")
+    check_trusted(name)  # an import path runs code: only with --trust-model-code
     try:
         if device is None:
             return build_model(name, init=None, **args)

@@ -168,6 +168,7 @@ def train_checkpoint(
     callbacks: TrainCallbacks | None = None,
     stop: StopFlag | None = None,
     catch_signals: bool = True,
+    compact: bool = False,
 ) -> TrainResult:
     """Train the sparse network of ``checkpoint`` (or continue the partial checkpoint ``resume``)
     and write a trained checkpoint (stage ``trained``, the settings and the per-epoch history in
@@ -386,7 +387,7 @@ def _train(ckpt, source, output, partial, base, state, run_seed, origin, data_di
             "history": history,
             "metrics": metrics,
         }
-        _save_final(output, trainer.model.state_dict(), ckpt.masks, meta)
+        _save_final(output, trainer.model.state_dict(), ckpt.masks, meta, compact)
     with contextlib.suppress(OSError):
         partial.unlink(missing_ok=True)
     if log_file is not None and log_file.error is not None:
@@ -397,10 +398,11 @@ def _train(ckpt, source, output, partial, base, state, run_seed, origin, data_di
     return TrainResult(path=output, history=history, metrics=metrics, settings=run, seed=run_seed)
 
 
-def _save_final(output: Path, state_dict, masks, meta) -> None:
-    """Write the trained checkpoint; if that fails, keep the finished result elsewhere and say where."""
+def _save_final(output: Path, state_dict, masks, meta, compact: bool = False) -> None:
+    """Write the trained checkpoint (``compact``: its compact variant); if that fails, keep the
+    finished result elsewhere and say where."""
     try:
-        save_checkpoint(output, state_dict, masks, meta)
+        save_checkpoint(output, state_dict, masks, meta, compact=compact)
     except OutputError as exc:
         try:
             rescue = Path(tempfile.mkdtemp(prefix="force-rescue-")) / output.name

@@ -6,6 +6,10 @@ a builder of torchvision's ImageNet architecture for ``imagenet_style`` datasets
 tiny-imagenet). resnet110, lenet300 and lenet5 have no ImageNet architecture: on those datasets
 they use their generic builder (it works at any size they accept), rather than being refused.
 Incompatible model/input pairs are refused by ``check_compatible`` before anything is allocated.
+
+A model may also be a reference (``models/refs.py``): ``torchvision:NAME`` or
+``package.module:factory``. ``name in MODELS`` is true for a reference too (it names a model this
+registry can build); iterating ``MODELS`` lists the registry names only.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from force_cli.errors import IncompatibleError, UnknownNameError
-from force_cli.models import cifar_resnet, imagenet, lenet, vgg
+from force_cli.models import cifar_resnet, imagenet, lenet, refs, vgg
 from force_cli.models.init import INIT_SCHEMES, initialize
 
 __all__ = [
@@ -63,8 +67,15 @@ def _vgg(name: str, description: str) -> ModelSpec:
     )
 
 
+class ModelRegistry(dict):
+    """Registry names -> ModelSpec; ``in`` also accepts references, which build_model resolves."""
+
+    def __contains__(self, name) -> bool:
+        return dict.__contains__(self, name) or (isinstance(name, str) and refs.is_reference(name))
+
+
 # The model registry.
-MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in (
+MODELS: ModelRegistry = ModelRegistry({spec.name: spec for spec in (
     _resnet("resnet18", "ResNet-18 (CIFAR-style; torchvision's on ImageNet-style data)"),
     _resnet("resnet34", "ResNet-34 (CIFAR-style; torchvision's on ImageNet-style data)"),
     _resnet("resnet50", "ResNet-50, bottleneck (CIFAR-style; torchvision's on ImageNet-style data)"),
@@ -81,7 +92,7 @@ MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in (
     ModelSpec("lenet5", "LeNet-5, two 5x5 convs then 120-84 fully connected",
               lenet.lenet5, None, lenet.lenet5_min_image_size(),
               size_reason="its two 5x5 convs and two 2x2 max-pools need it"),
-)}
+)})
 
 
 def model_names() -> list[str]:
@@ -100,10 +111,13 @@ def check_compatible(
     name: str, *, num_classes: int, in_channels: int, image_size: int, imagenet_style: bool = False
 ) -> None:
     """Refuse an unknown model or a model/input pair that cannot work, without building anything."""
-    spec = _spec(name)
+    spec = None if refs.is_reference(name) else _spec(name)
     for what, value in (("num_classes", num_classes), ("in_channels", in_channels), ("image_size", image_size)):
         if value < 1:
             raise IncompatibleError(f"{what} must be at least 1 to build model '{name}', got {value}")
+    if spec is None:  # a reference: built on the meta device, no memory, no weights
+        refs.check_reference(name, num_classes=num_classes, in_channels=in_channels, image_size=image_size)
+        return
     _, min_size = spec.pick(imagenet_style)
     if image_size < min_size:
         fitting = [s.name for s in MODELS.values() if s.pick(imagenet_style)[1] <= image_size]
@@ -133,8 +147,11 @@ def build_model(
                      image_size=image_size, imagenet_style=imagenet_style)
     if init is not None and init not in INIT_SCHEMES:
         raise UnknownNameError("init", init, INIT_SCHEMES)
-    builder, _ = _spec(name).pick(imagenet_style)
-    model = builder(num_classes, in_channels, image_size)
+    if refs.is_reference(name):
+        model = refs.build_reference(name, num_classes=num_classes, in_channels=in_channels, image_size=image_size)
+    else:
+        builder, _ = _spec(name).pick(imagenet_style)
+        model = builder(num_classes, in_channels, image_size)
     if init is not None:
         initialize(model, init)
     return model

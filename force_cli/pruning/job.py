@@ -63,10 +63,12 @@ def prune_to_checkpoint(
     overwrite: bool = False,
     on_step: Callable[[StepInfo], None] | None = None,
     on_start: Callable[[int], None] | None = None,
+    compact: bool = False,
 ) -> tuple[Path, PruneResult]:
     """Build the model ``cfg`` describes, prune it, write the checkpoint; return its path and the result.
 
     ``on_start(steps)`` is called once the number of pruning steps is known (for progress bars).
+    ``compact`` writes the compact variant of the format (kept values only).
     """
     validate(cfg)
     output = Path(output) if output is not None else default_output(cfg)
@@ -124,7 +126,7 @@ def prune_to_checkpoint(
         "python_version": platform.python_version(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    save_checkpoint(output, model.state_dict(), result.masks, metadata)
+    save_checkpoint(output, model.state_dict(), result.masks, metadata, compact=compact)
     return output, result
 
 
