@@ -232,7 +232,7 @@ def train_checkpoint(
         remove_stale(output)
         remove_stale(partial)
         return _train(ckpt, source, output, partial, base, state, run_seed, origin, data_dir, download, device,
-                      log_path, callbacks, stop, catch_signals)
+                      log_path, callbacks, stop, catch_signals, compact)
 
 
 def check_log(log: str | Path | None, protected: dict[str, Path]) -> Path | None:
@@ -298,7 +298,7 @@ class _Log:
 
 
 def _train(ckpt, source, output, partial, base, state, run_seed, origin, data_dir, download, device,
-           log_path, callbacks, stop, catch_signals) -> TrainResult:
+           log_path, callbacks, stop, catch_signals, compact=False) -> TrainResult:
     """The run itself, with the outputs locked (see ``train_checkpoint``)."""
     metadata = ckpt.metadata
     dev = resolve_device(device)
