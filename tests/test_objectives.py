@@ -105,3 +105,11 @@ def test_the_objective_changes_the_scores_and_is_reported():
     assert not torch.allclose(paper["0.weight"], ce["0.weight"])
     result = prune(model, method="snip", sparsity=0.5, stream=FixedStream([batch]))
     assert result.objective == Objective("true-logit")
+
+
+def test_a_registered_criterion_without_an_objective_uses_cross_entropy():
+    from force_cli.pruning.criteria import Method, connection_sensitivity
+
+    custom = Method("custom-test", connection_sensitivity, "a user's criterion")
+    assert resolve_objective(custom) == Objective("cross-entropy", 1.0)
+    assert resolve_objective(custom, None, 4.0) == Objective("cross-entropy", 4.0)

@@ -77,16 +77,18 @@ def resolve_objective(spec: Method, loss: str | None = None, temperature: float 
     """The saliency objective of a run: the method's own unless ``loss`` or ``temperature`` is given.
 
     A temperature alone selects cross-entropy (the only objective it applies to); cross-entropy
-    without a temperature takes the method's default one (200 for GraSP, else 1). Data-free
-    methods have no objective: None, whatever is asked.
+    without a temperature takes the method's default one (200 for GraSP, else 1). A criterion
+    registered without an objective uses cross-entropy. Data-free methods have no objective:
+    None, whatever is asked.
     """
     if not spec.needs_data:
         return None
+    own = spec.objective or Objective("cross-entropy")  # a registered criterion that names none
     if loss is None and temperature is None:
-        return spec.objective
+        return own
     loss = loss or "cross-entropy"
-    if temperature is None and loss == "cross-entropy" and spec.objective.name == "cross-entropy":
-        temperature = spec.objective.temperature
+    if temperature is None and loss == "cross-entropy" and own.name == "cross-entropy":
+        temperature = own.temperature
     return make_objective(loss, temperature)
 
 
@@ -118,7 +120,7 @@ def compute_scores(model: nn.Module, method: str, masks: Masks | None = None, **
     For analysis and tests; ``context`` takes the keyword arguments of ``scoring_context``.
     """
     spec = get_method(method)
-    context.setdefault("objective", spec.objective)
+    context.setdefault("objective", resolve_objective(spec))
     ctx = scoring_context(model, **context)
     masks = masks if masks is not None else dense_masks(model)
     return spec.score(ctx, {n: m.to(ctx.initial[n].device) for n, m in masks.items()})
