@@ -99,6 +99,22 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document t
 CheckpointArg = Annotated[Path, typer.Argument(help="A force checkpoint (.safetensors).")]
 
 
+def _threads(value: Optional[int]) -> Optional[int]:
+    """Set torch's thread count while the options are parsed, before the command runs."""
+    from force_cli.threads import apply_threads
+
+    try:
+        apply_threads(value)
+    except ForceError as exc:
+        raise fail(str(exc)) from None
+    return value
+
+
+ThreadsOpt = Annotated[Optional[int], typer.Option(
+    "--threads", callback=_threads, show_default=False,
+    help="CPU threads for torch (default: $FORCE_THREADS, else $OMP_NUM_THREADS, else the cores this process may use: affinity and cgroup quota).")]
+
+
 @app.command(
     epilog="Examples:\n\n"
     "  force prune --model resnet50 --sparsity 0.995\n\n"
@@ -124,6 +140,7 @@ def prune(
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Checkpoint to write (default: MODEL-DATASET-METHOD-sSPARSITY-seedSEED.safetensors).")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output file.")] = False,
     quiet: QuietOpt = False,
+    threads: ThreadsOpt = None,
 ):
     """Prune a freshly initialized network and write a sparse checkpoint; print its path."""
     from force_cli.pruning.job import prune_to_checkpoint
@@ -158,6 +175,7 @@ def prune(
 def inspect(
     checkpoint: CheckpointArg,
     json_output: JsonOpt = False,
+    threads: ThreadsOpt = None,
 ):
     """Per-layer density and effective density of a checkpoint, with its metadata."""
     from force_cli.checkpoint import load_checkpoint
@@ -236,6 +254,7 @@ def train(
     log: Annotated[Optional[Path], typer.Option("--log", help="Append one JSON line per epoch to this file (.jsonl).")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output (and a stale partial checkpoint).")] = False,
     quiet: QuietOpt = False,
+    threads: ThreadsOpt = None,
 ):
     """Train a pruned checkpoint with its masks enforced; write a trained checkpoint and print its path."""
     from force_cli.config import TrainSettings
@@ -320,6 +339,7 @@ def eval_command(
     download: Annotated[bool, typer.Option("--download/--no-download", help="Download a missing dataset.")] = True,
     json_output: JsonOpt = False,
     quiet: QuietOpt = False,
+    threads: ThreadsOpt = None,
 ):
     """Top-1 and top-5 accuracy, loss, samples and density of a checkpoint on a dataset split."""
     from rich.table import Table
@@ -365,6 +385,7 @@ def sweep(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List the cells and whether each is done; run nothing.")] = False,
     report: Annotated[Optional[Path], typer.Option("--report", help="Only (re)write the table and plot of this sweep folder.")] = None,
     quiet: QuietOpt = False,
+    threads: ThreadsOpt = None,
 ):
     """Run prune -> train -> eval for every method x sparsity x seed of a recipe; resumable.
 
