@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gzip
 import struct
+import subprocess
 import sys
 import tarfile
 from pathlib import Path
@@ -486,6 +487,24 @@ def test_digits_sizes_and_fixed_test_split():
     assert set(ta[1].tolist()) == set(range(10))
     pixels = denormalise(ta[0], a.info)
     assert pixels.min() >= -1e-6 and pixels.max() <= 1 + 1e-6 and pixels.max() > 0.99
+
+
+def test_digits_are_scikit_learns_data_and_split_read_without_importing_it():
+    sklearn_datasets = pytest.importorskip("sklearn.datasets")
+    from sklearn.model_selection import train_test_split
+
+    x, y = sklearn_datasets.load_digits(return_X_y=True)
+    ours_x, ours_y = data._read_digits()
+    assert np.array_equal(x, ours_x) and np.array_equal(y, ours_y)
+    expected = train_test_split(np.arange(len(y)), test_size=0.2, stratify=y, random_state=0)
+    got = data._stratified_split(y, test_fraction=0.2, seed=0)
+    assert all(np.array_equal(a, b) for a, b in zip(got, expected))
+    for seed, fraction in ((1, 0.2), (5, 0.37)):  # other draws of the tie-breaking RNG agree too
+        expected = train_test_split(np.arange(len(y)), test_size=fraction, stratify=y, random_state=seed)
+        assert all(np.array_equal(a, b) for a, b in zip(data._stratified_split(y, fraction, seed), expected))
+    code = "import sys; from force_cli.data import load_datasets; load_datasets('digits'); print('sklearn' in sys.modules)"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.stdout.strip() == "False", proc.stderr
 
 
 def test_val_split_deterministic_and_disjoint():
