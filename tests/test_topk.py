@@ -44,9 +44,11 @@ def random_parts(g, total_max):
     return parts
 
 
-def test_small_sample_settings_exercise_both_the_sampled_and_the_full_path(monkeypatch):
+@pytest.mark.parametrize("flatten_below", [0, topk.FLATTEN_BELOW])  # per-part and flattened
+def test_small_sample_settings_exercise_both_the_sampled_and_the_full_path(monkeypatch, flatten_below):
     """With a tiny sample the bracket both hits and misses, so both paths meet the reference."""
     monkeypatch.setattr(topk, "MIN_SAMPLED", 64)
+    monkeypatch.setattr(topk, "FLATTEN_BELOW", flatten_below)
     full_calls = []
     full = topk._top_k_full
     monkeypatch.setattr(topk, "_top_k_full", lambda parts, k: full_calls.append(k) or full(parts, k))
@@ -60,6 +62,7 @@ def test_small_sample_settings_exercise_both_the_sampled_and_the_full_path(monke
                 continue
             before = [p.clone() for p in parts]
             got = topk.top_k_masks(parts, k)
+            assert len({m.data_ptr() for m in got} | {p.data_ptr() for p in parts}) == 2 * len(parts)
             for a, b in zip(parts, before):  # inputs untouched (NaN-aware)
                 assert torch.equal(a.nan_to_num(7.0), b.nan_to_num(7.0))
             for m, r in zip(got, reference_keep(parts, k)):
@@ -69,8 +72,10 @@ def test_small_sample_settings_exercise_both_the_sampled_and_the_full_path(monke
     assert len(full_calls) > 0 and cases - len(full_calls) > cases / 4  # both paths were taken
 
 
-@pytest.mark.parametrize("seed", range(4))
-def test_large_inputs_with_default_settings_match_the_reference(seed):
+@pytest.mark.parametrize("flatten_below", [0, topk.FLATTEN_BELOW])
+@pytest.mark.parametrize("seed", range(3))
+def test_large_inputs_with_default_settings_match_the_reference(seed, flatten_below, monkeypatch):
+    monkeypatch.setattr(topk, "FLATTEN_BELOW", flatten_below)
     g = torch.Generator().manual_seed(seed)
     parts = random_parts(g, 400_000)
     parts.append(torch.rand(70_000, generator=g).abs())  # at least one continuous layer

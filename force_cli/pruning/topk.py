@@ -19,10 +19,20 @@ import torch
 #: or of mixed or non-float dtypes, take the full selection directly).
 SAMPLE = 1 << 16
 MIN_SAMPLED = 1 << 15
+#: Below this many scores, one flat copy costs less than a dozen small operations per part.
+FLATTEN_BELOW = 1 << 20
 
 
 def top_k_masks(parts: list[torch.Tensor], k: int) -> list[torch.Tensor]:
     """Boolean masks (new tensors, shaped like ``parts``, which must be 1-d) of the k best positions."""
+    sizes = [p.numel() for p in parts]
+    if len(parts) > 1 and sum(sizes) < FLATTEN_BELOW and len({p.dtype for p in parts}) == 1:
+        (kept,) = _select([torch.cat(parts)], k)
+        return [m.clone() for m in kept.split(sizes)]  # separate tensors, as callers may save them
+    return _select(parts, k)
+
+
+def _select(parts: list[torch.Tensor], k: int) -> list[torch.Tensor]:
     bracket = _bracket(parts, k)
     if bracket is not None:
         lo, hi = bracket
@@ -36,7 +46,7 @@ def top_k_masks(parts: list[torch.Tensor], k: int) -> list[torch.Tensor]:
     return _top_k_full(parts, k)
 
 
-def _bracket(parts: list[torch.Tensor], k: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+def _bracket(parts: list[torch.Tensor], k: int) -> tuple[float, float] | None:
     """[lo, hi], finite at the bottom, that very probably holds the k-th largest score; None to skip."""
     total = sum(p.numel() for p in parts)
     dtypes = {p.dtype for p in parts}
@@ -51,16 +61,17 @@ def _bracket(parts: list[torch.Tensor], k: int) -> tuple[torch.Tensor, torch.Ten
         return None
     q = k / total * drawn  # expected rank of the k-th largest inside the sample
     margin = 4.0 * (q * (1 - k / total)) ** 0.5 + 16
-    hi = torch.kthvalue(sample, n - min(n - 1, max(0, int(q - margin)))).values
-    lo = torch.kthvalue(sample, n - min(n - 1, int(q + margin))).values
+    # Python floats compare exactly: they are values of ``parts``, whose dtype the comparisons use
+    hi = torch.kthvalue(sample, n - min(n - 1, max(0, int(q - margin)))).values.item()
+    lo = torch.kthvalue(sample, n - min(n - 1, int(q + margin))).values.item()
     if hi == float("-inf"):
         return None  # -inf scores would be kept: let the full selection order them
     if lo == float("-inf"):  # keep the band off the (often many) -inf scores of pruned weights
-        lo = sample[sample > float("-inf")].min()
+        lo = sample[sample > float("-inf")].min().item()
     return lo, hi
 
 
-def _band_positions(p: torch.Tensor, lo: torch.Tensor, above: torch.Tensor) -> torch.Tensor:
+def _band_positions(p: torch.Tensor, lo: float, above: torch.Tensor) -> torch.Tensor:
     """Sorted positions of ``lo <= p <= hi`` given ``above = p > hi`` (a subset of ``p >= lo``)."""
     inside = p >= lo
     inside ^= above
