@@ -60,9 +60,10 @@ def measure(name, args, device):
     g = torch.Generator().manual_seed(0)
     batch = (torch.randn(args.batch_size, *shape, generator=g).to(device),
              torch.randint(0, 10, (args.batch_size,), generator=g).to(device))
-    one = bare_passes(model, batch, 1)  # warm-up (allocator, kernels)
+    bare_passes(model, batch, 1)  # warm-up (allocator, kernels)
     force_pruning(model, batch, 1, 0.5, args.method)
-    repeats = args.repeats if one > 0.02 else 10 * args.repeats  # tiny models: more repeats, same cost
+    weights = sum(w.numel() for w in prunable_weights(model).values())
+    repeats = args.repeats if weights > 5_000_000 else 10 * args.repeats  # small models: cheap, noisy
     bare, pruning = [], []
     for _ in range(repeats):
         bare.append(bare_passes(model, batch, args.steps))
@@ -71,7 +72,7 @@ def measure(name, args, device):
         "benchmark": "prune_speed",
         "model": name,
         "input_shape": list(shape),
-        "prunable_weights": sum(w.numel() for w in prunable_weights(model).values()),
+        "prunable_weights": weights,
         "method": args.method,
         "device": str(device),
         "threads": torch.get_num_threads(),
