@@ -2,7 +2,8 @@
 
 One JSON line per model, all measured in one run. ``ratio`` = median time of a FORCE prune of T
 steps / median time of T bare forward+backward passes on the same batch; repeats alternate the
-two measurements so that machine noise hits both alike. Targets (issue 10): <= 1.05 for the CIFAR
+two measurements so that machine noise hits both alike (``pair_ratios`` shows each pair: on a
+loaded machine their spread is the honest error bar). Targets (issue 10): <= 1.05 for the CIFAR
 VGG-19 (batch 64, T = 10, sparsity 0.995) and <= 2 for LeNet-300-100 (MNIST-shaped input), whose
 passes are so cheap that the pruning bookkeeping shows; ResNet-50 (CIFAR-style) is reported beside
 them. Synthetic input; the thread count is torch's default unless ``--threads`` is given.
@@ -82,6 +83,7 @@ def measure(name, args, device):
         "bare_seconds": [round(t, 4) for t in bare],
         "prune_seconds": [round(t, 4) for t in pruning],
         "ratio": round(statistics.median(pruning) / statistics.median(bare), 4),
+        "pair_ratios": [round(p / b, 4) for p, b in zip(pruning, bare)],  # each pair ran back to back
         "target_ratio": TARGETS.get(name),
         "load_average": [round(x, 2) for x in os.getloadavg()],
     }
