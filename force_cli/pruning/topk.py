@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import torch
 
-#: Number of scores sampled to bracket the threshold (inputs of fewer than 16 samples' worth,
-#: or of mixed or non-float dtypes, take the full selection directly).
+#: Scores sampled to bracket the threshold (at most one in 16). Inputs of fewer than MIN_SAMPLED
+#: scores, or of mixed or non-float dtypes, take the full selection directly.
 SAMPLE = 1 << 16
 MIN_SAMPLED = 1 << 15
 #: Below this many scores, one flat copy costs less than a dozen small operations per part.
@@ -33,6 +33,7 @@ def top_k_masks(parts: list[torch.Tensor], k: int) -> list[torch.Tensor]:
 
 
 def _select(parts: list[torch.Tensor], k: int) -> list[torch.Tensor]:
+    """The sampled selection when its bracket holds the k-th score, else the full one."""
     bracket = _bracket(parts, k)
     if bracket is not None:
         lo, hi = bracket
