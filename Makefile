@@ -40,6 +40,7 @@ test: install
 bench: install
 	$(BIN)/python benchmarks/prune_speed.py
 	$(BIN)/python benchmarks/train_speed.py
+	$(BIN)/python benchmarks/data_speed.py
 
 clean:
 	rm -rf $(OUT) .pytest_cache

@@ -243,6 +243,22 @@ def honours_trust(command):
     return wrapper
 
 
+def _threads(value: Optional[int]) -> Optional[int]:
+    """Set torch's thread count while the options are parsed, before the command runs."""
+    from force_cli.threads import apply_threads
+
+    try:
+        apply_threads(value)
+    except ForceError as exc:
+        raise fail(str(exc)) from None
+    return value
+
+
+ThreadsOpt = Annotated[Optional[int], typer.Option(
+    "--threads", callback=_threads, show_default=False,
+    help="CPU threads for torch (default: $FORCE_THREADS, else $OMP_NUM_THREADS, else the cores this process may use: affinity and cgroup quota).")]
+
+
 @app.command(
     epilog="Examples:\n\n"
     "  force prune --model resnet50 --sparsity 0.995\n\n"
@@ -273,6 +289,7 @@ def prune(
     overwrite: Annotated[bool, typer.Option("--overwrite", metavar="", help="Replace an existing output file.")] = False,
     compact: CompactOpt = False,
     quiet: QuietOpt = False,
+    threads: ThreadsOpt = None,
 ):
     """Prune a freshly initialized network and write a sparse checkpoint; print its path."""
     from force_cli.pruning.job import prune_to_checkpoint
@@ -315,6 +332,7 @@ def inspect(
     checkpoint: CheckpointArg,
     json_output: JsonOpt = False,
     trust_model_code: TrustOpt = False,
+    threads: ThreadsOpt = None,
 ):
     """Per-layer density and effective density of a checkpoint, with its metadata."""
     from force_cli.checkpoint import load_checkpoint
@@ -412,6 +430,7 @@ def train(
     compact: CompactOpt = False,
     trust_model_code: TrustOpt = False,
     quiet: QuietOpt = False,
+    threads: ThreadsOpt = None,
 ):
     """Train a pruned checkpoint with its masks enforced; write a trained checkpoint and print its path."""
     from force_cli.config import TrainSettings
@@ -499,6 +518,7 @@ def eval_command(
     json_output: JsonOpt = False,
     trust_model_code: TrustOpt = False,
     quiet: QuietOpt = False,
+    threads: ThreadsOpt = None,
 ):
     """Top-1 and top-5 accuracy, loss, samples and density of a checkpoint on a dataset split."""
     from rich.table import Table
@@ -545,6 +565,7 @@ def sweep(
     dry_run: Annotated[bool, typer.Option("--dry-run", metavar="", help="List the cells and whether each is done; run nothing.")] = False,
     report: Annotated[Optional[Path], typer.Option("--report", parser=_path, metavar="<path>", help="Only (re)write the table and plot of this sweep folder.")] = None,
     quiet: QuietOpt = False,
+    threads: ThreadsOpt = None,
 ):
     """Run prune -> train -> eval for every method x sparsity x seed of a recipe; resumable.
 

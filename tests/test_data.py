@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gzip
 import struct
+import subprocess
 import sys
 import tarfile
 from pathlib import Path
@@ -489,6 +490,24 @@ def test_digits_sizes_and_fixed_test_split():
     assert pixels.min() >= -1e-6 and pixels.max() <= 1 + 1e-6 and pixels.max() > 0.99
 
 
+def test_digits_are_scikit_learns_data_and_split_read_without_importing_it():
+    sklearn_datasets = pytest.importorskip("sklearn.datasets")
+    from sklearn.model_selection import train_test_split
+
+    x, y = sklearn_datasets.load_digits(return_X_y=True)
+    ours_x, ours_y = data._read_digits()
+    assert np.array_equal(x, ours_x) and np.array_equal(y, ours_y)
+    expected = train_test_split(np.arange(len(y)), test_size=0.2, stratify=y, random_state=0)
+    got = data._stratified_split(y, test_fraction=0.2, seed=0)
+    assert all(np.array_equal(a, b) for a, b in zip(got, expected))
+    for seed, fraction in ((1, 0.2), (5, 0.37)):  # other draws of the tie-breaking RNG agree too
+        expected = train_test_split(np.arange(len(y)), test_size=fraction, stratify=y, random_state=seed)
+        assert all(np.array_equal(a, b) for a, b in zip(data._stratified_split(y, fraction, seed), expected))
+    code = "import sys; from force_cli.data import load_datasets; load_datasets('digits'); print('sklearn' in sys.modules)"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.stdout.strip() == "False", proc.stderr
+
+
 def test_val_split_deterministic_and_disjoint():
     full = len(load_datasets("digits").train)
     a = load_datasets("digits", val_fraction=0.2, seed=3)
@@ -634,3 +653,56 @@ def test_batch_stream_with_workers_is_seeded():
     b = BatchStream(ds, 16, seed=2, workers=2).take(3)
     assert batches_equal(a, b)
     assert batches_equal(a, BatchStream(ds, 16, seed=2).take(3))  # same batches as in-process
+
+
+# ---------------------------------------------------------------------------------------------
+# the batched transform path of in-memory datasets
+# ---------------------------------------------------------------------------------------------
+
+
+class PerSample(torch.utils.data.Dataset):
+    """The same dataset without ``__getitems__``: DataLoader then transforms one image at a time."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        return self.dataset[index]
+
+
+@pytest.mark.parametrize("augment,val_fraction", [(True, 0.0), (True, 0.25), (False, 0.0)])
+def test_batched_transforms_give_the_per_sample_batches_bit_for_bit(tmp_path, augment, val_fraction):
+    write_fake_cifar10(tmp_path)
+    splits = load_datasets("cifar10", tmp_path, download=False, augment=augment, val_fraction=val_fraction)
+    for dataset in (splits.train, splits.test):
+        runs = []
+        for wrapped in (dataset, PerSample(dataset)):
+            torch.manual_seed(123)
+            batches = list(DataLoader(wrapped, batch_size=16, shuffle=True, generator=torch.Generator().manual_seed(5)))
+            runs.append((batches, torch.rand(1)))  # the global RNG must advance alike
+        (batched, after_a), (per_sample, after_b) = runs
+        assert len(batched) == len(per_sample) > 1
+        for (xa, ya), (xb, yb) in zip(batched, per_sample):
+            assert torch.equal(xa, xb) and torch.equal(ya, yb) and xa.dtype == torch.float32
+        assert torch.equal(after_a, after_b)
+
+
+def test_batched_crops_and_flips_have_the_per_sample_distribution():
+    """Per-pixel means over many draws agree between the two paths drawn from different seeds,
+    and both differ from the un-augmented image, so the check can fail."""
+    info = DatasetInfo(name="t", num_classes=2, in_channels=1, image_size=8, mean=(0.0,), std=(1.0,),
+                       imagenet_style=False, downloadable=False)
+    train_tf, plain_tf = data._tensor_transforms(info, crop=True, flip=True, augment=True)
+    image = torch.zeros(1, 1, 8, 8, dtype=torch.uint8)
+    image[0, 0, 1, :3] = 255  # an asymmetric mark near a corner
+    draws = 4000
+    torch.manual_seed(0)
+    batched = train_tf.batch(image.expand(draws, -1, -1, -1).contiguous()).mean(0)
+    torch.manual_seed(1)
+    per_sample = torch.stack([train_tf(image[0]) for _ in range(draws)]).mean(0)
+    assert (batched - per_sample).abs().max() < 0.05
+    assert (batched - plain_tf(image[0])).abs().max() > 0.5
+    assert torch.allclose(batched, batched.flip(-1), atol=0.05)  # flips make it left-right symmetric

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from force_cli.errors import CheckpointError, ConfigError
+from force_cli.pruning.topk import top_k_masks_and_threshold
 
 Masks = dict[str, torch.Tensor]
 Scores = dict[str, torch.Tensor]
@@ -64,8 +65,9 @@ def keep_top_k(scores: Mapping[str, torch.Tensor], k: int, *, return_threshold: 
 
     Ties at the threshold are broken deterministically: the tied weights that come first
     (in layer order, then in row-major order inside a layer) are kept. NaN scores rank lowest.
-    The inputs are not modified. With ``return_threshold``, returns ``(masks, threshold)``:
-    the k-th largest score as a float (None when k is 0 or every weight).
+    The inputs are not modified. The selection itself is ``topk.top_k_masks``. With
+    ``return_threshold``, returns ``(masks, threshold)``: the k-th largest score as a float (NaN
+    counted as -inf; None when k is 0 or every weight).
     """
     names = list(scores)
     total = sum(scores[n].numel() for n in names)
@@ -74,55 +76,9 @@ def keep_top_k(scores: Mapping[str, torch.Tensor], k: int, *, return_threshold: 
     if k == total or k == 0:
         masks = {n: torch.full_like(scores[n], k == total, dtype=torch.bool) for n in names}
         return (masks, None) if return_threshold else masks
-    threshold = kth_largest([scores[n].detach().reshape(-1) for n in names], k)
-    masks = {n: scores[n].detach() > threshold for n in names}
-    missing = k - sum(int(torch.count_nonzero(m)) for m in masks.values())
-    for n in names:  # keep the first `missing` weights tied at the threshold, in layer then index order
-        if missing <= 0:
-            break
-        tied = torch.nonzero(scores[n].detach().reshape(-1) == threshold).flatten()[:missing]
-        masks[n].view(-1)[tied] = True
-        missing -= tied.numel()
-    for n in names:  # only when k exceeds the number of non-NaN scores: NaNs come last
-        if missing <= 0:
-            break
-        tied = torch.nonzero(torch.isnan(scores[n].detach().reshape(-1))).flatten()[:missing]
-        masks[n].view(-1)[tied] = True
-        missing -= tied.numel()
-    return (masks, float(threshold)) if return_threshold else masks
-
-
-_SAMPLE = 1 << 16
-
-
-def kth_largest(parts: list[torch.Tensor], k: int) -> torch.Tensor:
-    """The k-th largest value of the concatenation of ``parts`` (NaN counts as smallest), exactly.
-
-    A full selection over tens of millions of scores costs more than a forward-backward pass, so
-    for large inputs a strided sample brackets the answer in [lo, hi]; one counting pass and one
-    filtering pass then reduce the exact selection to the few values inside the bracket. If the
-    bracket misses (it cannot be wrong, only miss), fall back to a full selection.
-    """
-    total = sum(p.numel() for p in parts)
-    if total > 4 * _SAMPLE:
-        stride = total // _SAMPLE
-        sample = torch.cat([p[::stride] for p in parts])
-        sample = sample[~torch.isnan(sample)].sort(descending=True).values
-        if sample.numel() > 0:
-            q = k / total * sample.numel()
-            margin = 4.0 * (q * (1 - k / total)) ** 0.5 + 16
-            hi = sample[max(0, int(q - margin))]
-            lo = sample[min(sample.numel() - 1, int(q + margin))]
-            above = sum(int(torch.count_nonzero(p > hi)) for p in parts)
-            if above < k:
-                window = torch.cat([p[(p >= lo) & (p <= hi)] for p in parts])
-                need = k - above  # the answer is the need-th largest value inside [lo, hi]
-                if need <= window.numel():
-                    return torch.kthvalue(window, window.numel() - need + 1).values
-    flat = torch.cat(parts)
-    if flat.is_floating_point():
-        flat = torch.nan_to_num(flat, nan=float("-inf"), posinf=float("inf"), neginf=float("-inf"))
-    return torch.kthvalue(flat, total - k + 1).values
+    kept, threshold = top_k_masks_and_threshold([scores[n].detach().reshape(-1) for n in names], k)
+    masks = {n: m.view(scores[n].shape) for n, m in zip(names, kept)}
+    return (masks, threshold) if return_threshold else masks
 
 
 def validate_masks(masks: Mapping[str, torch.Tensor], model: nn.Module) -> None:

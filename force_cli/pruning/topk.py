@@ -1,0 +1,144 @@
+"""Exact global top-k over many score tensors, at about the cost of two comparisons per score.
+
+The order is total and deterministic: a higher score ranks first, NaN ranks last, and equal scores
+rank by position (earlier part first, then lower index). Exactly ``k`` positions are selected.
+
+A full selection over tens of millions of scores costs more than a forward-backward pass, and a
+flat copy of them costs a page fault per 4 KiB. So, for large inputs, a strided sample brackets the
+k-th largest score in [lo, hi]; one pass per part marks the scores above ``hi`` (they are kept, and
+that mask becomes the result in place) and another finds the few positions inside the band; the
+exact choice is then made among the band's values alone. The bracket can miss, never mislead: a
+miss is detected by counting and falls back to a full selection.
+"""
+
+from __future__ import annotations
+
+import torch
+
+#: Scores sampled to bracket the threshold (at most one in 16). Inputs of fewer than MIN_SAMPLED
+#: scores, or of mixed or non-float dtypes, take the full selection directly.
+SAMPLE = 1 << 16
+MIN_SAMPLED = 1 << 15
+#: Below this many scores, one flat copy costs less than a dozen small operations per part.
+FLATTEN_BELOW = 1 << 20
+
+
+def top_k_masks(parts: list[torch.Tensor], k: int) -> list[torch.Tensor]:
+    """Boolean masks (new tensors, shaped like ``parts``, which must be 1-d) of the k best positions."""
+    return top_k_masks_and_threshold(parts, k)[0]
+
+
+def top_k_masks_and_threshold(parts: list[torch.Tensor], k: int) -> tuple[list[torch.Tensor], float]:
+    """``top_k_masks`` and the k-th largest score as a float (NaN counted as -inf), 1 <= k."""
+    sizes = [p.numel() for p in parts]
+    if len(parts) > 1 and sum(sizes) < FLATTEN_BELOW and len({p.dtype for p in parts}) == 1:
+        (kept,), threshold = _select([torch.cat(parts)], k)
+        return [m.clone() for m in kept.split(sizes)], threshold  # separate tensors: callers may save them
+    return _select(parts, k)
+
+
+def _select(parts: list[torch.Tensor], k: int) -> tuple[list[torch.Tensor], float]:
+    """The sampled selection when its bracket holds the k-th score, else the full one."""
+    bracket = _bracket(parts, k)
+    if bracket is not None:
+        lo, hi = bracket
+        kept = [p > hi for p in parts]
+        need = k - sum(int(torch.count_nonzero(m)) for m in kept)
+        if need >= 0:
+            band = [_band_positions(p, lo, m) for p, m in zip(parts, kept)]
+            if sum(b.numel() for b in band) >= need:
+                threshold = _keep_best_of_band(parts, kept, band, need)
+                if threshold is None:  # exactly k scores above the band: the k-th is their minimum
+                    threshold = min(float(p[m].min()) for p, m in zip(parts, kept) if m.any())
+                return kept, threshold
+    return _top_k_full(parts, k)
+
+
+def _bracket(parts: list[torch.Tensor], k: int) -> tuple[float, float] | None:
+    """[lo, hi], finite at the bottom, that very probably holds the k-th largest score; None to skip."""
+    total = sum(p.numel() for p in parts)
+    dtypes = {p.dtype for p in parts}
+    if total < MIN_SAMPLED or len(dtypes) != 1 or not parts[0].is_floating_point():
+        return None
+    stride = max(1, total // min(SAMPLE, total // 16))
+    sample = torch.cat([p[::stride] for p in parts])
+    drawn = sample.numel()
+    sample = sample[~torch.isnan(sample)]
+    n = sample.numel()
+    if n == 0:
+        return None
+    q = k / total * drawn  # expected rank of the k-th largest inside the sample
+    margin = 4.0 * (q * (1 - k / total)) ** 0.5 + 16
+    # Python floats compare exactly: they are values of ``parts``, whose dtype the comparisons use
+    hi = torch.kthvalue(sample, n - min(n - 1, max(0, int(q - margin)))).values.item()
+    lo = torch.kthvalue(sample, n - min(n - 1, int(q + margin))).values.item()
+    if hi == float("-inf"):
+        return None  # -inf scores would be kept: let the full selection order them
+    if lo == float("-inf"):  # keep the band off the (often many) -inf scores of pruned weights
+        lo = sample[sample > float("-inf")].min().item()
+    return lo, hi
+
+
+def _band_positions(p: torch.Tensor, lo: float, above: torch.Tensor) -> torch.Tensor:
+    """Sorted positions of ``lo <= p <= hi`` given ``above = p > hi`` (a subset of ``p >= lo``)."""
+    inside = p >= lo
+    inside ^= above
+    return sparse_positions(inside)
+
+
+def sparse_positions(mask: torch.Tensor) -> torch.Tensor:
+    """``torch.nonzero(mask).flatten()`` for a sparse 1-d bool mask, several times faster.
+
+    It scans 8 booleans at a time as one int64 word, then decodes only the non-zero words.
+    """
+    whole = mask.numel() // 8 * 8
+    if whole == 0 or mask.storage_offset() % 8:
+        return torch.nonzero(mask).flatten()
+    words = mask[:whole].view(torch.int64)
+    hits = torch.nonzero(words).flatten()
+    rows, cols = torch.nonzero(words.index_select(0, hits).view(torch.bool).view(-1, 8), as_tuple=True)
+    positions = hits.index_select(0, rows).mul_(8).add_(cols)
+    if whole < mask.numel():
+        positions = torch.cat([positions, torch.nonzero(mask[whole:]).flatten().add_(whole)])
+    return positions
+
+
+def _keep_best_of_band(parts, kept, band, need: int) -> float | None:
+    """Add to ``kept`` the ``need`` best band positions: by score, then earliest position.
+
+    Returns the lowest score added (None when ``need`` is 0)."""
+    if need == 0:
+        return None
+    values = torch.cat([p.index_select(0, b) for p, b in zip(parts, band)])
+    threshold = torch.kthvalue(values, values.numel() - need + 1).values
+    chosen = values > threshold
+    ties = torch.nonzero(values == threshold).flatten()[: need - int(torch.count_nonzero(chosen))]
+    chosen[ties] = True
+    for m, b, c in zip(kept, band, chosen.split([b.numel() for b in band])):
+        m.index_fill_(0, b[c], True)
+    return float(threshold)
+
+
+def _top_k_full(parts: list[torch.Tensor], k: int) -> tuple[list[torch.Tensor], float]:
+    """The same selection by one full k-th value over a flat copy (small inputs, or a missed bracket)."""
+    total = sum(p.numel() for p in parts)
+    flat = torch.cat(parts)
+    if flat.is_floating_point():
+        flat = torch.nan_to_num_(flat, nan=float("-inf"), posinf=float("inf"), neginf=float("-inf"))
+    threshold = torch.kthvalue(flat, total - k + 1).values
+    del flat
+    kept = [p > threshold for p in parts]
+    missing = k - sum(int(torch.count_nonzero(m)) for m in kept)
+    for p, m in zip(parts, kept):  # the first `missing` scores tied at the threshold, in order
+        if missing <= 0:
+            break
+        tied = torch.nonzero(p == threshold).flatten()[:missing]
+        m[tied] = True
+        missing -= tied.numel()
+    for p, m in zip(parts, kept):  # only when k exceeds the number of non-NaN scores: NaNs come last
+        if missing <= 0:
+            break
+        tied = torch.nonzero(torch.isnan(p)).flatten()[:missing]
+        m[tied] = True
+        missing -= tied.numel()
+    return kept, float(threshold)
