@@ -199,3 +199,20 @@ def test_pruning_leaves_the_callers_weights_and_batchnorm_buffers_untouched():
         assert torch.equal(before[k], after[k]), k
     assert after["1.num_batches_tracked"] == 0
     assert next(model.parameters()).dtype == torch.float32
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_masked_initial_weights_are_bitwise_theta0_times_mask(dtype):
+    from force_cli.pruning.criteria import load_masked_initial
+    from force_cli.pruning.loop import scoring_context
+
+    model = tiny_mlp(in_features=40, hidden=30, seed=9, dtype=dtype)
+    ctx = scoring_context(model)
+    g = torch.Generator().manual_seed(9)
+    masks = {n: torch.rand(w.shape, generator=g) > 0.5 for n, w in ctx.weights.items()}
+    ctx.initial["0.weight"][0, :3] = torch.tensor([-0.0, float("nan"), -1.5], dtype=dtype)
+    load_masked_initial(ctx, masks)
+    for n, w in ctx.weights.items():
+        expected = ctx.initial[n] * masks[n]
+        bits = torch.int32 if dtype == torch.float32 else torch.int64
+        assert torch.equal(w.detach().view(bits), expected.view(bits))

@@ -82,7 +82,8 @@ def get_method(name: str) -> Method:
 def load_masked_initial(ctx: ScoringContext, masks: Masks) -> None:
     """Set the working model's prunable weights to θ0 ⊙ c (in place: no copies of the network)."""
     for name, w in ctx.weights.items():
-        torch.mul(ctx.initial[name], masks[name], out=w.data)
+        # via uint8: bool -> float conversion is ~25x slower on CPU; the product is bit-identical
+        w.data.copy_(masks[name].view(torch.uint8)).mul_(ctx.initial[name])
 
 
 def _loss(ctx: ScoringContext, batch: Batch) -> torch.Tensor:
