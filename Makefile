@@ -21,7 +21,7 @@ demo: install
 	$(BIN)/force prune --model lenet300 --dataset digits --sparsity 0.99 --method force --steps 60 \
 		-o $(OUT)/lenet300-digits.safetensors --overwrite
 	$(BIN)/force train $(OUT)/lenet300-digits.safetensors -o $(OUT)/lenet300-digits-trained.safetensors \
-		--log $(OUT)/train.jsonl --overwrite
+		--log-file $(OUT)/train.jsonl --overwrite
 	$(BIN)/force eval $(OUT)/lenet300-digits-trained.safetensors
 	$(BIN)/force inspect $(OUT)/lenet300-digits-trained.safetensors
 	$(BIN)/force prune --model lenet300 --dataset digits --sparsity 0 --method magnitude \

@@ -395,7 +395,7 @@ def _milestones(text: str | None) -> list[int] | None:
     "continue it with --resume. Exit codes: 0 done, 2 bad input, 1 the loss became NaN or infinite "
     "(the last good partial checkpoint is kept), 130/143 interrupted (progress saved).\n\n"
     "Examples:\n\n"
-    "  force train lenet.safetensors --epochs 30 --log lenet.jsonl\n\n"
+    "  force train lenet.safetensors --epochs 30 --log-file lenet.jsonl\n\n"
     "  force train \"$(force prune --model vgg19 --sparsity 0.99 --quiet)\" --amp --workers 8\n\n"
     "  force train --resume lenet-trained.partial.safetensors",
 )
@@ -425,7 +425,8 @@ def train(
     data_dir: Annotated[Optional[str], typer.Option("--data-dir", help="Dataset root (default: the checkpoint's, $FORCE_DATA or the user cache).")] = None,
     download: Annotated[Optional[bool], typer.Option("--download/--no-download", metavar="", help="Download a missing dataset (default: --download).")] = None,
     recipe: RecipeOpt = None,
-    log: Annotated[Optional[Path], typer.Option("--log", parser=_path, metavar="<path>", help="Append one JSON line per epoch to this file (.jsonl).")] = None,
+    log: Annotated[Optional[Path], typer.Option("--log-file", parser=_path, metavar="<path>", help="Append one JSON line per epoch to this file (.jsonl).")] = None,
+    old_log: Annotated[Optional[Path], typer.Option("--log", parser=_path, hidden=True, help="Old spelling of --log-file; torchrun refuses it.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", metavar="", help="Replace an existing output (and a stale partial checkpoint).")] = False,
     compact: CompactOpt = False,
     trust_model_code: TrustOpt = False,
@@ -438,6 +439,7 @@ def train(
     from force_cli.train_job import TrainingInterrupted, train_checkpoint
     from force_cli.training import TrainCallbacks, TrainingDiverged
 
+    log = log if log is not None else old_log
     flags = dict(epochs=epochs, lr=lr, optimizer=optimizer, momentum=momentum, weight_decay=weight_decay,
                  lr_schedule=lr_schedule, milestones=_milestones(milestones), gamma=gamma, batch_size=batch_size,
                  val_fraction=val_fraction, augment=augment, workers=workers, amp=amp, channels_last=channels_last,

@@ -236,22 +236,22 @@ def train_checkpoint(
 
 
 def check_log(log: str | Path | None, protected: dict[str, Path]) -> Path | None:
-    """The ``--log`` path, refused when it could damage a checkpoint: it must be none of the run's
+    """The ``--log-file`` path, refused when it could damage a checkpoint: it must be none of the run's
     files, nor look like a checkpoint, nor be an existing file that is not a JSON-lines log."""
     if log is None:
         return None
     log = Path(log)
     if str(log) in ("", ".") or log.name in ("", ".", ".."):
-        raise ConfigError(f"--log '{log}' is not a file name; give one such as train.jsonl")
+        raise ConfigError(f"--log-file '{log}' is not a file name; give one such as train.jsonl")
     for what, path in protected.items():
         if os.path.abspath(log) == os.path.abspath(path) or (log.exists() and path.exists() and log.samefile(path)):
-            raise ConfigError(f"--log '{log}' is the {what}; give a separate file such as train.jsonl")
+            raise ConfigError(f"--log-file '{log}' is the {what}; give a separate file such as train.jsonl")
     if log.name.endswith(SUFFIX):
-        raise ConfigError(f"--log '{log}' has a checkpoint's name; the log is JSON lines, give a path such as train.jsonl")
+        raise ConfigError(f"--log-file '{log}' has a checkpoint's name; the log is JSON lines, give a path such as train.jsonl")
     if not log.parent.is_dir():
-        raise ConfigError(f"cannot write the log '{log}': its folder does not exist; create it or choose another --log path")
+        raise ConfigError(f"cannot write the log '{log}': its folder does not exist; create it or choose another --log-file path")
     if log.is_dir():
-        raise ConfigError(f"--log '{log}' is a folder; give a file name such as {log / 'train.jsonl'}")
+        raise ConfigError(f"--log-file '{log}' is a folder; give a file name such as {log / 'train.jsonl'}")
     if log.is_file():
         try:
             with open(log, "rb") as f:
@@ -259,7 +259,7 @@ def check_log(log: str | Path | None, protected: dict[str, Path]) -> Path | None
         except OSError as exc:
             raise OutputError.from_os(exc, log, "log") from None
         if head and head != b"{":
-            raise ConfigError(f"--log '{log}' exists and is not a JSON-lines log (it does not start with '{{'); "
+            raise ConfigError(f"--log-file '{log}' exists and is not a JSON-lines log (it does not start with '{{'); "
                               "it is not appended to, give another path")
     return log
 
@@ -362,7 +362,7 @@ def _train(ckpt, source, output, partial, base, state, run_seed, origin, data_di
                      else f"after epoch {exc.epoch}")
             if log_file is not None and log_file.error is not None:
                 raise OutputError(f"{log_file.error}; progress saved to {partial}; continue with: "
-                                  f"force train --resume {partial} --log OTHER.jsonl") from None
+                                  f"force train --resume {partial} --log-file OTHER.jsonl") from None
             raise TrainingInterrupted(
                 f"interrupted ({exc.reason}) {where}; progress saved to {partial}; continue with: "
                 f"force train --resume {partial}", partial, exc.reason) from None

@@ -261,13 +261,13 @@ CASES = [
     Case("recipe-folder", ["prune", "--recipe", "{tmp}/adir", "-s", "0.9"], "cannot read recipe"),
     Case("recipe-empty-path", ["prune", "--recipe", "", "-s", "0.9"], "the path is empty"),
     # train: the log, the outputs, the input
-    Case("train-log-is-input", TRAIN + ["--log", "{init}"], "is the input checkpoint"),
-    Case("train-log-is-output", TRAIN + ["-o", "{tmp}/t.safetensors", "--log", "{tmp}/t.safetensors"], "is the output"),
-    Case("train-log-is-partial", TRAIN + ["-o", "{tmp}/t.safetensors", "--log", "{tmp}/t.partial.safetensors"],
+    Case("train-log-is-input", TRAIN + ["--log-file", "{init}"], "is the input checkpoint"),
+    Case("train-log-is-output", TRAIN + ["-o", "{tmp}/t.safetensors", "--log-file", "{tmp}/t.safetensors"], "is the output"),
+    Case("train-log-is-partial", TRAIN + ["-o", "{tmp}/t.safetensors", "--log-file", "{tmp}/t.partial.safetensors"],
          "is the partial checkpoint"),
-    Case("train-log-checkpoint-name", TRAIN + ["--log", "{tmp}/other.safetensors"], "checkpoint's name"),
-    Case("train-log-binary-file", TRAIN + ["--log", "{tmp}/binary.log"], "not a JSON-lines log"),
-    Case("train-log-folder", TRAIN + ["--log", "{tmp}/adir"], "is a folder"),
+    Case("train-log-checkpoint-name", TRAIN + ["--log-file", "{tmp}/other.safetensors"], "checkpoint's name"),
+    Case("train-log-binary-file", TRAIN + ["--log-file", "{tmp}/binary.log"], "not a JSON-lines log"),
+    Case("train-log-folder", TRAIN + ["--log-file", "{tmp}/adir"], "is a folder"),
     Case("train-output-is-input", TRAIN + ["-o", "{init}", "--overwrite"], "would overwrite the input"),
     Case("train-empty-checkpoint", ["train", ""], "the path is empty"),
     Case("train-no-checkpoint", ["train"], "no checkpoint given"),
@@ -285,7 +285,7 @@ CASES = [
     Case("train-read-only-output", TRAIN + ["--save-every", "0", "-o", "{tmp}/ro/t.safetensors"], "read-only",
          prepare=read_only),
     Case("train-final-save-disk-full", TRAIN + ["-o", "{tmp}/full/t.safetensors"], "saved to", prepare=full_at_final_save),
-    *([Case("train-log-dev-full", ["train", "{init}", "--epochs", "2", "--device", "cpu", "-q", "--log", "/dev/full",
+    *([Case("train-log-dev-full", ["train", "{init}", "--epochs", "2", "--device", "cpu", "-q", "--log-file", "/dev/full",
                                    "-o", "{tmp}/t.safetensors"], "no space left", new_files=("t.partial.safetensors",))]
       if os.path.exists("/dev/full") else []),
     # train --resume: a tampered partial checkpoint

@@ -58,7 +58,7 @@ def test_prune_train_eval_on_digits_end_to_end(tmp_path):
                     "--method", "force", "-o", pruned, "--quiet")
     assert result.exit_code == 0, result.output
     log = tmp_path / "train.jsonl"
-    result = invoke("train", pruned, "--log", log, "--device", "cpu")
+    result = invoke("train", pruned, "--log-file", log, "--device", "cpu")
     assert result.exit_code == 0, result.output
     trained = Path(result.stdout.strip())
     assert trained == tmp_path / "lenet-trained.safetensors" and trained.exists()
