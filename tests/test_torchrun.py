@@ -64,3 +64,19 @@ def test_the_old_log_spelling_still_works_outside_torchrun(tmp_path):
     result = runner.invoke(app, ["train", str(init), "--log", str(init), "--device", "cpu"])
     assert result.exit_code == 2 and "is the input checkpoint" in result.stderr, result.stderr
     assert "--log " not in runner.invoke(app, ["train", "--help"]).stdout
+
+
+def test_a_plain_run_starts_no_process_group(monkeypatch):
+    from force_cli import distributed
+
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(var, raising=False)
+    with distributed.session("cpu") as device:
+        assert device == "cpu" and not distributed.active() and distributed.is_main()
+        t = torch.ones(3)
+        distributed.all_reduce_mean_([t])
+        distributed.barrier()
+        assert torch.equal(t, torch.ones(3))
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert not distributed.is_main()  # before the group exists, torchrun's RANK decides

@@ -1,0 +1,135 @@
+"""Running under torchrun: the process group, which rank writes, and the collectives force needs.
+
+torchrun sets RANK, WORLD_SIZE and LOCAL_RANK in every process it starts; ``session`` turns them
+into a process group (NCCL on CUDA, gloo on CPU; one device per local rank) and tears it down
+afterwards. Without them (or with WORLD_SIZE=1) nothing is initialised and every helper here is a
+no-op, so a single-process run is exactly what it was. torch.distributed itself holds the group;
+this module keeps no state of its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from force_cli.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Launch:
+    """Where this process stands in a torchrun launch."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+
+
+def launch_from_env() -> Launch | None:
+    """The torchrun launch this process is part of, or None for a plain (single-process) run."""
+    if "WORLD_SIZE" not in os.environ or "RANK" not in os.environ:
+        return None
+    try:
+        launch = Launch(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]),
+                        int(os.environ.get("LOCAL_RANK", os.environ["RANK"])))
+    except ValueError:
+        raise ConfigError("RANK, WORLD_SIZE and LOCAL_RANK must be integers (as torchrun sets them)") from None
+    if launch.world_size < 1 or not 0 <= launch.rank < launch.world_size:
+        raise ConfigError(f"RANK {launch.rank} is outside WORLD_SIZE {launch.world_size}")
+    return launch if launch.world_size > 1 else None
+
+
+def active() -> bool:
+    """True inside a multi-process group."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank() -> int:
+    return dist.get_rank() if active() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if active() else 1
+
+
+def is_main() -> bool:
+    """Whether this process writes files and prints results (rank 0, or a plain run). Before the
+    group exists, torchrun's RANK decides, so the CLI can silence other ranks from the start."""
+    if active():
+        return dist.get_rank() == 0
+    launch = launch_from_env()
+    return launch is None or launch.rank == 0
+
+
+def barrier() -> None:
+    if active():
+        dist.barrier()
+
+
+def all_reduce_sum_(tensors: Sequence[torch.Tensor]) -> None:
+    """Sum each tensor over the ranks, in place."""
+    if active():
+        for t in tensors:
+            dist.all_reduce(t, op=dist.ReduceOp.SUM)
+
+
+def all_reduce_mean_(tensors: Sequence[torch.Tensor]) -> None:
+    """Average each tensor over the ranks, in place (gloo has no AVG: sum, then divide)."""
+    if active():
+        size = dist.get_world_size()
+        for t in tensors:
+            dist.all_reduce(t, op=dist.ReduceOp.SUM)
+            t.div_(size)
+
+
+def check_identical(tensors: Sequence[torch.Tensor], what: str) -> None:
+    """Raise unless every rank holds the same ``tensors`` (compared by a float64 checksum pair)."""
+    if not active():
+        return
+    total = torch.zeros(2, dtype=torch.float64)
+    for i, t in enumerate(tensors):
+        flat = t.detach().reshape(-1).to("cpu", torch.float64)
+        total[0] += flat.sum()
+        total[1] += (flat * torch.arange(1, flat.numel() + 1, dtype=torch.float64).mul_(1.0 + i * 1e-3)).sum()
+    device = _collective_device()
+    low, high = total.to(device).clone(), total.to(device).clone()
+    dist.all_reduce(low, op=dist.ReduceOp.MIN)
+    dist.all_reduce(high, op=dist.ReduceOp.MAX)
+    if not torch.equal(low, high):
+        raise RuntimeError(f"the ranks hold different {what} (checksums differ); every rank must agree")
+
+
+def _collective_device() -> torch.device:
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def device_for(launch: Launch, spec: str) -> str:
+    """The device spec of this rank: cuda:LOCAL_RANK when the run is on CUDA, else the spec."""
+    spec = (spec or "auto").strip().lower()
+    cuda = spec.startswith("cuda") or (spec == "auto" and torch.cuda.is_available())
+    return f"cuda:{launch.local_rank}" if cuda else spec
+
+
+@contextlib.contextmanager
+def session(device: str = "auto") -> Iterator[str]:
+    """Inside a torchrun launch, hold a process group for the block and yield this rank's device
+    spec; otherwise yield ``device`` unchanged and initialise nothing."""
+    launch = launch_from_env()
+    if launch is None or active():
+        yield device
+        return
+    spec = device_for(launch, device)
+    backend = "nccl" if spec.startswith("cuda") else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(int(spec.split(":")[1]))
+    dist.init_process_group(backend=backend, rank=launch.rank, world_size=launch.world_size)
+    try:
+        yield spec
+    finally:
+        dist.destroy_process_group()
