@@ -413,7 +413,7 @@ def train(
     lr_schedule: Annotated[Optional[str], typer.Option("--lr-schedule", help=f"Learning-rate schedule (default: multistep): {_names(LR_SCHEDULES)}.")] = None,
     milestones: Annotated[Optional[str], typer.Option("--milestones", help="multistep: comma-separated epochs after which lr is multiplied by --gamma, e.g. 150,250.")] = None,
     gamma: Annotated[Optional[float], typer.Option("--gamma", help="multistep: lr factor at each milestone (default: 0.1).")] = None,
-    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Training mini-batch size.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Training mini-batch size; under torchrun per process (the global batch is N times it).")] = None,
     val_fraction: Annotated[Optional[float], typer.Option("--val-fraction", help="Fraction of the training set held out for validation.")] = None,
     augment: Annotated[Optional[bool], typer.Option("--augment/--no-augment", metavar="", help="Training augmentation (crops and flips where the dataset has them) (default: --augment).")] = None,
     workers: Annotated[Optional[int], typer.Option("--workers", help="Data-loading worker processes (default: 0).")] = None,
@@ -440,6 +440,9 @@ def train(
     from force_cli.training import TrainCallbacks, TrainingDiverged
 
     log = log if log is not None else old_log
+    from force_cli.distributed import is_main
+
+    quiet = quiet or not is_main()  # under torchrun only rank 0 reports (and prints the path)
     flags = dict(epochs=epochs, lr=lr, optimizer=optimizer, momentum=momentum, weight_decay=weight_decay,
                  lr_schedule=lr_schedule, milestones=_milestones(milestones), gamma=gamma, batch_size=batch_size,
                  val_fraction=val_fraction, augment=augment, workers=workers, amp=amp, channels_last=channels_last,
@@ -497,7 +500,8 @@ def train(
         m = result.metrics
         stderr.print(f"trained {len(result.history)} epochs: test accuracy {m['test_acc']:.2%} (loss {m['test_loss']:.4f})",
                      highlight=False)
-    print(result.path)
+    if is_main():
+        print(result.path)
 
 
 @app.command(

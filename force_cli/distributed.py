@@ -70,19 +70,27 @@ def barrier() -> None:
         dist.barrier()
 
 
+def _all_reduce_(tensors: Sequence[torch.Tensor], op) -> None:
+    device = _collective_device()
+    for t in tensors:
+        moved = t if t.device == device else t.to(device)
+        dist.all_reduce(moved, op=op)
+        if moved is not t:
+            t.copy_(moved)
+
+
 def all_reduce_sum_(tensors: Sequence[torch.Tensor]) -> None:
-    """Sum each tensor over the ranks, in place."""
+    """Sum each tensor over the ranks, in place (on any device: NCCL reduces on the GPU)."""
     if active():
-        for t in tensors:
-            dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        _all_reduce_(tensors, dist.ReduceOp.SUM)
 
 
 def all_reduce_mean_(tensors: Sequence[torch.Tensor]) -> None:
     """Average each tensor over the ranks, in place (gloo has no AVG: sum, then divide)."""
     if active():
+        _all_reduce_(tensors, dist.ReduceOp.SUM)
         size = dist.get_world_size()
         for t in tensors:
-            dist.all_reduce(t, op=dist.ReduceOp.SUM)
             t.div_(size)
 
 
@@ -95,10 +103,9 @@ def check_identical(tensors: Sequence[torch.Tensor], what: str) -> None:
         flat = t.detach().reshape(-1).to("cpu", torch.float64)
         total[0] += flat.sum()
         total[1] += (flat * torch.arange(1, flat.numel() + 1, dtype=torch.float64).mul_(1.0 + i * 1e-3)).sum()
-    device = _collective_device()
-    low, high = total.to(device).clone(), total.to(device).clone()
-    dist.all_reduce(low, op=dist.ReduceOp.MIN)
-    dist.all_reduce(high, op=dist.ReduceOp.MAX)
+    low, high = total.clone(), total.clone()
+    _all_reduce_([low], dist.ReduceOp.MIN)
+    _all_reduce_([high], dist.ReduceOp.MAX)
     if not torch.equal(low, high):
         raise RuntimeError(f"the ranks hold different {what} (checksums differ); every rank must agree")
 

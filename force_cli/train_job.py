@@ -34,6 +34,7 @@ from typing import Any
 import torch
 
 import force_cli
+from force_cli import distributed
 from force_cli.checkpoint import (
     Checkpoint,
     check_new_output,
@@ -224,15 +225,20 @@ def train_checkpoint(
             raise ConfigError(f"the {what} '{path}' would overwrite the input checkpoint; choose another -o path")
     check_new_output(output, overwrite)
     log_path = check_log(log, {"input checkpoint": source, "output": output, "partial checkpoint": partial})
-    with hold((output, "output"), (partial, "partial checkpoint")):
-        check_new_output(output, overwrite)  # again: another command may have written it meanwhile
-        if partial.exists() and not overwrite and not _same_file(partial, source):
-            raise ConfigError(f"a partial checkpoint of an earlier run exists at '{partial}'; continue it with: "
-                              f"force train --resume {partial}  (or pass --overwrite to start over)")
-        remove_stale(output)
-        remove_stale(partial)
-        return _train(ckpt, source, output, partial, base, state, run_seed, origin, data_dir, download, device,
-                      log_path, callbacks, stop, catch_signals, compact)
+    # Under torchrun every rank trains, rank 0 alone locks and writes the files (the others wait for it).
+    with distributed.session(device) as device:
+        main = distributed.is_main()
+        with hold((output, "output"), (partial, "partial checkpoint")) if main else contextlib.nullcontext():
+            check_new_output(output, overwrite)  # again: another command may have written it meanwhile
+            if partial.exists() and not overwrite and not _same_file(partial, source):
+                raise ConfigError(f"a partial checkpoint of an earlier run exists at '{partial}'; continue it with: "
+                                  f"force train --resume {partial}  (or pass --overwrite to start over)")
+            if main:
+                remove_stale(output)
+                remove_stale(partial)
+            distributed.barrier()
+            return _train(ckpt, source, output, partial, base, state, run_seed, origin, data_dir, download, device,
+                          log_path if main else None, callbacks, stop, catch_signals, compact)
 
 
 def check_log(log: str | Path | None, protected: dict[str, Path]) -> Path | None:
@@ -330,6 +336,7 @@ def _train(ckpt, source, output, partial, base, state, run_seed, origin, data_di
         return asdict(run) | {
             "seed": run_seed, "device": str(dev), "amp_dtype": str(amp).removeprefix("torch.") if amp else None,
             "data_dir": data_dir, "source": origin, "epochs_completed": epochs_done,
+            "world_size": distributed.world_size(),
             "seconds": round(sum(r["seconds"] for r in trainer.history), 3),
         }
 
@@ -341,13 +348,15 @@ def _train(ckpt, source, output, partial, base, state, run_seed, origin, data_di
     last_good: list[tuple[Path, int]] = [(source, trainer.epoch)] if state is not None else []
 
     def save_partial(t: Trainer) -> None:
-        structure, tensors = t.state()
-        meta = carried | versions() | {
-            "stage": "partial",
-            "training": training_metadata(t.epoch) | {"resume": structure},
-            "history": t.history,
-        }
-        save_checkpoint(partial, t.model.state_dict(), ckpt.masks, meta, extra=tensors)
+        if distributed.is_main():
+            structure, tensors = t.state()
+            meta = carried | versions() | {
+                "stage": "partial",
+                "training": training_metadata(t.epoch) | {"resume": structure},
+                "history": t.history,
+            }
+            save_checkpoint(partial, t.model.state_dict(), ckpt.masks, meta, extra=tensors)
+        distributed.barrier()
         last_good.append((partial, t.epoch))
 
     stop = stop or StopFlag()
@@ -387,9 +396,11 @@ def _train(ckpt, source, output, partial, base, state, run_seed, origin, data_di
             "history": history,
             "metrics": metrics,
         }
-        _save_final(output, trainer.model.state_dict(), ckpt.masks, meta, compact)
-    with contextlib.suppress(OSError):
-        partial.unlink(missing_ok=True)
+        if distributed.is_main():
+            _save_final(output, trainer.model.state_dict(), ckpt.masks, meta, compact)
+            with contextlib.suppress(OSError):
+                partial.unlink(missing_ok=True)
+        distributed.barrier()
     if log_file is not None and log_file.error is not None:
         raise OutputError(f"{log_file.error}; the trained checkpoint was written to {output} all the same")
     if stop.is_set:

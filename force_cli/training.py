@@ -34,8 +34,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from force_cli import distributed
 from force_cli.config import TrainSettings, check_int_bounds
 from force_cli.data import DataSplits
 from force_cli.errors import CheckpointError, ConfigError, DataError, UnknownNameError
@@ -310,18 +312,34 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return (int(seed) * 1_000_003 + int(epoch)) & 0x7FFF_FFFF_FFFF_FFFF
 
 
-class EpochSampler(Sampler[int]):
-    """A permutation of ``range(n)`` seeded by ``(seed, epoch)``, starting at position ``start``."""
+def shard_size(n: int, world_size: int) -> int:
+    """Samples each rank sees per epoch: ``ceil(n / world_size)`` (DistributedSampler's)."""
+    return -(-n // world_size)
 
-    def __init__(self, n: int, seed: int, epoch: int, start: int = 0):
+
+class EpochSampler(Sampler[int]):
+    """A permutation of ``range(n)`` seeded by ``(seed, epoch)``, starting at position ``start``.
+
+    Under torchrun (``world_size`` > 1) rank ``rank`` takes every ``world_size``-th index of that
+    same global permutation, padded by wrapping around to a multiple of ``world_size`` as
+    torch's DistributedSampler does; so step k of all ranks together covers exactly the k-th
+    batch of ``world_size * batch_size`` of a single-process run (the last one up to the padding).
+    """
+
+    def __init__(self, n: int, seed: int, epoch: int, start: int = 0, *, rank: int = 0, world_size: int = 1):
         self.n, self.seed, self.epoch, self.start = n, seed, epoch, start
+        self.rank, self.world_size = rank, world_size
 
     def __iter__(self) -> Iterator[int]:
         generator = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
-        return iter(torch.randperm(self.n, generator=generator)[self.start:].tolist())
+        order = torch.randperm(self.n, generator=generator)
+        if self.world_size > 1:
+            padded = shard_size(self.n, self.world_size) * self.world_size
+            order = torch.cat([order, order[: padded - self.n]])[self.rank::self.world_size]
+        return iter(order[self.start:].tolist())
 
     def __len__(self) -> int:
-        return max(0, self.n - self.start)
+        return max(0, shard_size(self.n, self.world_size) - self.start)
 
 
 def _ignore_sigint(worker_id: int) -> None:
@@ -340,7 +358,8 @@ def _loader(dataset: Dataset, batch_size: int, *, workers: int, device: torch.de
 
 
 def epoch_batches(dataset: Dataset, batch_size: int, seed: int, epoch: int, *, skip: int = 0,
-                  workers: int = 0, device: torch.device | None = None) -> Iterator:
+                  workers: int = 0, device: torch.device | None = None, rank: int = 0,
+                  world_size: int = 1) -> Iterator:
     """The batches of epoch ``epoch`` (1-based), without the first ``skip`` batches.
 
     Without workers the skipped samples are never loaded (their augmentation randomness is in
@@ -349,7 +368,7 @@ def epoch_batches(dataset: Dataset, batch_size: int, seed: int, epoch: int, *, s
     """
     start = skip * batch_size if workers == 0 else 0
     loader = _loader(dataset, batch_size, workers=workers, device=device,
-                     sampler=EpochSampler(len(dataset), seed, epoch, start),
+                     sampler=EpochSampler(len(dataset), seed, epoch, start, rank=rank, world_size=world_size),
                      generator=torch.Generator().manual_seed(epoch_seed(seed, epoch)))
     iterator = iter(loader)
     if workers:
@@ -520,10 +539,15 @@ class Trainer:
         self.model = model.to(device=device, memory_format=memory_format)
         self.enforcer = MaskEnforcer(self.model, masks)
         self.enforcer.apply_()
+        self.rank, self.world_size = distributed.rank(), distributed.world_size()
+        # Under torchrun the steps go through DDP (gradients averaged over ranks during backward,
+        # masked after it as in a plain run); evaluation and state_dict use the bare model.
+        self.stepper: nn.Module = self.model if self.world_size == 1 else DistributedDataParallel(
+            self.model, device_ids=[device] if device.type == "cuda" else None)
         self.optimizer = OPTIMIZERS[settings.optimizer][0](self.model.parameters(), settings)
         self.amp_dtype = autocast_dtype(settings.amp, device)
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
-        self.batches_per_epoch = math.ceil(len(splits.train) / settings.batch_size)
+        self.batches_per_epoch = math.ceil(shard_size(len(splits.train), self.world_size) / settings.batch_size)
         self.eval_batch_size = eval_batch_size or settings.batch_size
         self.epoch = 0  # epochs completed
         self.totals = EpochTotals()  # of the epoch in progress (batches > 0 only when stopped inside it)
@@ -681,11 +705,12 @@ class Trainer:
                     group["lr"] = lr
                 started = time.perf_counter()
                 batches = epoch_batches(self.splits.train, s.batch_size, self.seed, epoch,
-                                        skip=self.totals.batches, workers=s.workers, device=self.device)
+                                        skip=self.totals.batches, workers=s.workers, device=self.device,
+                                        rank=self.rank, world_size=self.world_size)
                 on_batch = (lambda t: cb.on_batch(epoch, self.batches_per_epoch, t)) if cb.on_batch else None
                 try:
                     totals = train_epoch(
-                        self.model, batches, self.optimizer, self.enforcer, device=self.device,
+                        self.stepper, batches, self.optimizer, self.enforcer, device=self.device,
                         amp_dtype=self.amp_dtype, scaler=self.scaler, channels_last=s.channels_last,
                         totals=self.totals, sync_every=sync_every, on_batch=on_batch,
                         should_stop=lambda: stop.is_set,
@@ -698,6 +723,7 @@ class Trainer:
                     self.totals = totals
                     self.epoch_seconds += time.perf_counter() - started
                     self._stop(stop, save, cb)
+                totals = _summed_over_ranks(totals)
                 val, test = self._evaluate("val", epoch), self._evaluate("test", epoch)
                 for name, metrics in (("validation", val), ("test", test)):
                     if metrics is not None and not math.isfinite(metrics.loss):
@@ -724,8 +750,19 @@ class Trainer:
         return self.history
 
     def _stop(self, stop: StopFlag, save, cb: TrainCallbacks) -> None:
+        if self.world_size > 1:  # ranks may stop at different steps: no consistent partial to save yet
+            raise KeyboardInterrupt
         if save is not None:
             save(self)
             if cb.on_save:
                 cb.on_save(self.epoch, self.totals.batches)
         raise Interrupted(stop.reason or "stopped", self.epoch, self.totals.batches, self.batches_per_epoch)
+
+
+def _summed_over_ranks(totals: EpochTotals) -> EpochTotals:
+    """An epoch's totals over all ranks (each rank's own under a plain run), for its record."""
+    if not distributed.active():
+        return totals
+    sums = torch.tensor([totals.loss_sum, totals.correct, totals.seen], dtype=torch.float64)
+    distributed.all_reduce_sum_([sums])
+    return replace(totals, loss_sum=float(sums[0]), correct=int(sums[1]), seen=int(sums[2]))

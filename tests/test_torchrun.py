@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 import typer
 from torch.distributed.run import get_args_parser
 from typer.testing import CliRunner
 
-from force_cli.checkpoint import save_checkpoint
+from force_cli.checkpoint import load_checkpoint, save_checkpoint
 from force_cli.cli import app
 from force_cli.models import build_model
 from force_cli.pruning.masks import prunable_weights
@@ -80,3 +85,48 @@ def test_a_plain_run_starts_no_process_group(monkeypatch):
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert not distributed.is_main()  # before the group exists, torchrun's RANK decides
+
+
+# --------------------------------------------------------------------------------------------
+# Two CPU processes (gloo) started by torchrun, against one process with the same global batch
+# --------------------------------------------------------------------------------------------
+
+#: 1437 digits training images less round(1437 * 0.0202) = 29 held out leaves 1408 = 44 x 32, so
+#: every step of 2 ranks x 16 covers exactly one single-process batch of 32 (no padding).
+EVEN_SPLIT = ["--val-fraction", "0.0202"]
+
+
+def _force(args, cwd, nproc=None):
+    """`python -m force_cli ARGS`, or the same under `torchrun --nproc-per-node NPROC`."""
+    env = os.environ | {"PYTHONPATH": str(Path(__file__).resolve().parents[1]), "FORCE_THREADS": "1"}
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(var, None)
+    launcher = [] if nproc is None else ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc)]
+    result = subprocess.run([sys.executable, *launcher, "-m", "force_cli", *map(str, args)], cwd=cwd, env=env,
+                            capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def test_two_processes_train_like_one_with_twice_the_batch(tmp_path):
+    init = _lenet_checkpoint(tmp_path / "lenet.safetensors")
+    common = ["train", init, "--epochs", "1", "--device", "cpu", "--no-augment", *EVEN_SPLIT]
+    (tmp_path / "two").mkdir()
+    two = _force([*common, "--batch-size", "16", "-o", "two/out.safetensors", "--log-file", "two/train.jsonl"],
+                 tmp_path, nproc=2)
+    one = _force([*common, "--batch-size", "32", "-o", "one.safetensors"], tmp_path)
+
+    assert two.stdout.split() == ["two/out.safetensors"]  # printed by rank 0 only
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["out.safetensors", "train.jsonl"]
+    assert len((tmp_path / "two" / "train.jsonl").read_text().splitlines()) == 1
+    a, b = load_checkpoint(tmp_path / "one.safetensors"), load_checkpoint(tmp_path / "two" / "out.safetensors")
+    assert b.metadata["training"]["world_size"] == 2
+    for name, weight in a.state_dict.items():
+        assert not torch.equal(weight, _initial(init)[name]) or weight.dim() == 0, name  # it trained
+        torch.testing.assert_close(b.state_dict[name], weight, rtol=1e-5, atol=1e-5, msg=name)
+    assert all(bool((b.state_dict[n][~m] == 0).all()) for n, m in b.masks.items())
+    assert b.metadata["metrics"]["train_acc"] == pytest.approx(a.metadata["metrics"]["train_acc"])
+
+
+def _initial(path):
+    return load_checkpoint(path).state_dict
