@@ -6,6 +6,7 @@ to stderr. A ForceError from the library becomes one line on stderr and exit cod
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import signal
@@ -301,8 +302,13 @@ def prune(
     defaults = load_recipe(recipe).settings_for("prune") if recipe else None
     cfg = resolve(PruneConfig, defaults, flags)
     output = _prune_output(cfg, output, overwrite)
-    with hold((output, "output")), progress_bar(quiet) as bar:
-        remove_stale(output)
+    from force_cli.distributed import is_main
+
+    main = is_main()  # under torchrun only rank 0 locks, writes and reports
+    quiet = quiet or not main
+    with hold((output, "output")) if main else contextlib.nullcontext(), progress_bar(quiet) as bar:
+        if main:
+            remove_stale(output)
         task = None
 
         def on_start(total_steps: int):
@@ -314,6 +320,8 @@ def prune(
 
         path, result = prune_to_checkpoint(cfg, output, overwrite=overwrite, on_step=on_step, on_start=on_start,
                                            compact=compact)
+    if not main:
+        return
     for warning in result.warnings:
         warn(warning)
     if not quiet:

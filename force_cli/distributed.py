@@ -94,6 +94,19 @@ def all_reduce_mean_(tensors: Sequence[torch.Tensor]) -> None:
             t.div_(size)
 
 
+def all_reduce_weighted_mean_(tensors: Sequence[torch.Tensor], weight: int) -> None:
+    """Replace each rank's mean (over ``weight`` items) by the mean over all ranks' items, in place:
+    exact however the items are split between ranks."""
+    if active():
+        total = torch.tensor([float(weight)], dtype=torch.float64)
+        _all_reduce_([total], dist.ReduceOp.SUM)
+        for t in tensors:
+            t.mul_(weight)
+        _all_reduce_(tensors, dist.ReduceOp.SUM)
+        for t in tensors:
+            t.div_(float(total))
+
+
 def check_identical(tensors: Sequence[torch.Tensor], what: str) -> None:
     """Raise unless every rank holds the same ``tensors`` (compared by a float64 checksum pair)."""
     if not active():

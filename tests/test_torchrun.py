@@ -130,3 +130,19 @@ def test_two_processes_train_like_one_with_twice_the_batch(tmp_path):
 
 def _initial(path):
     return load_checkpoint(path).state_dict
+
+
+def test_two_processes_prune_the_mask_of_one(tmp_path):
+    """Each rank scores 2 of the 4 batches of every step; the all-reduced gradients give the mask
+    one process finds on all 4 (FORCE, 3 steps: any mismatch would compound)."""
+    args = ["prune", "--model", "lenet300", "--dataset", "digits", "--sparsity", "0.9", "--method", "force",
+            "--steps", "3", "--batches", "4", "--batch-size", "32", "--device", "cpu", "--quiet"]
+    (tmp_path / "two").mkdir()
+    two = _force([*args, "-o", "two/p.safetensors"], tmp_path, nproc=2)
+    _force([*args, "-o", "one.safetensors"], tmp_path)
+    assert two.stdout.split() == ["two/p.safetensors"]
+    assert [p.name for p in (tmp_path / "two").iterdir()] == ["p.safetensors"]
+    one, both = load_checkpoint(tmp_path / "one.safetensors").masks, load_checkpoint(tmp_path / "two" / "p.safetensors").masks
+    assert set(one) == set(both)
+    for name in one:
+        assert torch.equal(one[name], both[name]), name

@@ -36,6 +36,9 @@ class ScoringContext:
     input_shape: tuple[int, ...]
     generator: torch.Generator
     objective: Objective | None = None
+    #: Under torchrun: turns this rank's gradients averaged over its ``n`` batches, in place, into
+    #: the average over every rank's batches (set by ``loop.scoring_context``; None otherwise).
+    reduce_gradients: Callable[[list[torch.Tensor], int], None] | None = None
     cache: dict = field(default_factory=dict)
 
 
@@ -99,6 +102,8 @@ def average_gradients(ctx: ScoringContext, batches: list[Batch]) -> dict[str, to
         _loss(ctx, batch).backward()
     if len(batches) > 1:
         torch._foreach_div_([w.grad for w in ctx.weights.values()], len(batches))
+    if ctx.reduce_gradients is not None:
+        ctx.reduce_gradients([w.grad for w in ctx.weights.values()], len(batches))
     return {name: w.grad for name, w in ctx.weights.items()}
 
 
@@ -138,7 +143,10 @@ def grasp(ctx: ScoringContext, masks: Masks) -> Scores:
         grads = torch.autograd.grad(_loss(ctx, batch), params, create_graph=True)
         dot = sum((g[n] * gr).sum() for n, gr in zip(names, grads))
         dot.backward()
-    return {n: ctx.weights[n].grad.div_(len(batches)).mul_(ctx.initial[n]) for n in names}
+    hg = [ctx.weights[n].grad.div_(len(batches)) for n in names]
+    if ctx.reduce_gradients is not None:
+        ctx.reduce_gradients(hg, len(batches))
+    return {n: h.mul_(ctx.initial[n]) for n, h in zip(names, hg)}
 
 
 def _synflow_model(ctx: ScoringContext) -> nn.Module:

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 import force_cli
+from force_cli import distributed
 from force_cli.checkpoint import check_new_output, save_checkpoint
 from force_cli.config import PruneConfig
 from force_cli.data import BatchStream, dataset_info, load_datasets
@@ -73,7 +74,12 @@ def prune_to_checkpoint(
     validate(cfg)
     output = Path(output) if output is not None else default_output(cfg)
     check_new_output(output, overwrite)
-    device = resolve_device(cfg.device)
+    # Under torchrun every rank scores its share of the batches; rank 0 alone writes the checkpoint.
+    with distributed.session(cfg.device or "auto") as device:
+        return _prune(cfg, output, resolve_device(device), on_step, on_start, compact)
+
+
+def _prune(cfg: PruneConfig, output: Path, device: torch.device, on_step, on_start, compact: bool) -> tuple[Path, PruneResult]:
     method = get_method(cfg.method)
     info = dataset_info(cfg.dataset, cfg.data_dir)
     model_args = dict(num_classes=info.num_classes, in_channels=info.in_channels,
@@ -126,7 +132,9 @@ def prune_to_checkpoint(
         "python_version": platform.python_version(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    save_checkpoint(output, model.state_dict(), result.masks, metadata, compact=compact)
+    if distributed.is_main():
+        save_checkpoint(output, model.state_dict(), result.masks, metadata, compact=compact)
+    distributed.barrier()
     return output, result
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from force_cli import distributed
 from force_cli.errors import ConfigError
 from force_cli.pruning.criteria import Batch, Method, ScoringContext, get_method
 from force_cli.pruning.masks import Masks, Scores, count_kept, dense_masks, keep_top_k, kept_for_sparsity, prunable_weights
@@ -62,15 +63,22 @@ class PruneResult:
 
 
 class _BatchSource:
-    """Adapts anything with ``take(n)`` (e.g. data.BatchStream) to "next n batches on this device"."""
+    """Adapts anything with ``take(n)`` (e.g. data.BatchStream) to "next n batches on this device".
 
-    def __init__(self, stream, num_batches: int, device: torch.device):
+    Under torchrun every rank draws the same n batches of the seeded stream and keeps every
+    ``world_size``-th one (from its rank on), so the ranks together score exactly the batches of a
+    single-process run with the same ``--batches``.
+    """
+
+    def __init__(self, stream, num_batches: int, device: torch.device, rank: int = 0, world_size: int = 1):
         self.stream, self.num_batches, self.device = stream, num_batches, device
+        self.rank, self.world_size = rank, world_size
 
     def __call__(self) -> list[Batch]:
         nb = self.device.type == "cuda"
         return [(x.to(self.device, non_blocking=nb), y.to(self.device, non_blocking=nb))
-                for x, y in self.stream.take(self.num_batches)]
+                for i, (x, y) in enumerate(self.stream.take(self.num_batches))
+                if i % self.world_size == self.rank]
 
 
 def resolve_objective(spec: Method, loss: str | None = None, temperature: float | None = None) -> Objective | None:
@@ -107,10 +115,12 @@ def scoring_context(model: nn.Module, *, stream=None, num_batches: int = 1,
         model=work,
         weights=weights,
         initial={n: w.detach().clone() for n, w in weights.items()},
-        next_batches=_BatchSource(stream, num_batches, device) if stream is not None else None,
+        next_batches=_BatchSource(stream, num_batches, device, distributed.rank(), distributed.world_size())
+        if stream is not None else None,
         input_shape=tuple(input_shape) if input_shape else (),
         generator=torch.Generator().manual_seed(seed),
         objective=objective,
+        reduce_gradients=distributed.all_reduce_weighted_mean_ if distributed.active() else None,
     )
 
 
@@ -156,6 +166,9 @@ def prune(
         raise ConfigError(f"method '{method}' needs the input shape (C, H, W) of one sample")
     if num_batches < 1:
         raise ConfigError(f"--batches must be at least 1, got {num_batches}")
+    if spec.needs_data and num_batches < distributed.world_size():
+        raise ConfigError(f"--batches {num_batches} leaves a rank without batches; under torchrun give at least "
+                          f"the number of processes ({distributed.world_size()})")
     objective = resolve_objective(spec, saliency_loss, saliency_temperature)
     steps = spec.steps_for(steps)
     initial_masks = dense_masks(model)
@@ -181,5 +194,6 @@ def prune(
         if on_step is not None:
             on_step(dataclasses.replace(info, masks=masks))
     masks = {n: m.cpu() for n, m in masks.items()}
+    distributed.check_identical(list(masks.values()), "pruning masks")
     return PruneResult(masks=masks, total=total, kept=count_kept(masks), steps=steps, history=history,
                        objective=objective)
