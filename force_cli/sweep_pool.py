@@ -51,8 +51,9 @@ def worker_threads(jobs: int) -> int:
 
 def run_parallel(recipe: Recipe, cells: list, out_dir: Path, jobs: int, hooks, finish: Callable) -> None:
     """Run ``cells`` in ``jobs`` worker processes; call ``finish(cell, record)`` here, in the parent,
-    for each cell as it ends. Hooks: ``on_cell_start`` and ``on_warning`` are called here too;
-    ``prune_step`` and ``train_callbacks`` cannot cross processes and are not called."""
+    for each cell as it ends. Hooks: ``on_cell_start`` (its index: the cells finished so far, plus
+    one, as in a serial run) and ``on_warning`` are called here too; ``prune_step`` and
+    ``train_callbacks`` cannot cross processes and are not called."""
     from force_cli.models import refs
 
     ctx = multiprocessing.get_context("spawn")
@@ -65,7 +66,7 @@ def run_parallel(recipe: Recipe, cells: list, out_dir: Path, jobs: int, hooks, f
     args = (recipe, out_dir, worker_threads(jobs), refs._trusted.get(), tasks, events)
     workers = [ctx.Process(target=_worker, args=args, daemon=True, name=f"force-sweep-{i}") for i in range(count)]
     by_key = {cell.key: cell for cell in cells}
-    started = running = 0
+    finished = running = 0
     try:
         with _signals_noted() as noted:
             with _sigint_ignored():  # inherited through spawn: a worker never hears the terminal's Ctrl-C
@@ -79,15 +80,15 @@ def run_parallel(recipe: Recipe, cells: list, out_dir: Path, jobs: int, hooks, f
                     event = None
                 if event is None:
                     pass
-                elif event[0] == "start":
-                    started += 1
+                elif event[0] == "start":  # index as in a serial run: the cells finished before it, plus one
                     if hooks.on_cell_start:
-                        hooks.on_cell_start(by_key[event[1]], started, len(cells))
+                        hooks.on_cell_start(by_key[event[1]], finished + 1, len(cells))
                 elif event[0] == "warning":
                     if hooks.on_warning:
                         hooks.on_warning(by_key[event[1]], event[2])
                 elif event[0] == "done":
                     finish(by_key[event[1]["cell"]], event[1])
+                    finished += 1
                 elif event[0] == "exit":
                     running -= 1
                 else:  # "error": a cell failed; stop the others, then raise it
@@ -109,11 +110,11 @@ def run_parallel(recipe: Recipe, cells: list, out_dir: Path, jobs: int, hooks, f
 
 def _stop(workers, events, by_key, finish) -> None:
     """SIGTERM every worker, wait for all of them, and record the cells that finished meanwhile."""
-    for w in workers:
-        if w.is_alive():
-            with contextlib.suppress(ProcessLookupError):
-                w.terminate()
     with _signals_deferred():  # a second Ctrl-C must not leave workers behind, or a finished cell unrecorded
+        for w in workers:
+            if w.is_alive():
+                with contextlib.suppress(ProcessLookupError):
+                    w.terminate()
         while any(w.is_alive() for w in workers) or not events.empty():
             try:
                 event = events.get(timeout=0.1)
