@@ -198,9 +198,12 @@ def _worker(recipe, out_dir, threads, trusted, tasks, events) -> None:
     refs._trusted.set(trusted)  # the parent's opt-in to rebuild the recipe's model, not more
     hooks = SweepHooks(on_warning=lambda cell, text: events.put(("warning", cell.key, text)))
     try:
-        while (cell := tasks.get()) is not None:
-            events.put(("start", cell.key))
-            events.put(("done", run_cell(recipe, cell, out_dir, hooks)))
+        try:
+            while (cell := tasks.get()) is not None:
+                events.put(("start", cell.key))
+                events.put(("done", run_cell(recipe, cell, out_dir, hooks)))
+        finally:  # from here on the worker is only leaving: the parent's SIGTERM must not cut its last message
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
     except (KeyboardInterrupt, TrainingInterrupted):
         pass  # stopped by the parent, which knows why
     except BaseException as exc:

@@ -233,3 +233,14 @@ def test_ctrl_c_stops_every_worker_and_keeps_the_finished_cells(tmp_path):
     run_sweep(load_recipe(path), out)  # what running the same command again does (in-process: faster)
     assert sorted(records_by_cell(out)) == [c.name for c in cells]
     assert not any((c / "trained.partial.safetensors").exists() for c in cells)
+
+
+def test_a_cell_failing_in_a_worker_stops_the_sweep_with_its_own_error(tmp_path):
+    from force_cli.training import TrainingDiverged
+
+    path = tmp_path / "diverges.yaml"
+    path.write_text(RECIPE.replace("  epochs: 3\n", "  epochs: 3\n  lr: 1.0e+8\n").replace("methods: [force, random]",
+                                                                                        "methods: [random]"))
+    with pytest.raises(TrainingDiverged, match="lower learning rate"):  # the worker's exception, not a pickling error
+        run_sweep(load_recipe(path), tmp_path / "out", jobs=2)
+    assert read_results(tmp_path / "out" / "results.jsonl") == []
