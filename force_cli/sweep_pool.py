@@ -109,13 +109,23 @@ def run_parallel(recipe: Recipe, cells: list, out_dir: Path, jobs: int, hooks, f
 
 
 def _stop(workers, events, by_key, finish) -> None:
-    """SIGTERM every worker, wait for all of them, and record the cells that finished meanwhile."""
-    with _signals_deferred():  # a second Ctrl-C must not leave workers behind, or a finished cell unrecorded
+    """SIGTERM every worker, wait for all of them, and record the cells that finished meanwhile.
+
+    A second Ctrl-C or SIGTERM while waiting kills the workers at once: their cells in training
+    lose the progress since their last save, and what they were sending is not read (a killed
+    writer can leave half a message); the cells already recorded stay recorded."""
+    with _signals_noted() as noted:
         for w in workers:
             if w.is_alive():
                 with contextlib.suppress(ProcessLookupError):
                     w.terminate()
         while any(w.is_alive() for w in workers) or not events.empty():
+            if noted.pending:
+                for w in workers:
+                    if w.is_alive():
+                        w.kill()
+                        w.join()
+                return
             try:
                 event = events.get(timeout=0.1)
             except queue.Empty:
@@ -166,20 +176,6 @@ def _signals_noted():
         yield noted
     finally:
         for sig, old in noted.previous.items():
-            signal.signal(sig, old)
-
-
-@contextlib.contextmanager
-def _signals_deferred():
-    """Hold back SIGINT and SIGTERM while the parent winds its workers down (they are stopping anyway)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
             signal.signal(sig, old)
 
 
