@@ -106,7 +106,7 @@ def append_result(out_dir: Path, record: dict) -> None:
 class SweepHooks:
     """What the caller (the CLI) wants to hear about; all optional."""
 
-    on_cell_start: Callable[[Cell, int, int], None] | None = None  # cell, index (1-based), total
+    on_cell_start: Callable[[Cell, int, int], None] | None = None  # cell, cells finished before it + 1, total
     on_cell_done: Callable[[Cell, dict], None] | None = None
     prune_step: Callable | None = None  # pruning's on_step
     on_warning: Callable[[Cell, str], None] | None = None  # a pruning warning (e.g. a collapsed network)
