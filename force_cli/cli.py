@@ -578,6 +578,7 @@ def sweep(
     out: Annotated[Optional[Path], typer.Option("--out", parser=_path, metavar="<path>", help="Folder for checkpoints and results (default: runs/RECIPE-NAME).")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", metavar="", help="List the cells and whether each is done; run nothing.")] = False,
     report: Annotated[Optional[Path], typer.Option("--report", parser=_path, metavar="<path>", help="Only (re)write the table and plot of this sweep folder.")] = None,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", metavar="N", help="Cells run at once, each in its own worker process with an equal share of the threads; same results as one at a time.")] = 1,
     quiet: QuietOpt = False,
     threads: ThreadsOpt = None,
 ):
@@ -586,7 +587,7 @@ def sweep(
     Re-running the same command skips finished cells and resumes an interrupted one. At the end
     (or with --report) a mean ± std table is printed and results.md, .csv, .png and .svg are written.
     """
-    from force_cli.sweep import SweepHooks, expand_grid, finished_cells, run_sweep, sweep_settings
+    from force_cli.sweep import SweepHooks, check_jobs, expand_grid, finished_cells, run_sweep, sweep_settings
     from force_cli.train_job import TrainingInterrupted
     from force_cli.training import TrainingDiverged
 
@@ -598,6 +599,7 @@ def sweep(
         return
     if recipe is None:
         raise ForceError("give a recipe (force sweep RECIPE.yaml) or --report DIR")
+    check_jobs(jobs)
     loaded = load_recipe(recipe)
     settings = sweep_settings(loaded)
     out = out or Path("runs") / recipe.stem
@@ -636,7 +638,7 @@ def sweep(
 
             with trusted_model_code(only=str(loaded.common.get("model"))):
                 records = run_sweep(loaded, out, SweepHooks(on_cell_start=on_cell_start, on_cell_done=on_cell_done,
-                                                            on_warning=on_warning))
+                                                            on_warning=on_warning), jobs=jobs)
         except TrainingInterrupted as exc:
             raise stopped(f"sweep interrupted ({exc}); run the same command again to continue", exc.exit_code) from None
         except TrainingDiverged as exc:

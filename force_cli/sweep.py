@@ -106,7 +106,7 @@ def append_result(out_dir: Path, record: dict) -> None:
 class SweepHooks:
     """What the caller (the CLI) wants to hear about; all optional."""
 
-    on_cell_start: Callable[[Cell, int, int], None] | None = None  # cell, index (1-based), total
+    on_cell_start: Callable[[Cell, int, int], None] | None = None  # cell, cells finished before it + 1, total
     on_cell_done: Callable[[Cell, dict], None] | None = None
     prune_step: Callable | None = None  # pruning's on_step
     on_warning: Callable[[Cell, str], None] | None = None  # a pruning warning (e.g. a collapsed network)
@@ -182,11 +182,13 @@ def check_out_dir(out_dir: Path) -> None:
         raise OutputError.from_os(exc, out_dir, "sweep folder") from None
 
 
-def run_sweep(recipe: Recipe, out_dir: Path, hooks: SweepHooks | None = None) -> list[dict]:
-    """Run every unfinished cell; return the records of the cells run now.
+def run_sweep(recipe: Recipe, out_dir: Path, hooks: SweepHooks | None = None, jobs: int = 1) -> list[dict]:
+    """Run every unfinished cell, in ``jobs`` worker processes when more than one; return the
+    records of the cells run now.
 
     The caller holds the folder's lock (``locking.hold``) so that two sweeps never share it;
     `force sweep` does."""
+    check_jobs(jobs)
     hooks = hooks or SweepHooks()
     settings = sweep_settings(recipe)
     cells = check_recipe(recipe)
@@ -195,12 +197,25 @@ def run_sweep(recipe: Recipe, out_dir: Path, hooks: SweepHooks | None = None) ->
     done = finished_cells(out_dir)
     todo = [c for c in cells if c.key not in done]
     records = []
-    for index, cell in enumerate(todo, start=1):
-        if hooks.on_cell_start:
-            hooks.on_cell_start(cell, index, len(todo))
-        record = run_cell(recipe, cell, out_dir, hooks)
+
+    def finish(cell: Cell, record: dict) -> None:
         append_result(out_dir, record)
         records.append(record)
         if hooks.on_cell_done:
             hooks.on_cell_done(cell, record)
+
+    if jobs > 1 and len(todo) > 1:
+        from force_cli.sweep_pool import run_parallel
+
+        run_parallel(recipe, todo, out_dir, jobs, hooks, finish)
+        return records
+    for index, cell in enumerate(todo, start=1):
+        if hooks.on_cell_start:
+            hooks.on_cell_start(cell, index, len(todo))
+        finish(cell, run_cell(recipe, cell, out_dir, hooks))
     return records
+
+
+def check_jobs(jobs: int) -> None:
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ConfigError(f"--jobs must be a whole number of worker processes, at least 1, got {jobs!r}")

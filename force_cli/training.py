@@ -280,7 +280,9 @@ def stop_on_signals(flag: StopFlag) -> Iterator[None]:
             raise KeyboardInterrupt
         flag.set(signal.Signals(signum).name)
 
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    # a signal this process ignores stays ignored (a sweep worker leaves Ctrl-C to its parent)
+    caught = [sig for sig in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(sig) is not signal.SIG_IGN]
+    previous = {sig: signal.signal(sig, handler) for sig in caught}
     try:
         yield
     finally:

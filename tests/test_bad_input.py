@@ -326,6 +326,8 @@ CASES = [
     Case("sweep-no-model", ["sweep", "{tmp}/sweep-nomodel.yaml", "--out", "{tmp}/s"], "add 'model: NAME'"),
     Case("sweep-sparsity", ["sweep", "{tmp}/sweep-sparsity.yaml", "--out", "{tmp}/s"], "outside [0, 1)"),
     Case("sweep-no-recipe", ["sweep"], "give a recipe"),
+    Case("sweep-jobs-0", ["sweep", "{tmp}/sweep-ok.yaml", "--out", "{tmp}/s", "--jobs", "0"], "--jobs must be"),
+    Case("sweep-jobs-negative", ["sweep", "{tmp}/sweep-ok.yaml", "--out", "{tmp}/s", "-j", "-2"], "at least 1"),
     Case("sweep-bad-train-settings", ["sweep", "{tmp}/sweep-train.yaml", "--out", "{tmp}/s"], "--lr must be a positive number"),
     Case("sweep-folder-locked", ["sweep", "{tmp}/sweep-ok.yaml", "--out", "{tmp}/adir", "-q"],
          "being written by another force command", prepare=locked("adir")),

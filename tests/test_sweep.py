@@ -161,3 +161,86 @@ def test_dense_reference_cells_and_the_prune_settings_of_a_cell(tmp_path):
     assert records["force-s0.9-seed0"]["disconnected"] is False
     assert 0 < records["force-s0.9-seed0"]["effective_density"] <= 0.1 + 1e-9
     assert read_metadata(out / records["force-s0.9-seed0"]["pruned"])["pruning"]["val_fraction"] == 0.2
+
+
+# --------------------------------------------------------------------------------------------
+# --jobs: cells in worker processes
+# --------------------------------------------------------------------------------------------
+
+TIMINGS = {"prune_seconds", "train_seconds"}
+
+
+def records_by_cell(out):
+    return {r["cell"]: {k: v for k, v in r.items() if k not in TIMINGS} for r in read_results(out / "results.jsonl")}
+
+
+def test_two_jobs_give_the_same_records_as_a_serial_run(recipe, tmp_path, uninterrupted):
+    out = tmp_path / "parallel"
+    started = []
+    records = run_sweep(recipe, out, SweepHooks(on_cell_start=lambda cell, i, n: started.append(cell.key)), jobs=2)
+    assert sorted(started) == sorted(uninterrupted) and len(records) == 4
+    serial = records_by_cell(tmp_path / "straight")
+    assert records_by_cell(out) == serial  # every field of every cell, timings aside
+    assert len((out / "results.jsonl").read_text().splitlines()) == 4  # one whole line per cell
+
+
+def test_two_jobs_resume_a_sweep_skipping_finished_cells_and_continuing_a_partial(recipe, tmp_path, uninterrupted):
+    out = tmp_path / "resumed"
+
+    def ctrl_c_after_first_epoch(record):
+        os.kill(os.getpid(), signal.SIGINT)
+
+    # a serial run stopped in the first cell's training leaves its partial checkpoint
+    with pytest.raises(TrainingInterrupted):
+        run_sweep(recipe, out, SweepHooks(train_callbacks=TrainCallbacks(on_epoch=ctrl_c_after_first_epoch)))
+    # and a cell recorded as finished is not run again (its line is copied from the straight run)
+    finished = read_results(tmp_path / "straight" / "results.jsonl")[1]
+    append_result(out, finished)
+    started = []
+    run_sweep(recipe, out, SweepHooks(on_cell_start=lambda cell, i, n: started.append(cell.key)), jobs=2)
+    assert sorted(started) == ["force-s0.9-seed0", "force-s0.9-seed1", "random-s0.9-seed1"]
+    log = [json.loads(line) for line in (out / "cells" / "force-s0.9-seed0" / "train.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log if "epoch" in r] == [1, 2, 3]  # continued from its partial, not restarted
+    assert not (out / "cells" / "force-s0.9-seed0" / "trained.partial.safetensors").exists()
+    assert records_by_cell(out) == records_by_cell(tmp_path / "straight")
+
+
+def test_ctrl_c_stops_every_worker_and_keeps_the_finished_cells(tmp_path):
+    """Ctrl-C in a terminal reaches the whole process group: the parent stops its workers, records
+    what finished, says how to continue; the same command then completes the sweep."""
+    import subprocess
+    import sys
+    import time
+
+    path = tmp_path / "slow.yaml"
+    path.write_text(RECIPE.replace("epochs: 3", "epochs: 6").replace("milestones: [2]", "milestones: [4]")
+                    .replace("methods: [force, random]", "methods: [random]"))
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "force_cli", "sweep", str(path), "--out", str(out), "--jobs", "2"]
+    with open(tmp_path / "stderr", "w") as err:
+        proc = subprocess.Popen(command, env=env, stderr=err, stdout=subprocess.DEVNULL, start_new_session=True)
+        cells = [out / "cells" / f"random-s0.9-seed{s}" for s in range(2)]
+        deadline = time.monotonic() + 240  # a bound on a hang only; no timing is asserted
+        while not any((c / "trained.partial.safetensors").exists() for c in cells) and time.monotonic() < deadline:
+            time.sleep(0.05)  # until a worker has saved its first epoch
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: parent and workers
+        assert proc.wait(timeout=240) == 130
+    message = (tmp_path / "stderr").read_text()
+    assert "run the same command again to continue" in message and "Traceback" not in message
+    assert not (out / ".force.lock").exists()  # released only once the workers had ended
+    assert any((c / "trained.partial.safetensors").exists() for c in cells)  # a stopped cell saved its progress
+    run_sweep(load_recipe(path), out)  # what running the same command again does (in-process: faster)
+    assert sorted(records_by_cell(out)) == [c.name for c in cells]
+    assert not any((c / "trained.partial.safetensors").exists() for c in cells)
+
+
+def test_a_cell_failing_in_a_worker_stops_the_sweep_with_its_own_error(tmp_path):
+    from force_cli.training import TrainingDiverged
+
+    path = tmp_path / "diverges.yaml"
+    path.write_text(RECIPE.replace("  epochs: 3\n", "  epochs: 3\n  lr: 1.0e+8\n").replace("methods: [force, random]",
+                                                                                        "methods: [random]"))
+    with pytest.raises(TrainingDiverged, match="lower learning rate"):  # the worker's exception, not a pickling error
+        run_sweep(load_recipe(path), tmp_path / "out", jobs=2)
+    assert read_results(tmp_path / "out" / "results.jsonl") == []
