@@ -537,10 +537,12 @@ def eval_command(
     """Top-1 and top-5 accuracy, loss, samples and density of a checkpoint on a dataset split."""
     from rich.table import Table
 
+    from force_cli import distributed
     from force_cli.evaluation import evaluate_checkpoint
     from force_cli.report import json_document
 
-    with progress_bar(quiet) as bar:
+    main_rank = distributed.is_main()  # under torchrun only rank 0 shows progress and prints the result
+    with progress_bar(quiet or not main_rank) as bar:
         task = None
 
         def on_start(samples: int):
@@ -550,8 +552,10 @@ def eval_command(
         report = evaluate_checkpoint(
             checkpoint, split=split, dataset=dataset, data_dir=data_dir, download=download,
             device=device or "auto", batch_size=batch_size, workers=workers, on_start=on_start,
-            on_batch=lambda done: bar.update(task, completed=done), on_warning=warn,
+            on_batch=lambda done: bar.update(task, completed=done), on_warning=warn if main_rank else None,
         )
+    if not main_rank:
+        return
     if json_output:
         print(json_document(report))
         return

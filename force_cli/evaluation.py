@@ -15,6 +15,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import Subset
 
 from force_cli.config import check_int_bounds
 from force_cli.errors import CheckpointError, ConfigError, DataError, IncompatibleError
@@ -36,8 +37,13 @@ class EvalMetrics:
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, device: torch.device, *, amp_dtype: torch.dtype | None = None,
              channels_last: bool = False, k: int = 5,
-             on_batch: Callable[[int], None] | None = None) -> EvalMetrics:
-    """Evaluate ``model`` (in eval mode; its previous mode is restored) on every batch of ``loader``."""
+             on_batch: Callable[[int], None] | None = None,
+             sum_over_ranks: Callable[[list[torch.Tensor]], None] | None = None) -> EvalMetrics:
+    """Evaluate ``model`` (in eval mode; its previous mode is restored) on every batch of ``loader``.
+
+    ``sum_over_ranks`` (under torchrun: each rank holds a shard) sums the raw totals in place
+    before they are divided, so the metrics are those of the whole split.
+    """
     was_training = model.training
     model.eval()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
@@ -66,6 +72,10 @@ def evaluate(model: nn.Module, loader, device: torch.device, *, amp_dtype: torch
                 on_batch(samples)
     finally:
         model.train(was_training)
+    if sum_over_ranks is not None:
+        count = torch.tensor(samples, dtype=torch.int64, device=device)
+        sum_over_ranks([loss_sum, correct1, correctk, count])
+        samples = int(count)
     if samples == 0:
         return EvalMetrics(float("nan"), float("nan"), float("nan"), top, 0)
     return EvalMetrics(float(loss_sum) / samples, int(correct1) / samples, int(correctk) / samples, top, samples)
@@ -123,7 +133,22 @@ def evaluate_checkpoint(
     fraction and seed; for an untrained checkpoint the dataset's default fraction). Returns a
     JSON-able dict: checkpoint, model, dataset, split, samples, loss, top1, top5, top5_k (the k of
     "top-5": min(5, classes)), density, stage. ``on_start(samples)`` and ``on_batch(done)`` report progress.
+    Under torchrun each rank evaluates every N-th sample and the totals are summed over the ranks.
     """
+    if split not in SPLITS:
+        raise ConfigError(f"unknown split '{split}'; use one of: {', '.join(SPLITS)}")
+    check_int_bounds("batch_size", batch_size)
+    check_int_bounds("workers", workers)
+    from force_cli import distributed
+
+    with distributed.session(device) as device:  # under torchrun: each rank evaluates every N-th sample
+        return _evaluate_checkpoint(checkpoint, split, dataset, data_dir, download, device, batch_size, workers,
+                                    on_start, on_batch, on_warning)
+
+
+def _evaluate_checkpoint(checkpoint, split, dataset, data_dir, download, device, batch_size, workers,
+                         on_start, on_batch, on_warning) -> dict[str, Any]:
+    from force_cli import distributed
     from force_cli.checkpoint import load_checkpoint
     from force_cli.data import dataset_info, load_datasets, make_loader
     from force_cli.device import resolve_device
@@ -131,10 +156,6 @@ def evaluate_checkpoint(
     from force_cli.restore import model_from_checkpoint
     from force_cli.training import TRAIN_DEFAULTS
 
-    if split not in SPLITS:
-        raise ConfigError(f"unknown split '{split}'; use one of: {', '.join(SPLITS)}")
-    check_int_bounds("batch_size", batch_size)
-    check_int_bounds("workers", workers)
     dev = resolve_device(device)
     ckpt = load_checkpoint(checkpoint)
     for warning in ckpt.warnings if on_warning is not None else ():
@@ -169,8 +190,12 @@ def evaluate_checkpoint(
         raise DataError(f"the {split} split of '{info.name}' is empty; choose another --split")
     if on_start is not None:
         on_start(len(data))
+    sum_over_ranks = None
+    if distributed.active():  # every N-th sample, no padding: each sample is counted exactly once
+        data = Subset(data, range(distributed.rank(), len(data), distributed.world_size()))
+        sum_over_ranks = distributed.all_reduce_sum_
     loader = make_loader(data, batch_size, shuffle=False, workers=workers, device=dev)
-    metrics = evaluate(model, loader, dev, on_batch=on_batch)
+    metrics = evaluate(model, loader, dev, on_batch=on_batch, sum_over_ranks=sum_over_ranks)
     kept, total = count_kept(ckpt.masks), count_total(ckpt.masks)
     return {
         "checkpoint": str(checkpoint),

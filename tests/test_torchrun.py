@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -146,3 +147,16 @@ def test_two_processes_prune_the_mask_of_one(tmp_path):
     assert set(one) == set(both)
     for name in one:
         assert torch.equal(one[name], both[name]), name
+
+
+def test_two_processes_evaluate_like_one(tmp_path):
+    """Each rank evaluates every other test image; the summed totals are those of the whole split."""
+    init = _lenet_checkpoint(tmp_path / "lenet.safetensors")
+    args = ["eval", init, "--device", "cpu", "--json", "--quiet", "--batch-size", "50"]
+    two = _force(args, tmp_path, nproc=2)
+    one = _force(args, tmp_path)
+    assert len(two.stdout.strip().splitlines()) == 1  # printed by rank 0 only
+    a, b = json.loads(one.stdout), json.loads(two.stdout)
+    assert b["samples"] == a["samples"] == 360
+    assert b["top1"] == a["top1"] and b["top5"] == a["top5"]
+    assert b["loss"] == pytest.approx(a["loss"], rel=1e-6)  # float32 batch sums, grouped differently
