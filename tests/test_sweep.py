@@ -213,7 +213,7 @@ def test_ctrl_c_stops_every_worker_and_keeps_the_finished_cells(tmp_path):
     import time
 
     path = tmp_path / "slow.yaml"
-    path.write_text(RECIPE.replace("epochs: 3", "epochs: 6").replace("milestones: [2]", "milestones: [4]")
+    path.write_text(RECIPE.replace("epochs: 3", "epochs: 20").replace("milestones: [2]", "milestones: [10]")
                     .replace("methods: [force, random]", "methods: [random]"))
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
@@ -229,7 +229,8 @@ def test_ctrl_c_stops_every_worker_and_keeps_the_finished_cells(tmp_path):
     message = (tmp_path / "stderr").read_text()
     assert "run the same command again to continue" in message and "Traceback" not in message
     assert not (out / ".force.lock").exists()  # released only once the workers had ended
-    assert any((c / "trained.partial.safetensors").exists() for c in cells)  # a stopped cell saved its progress
+    finished = records_by_cell(out)  # a cell may finish between the first partial and the signal
+    assert any((c / "trained.partial.safetensors").exists() or c.name in finished for c in cells)
     run_sweep(load_recipe(path), out)  # what running the same command again does (in-process: faster)
     assert sorted(records_by_cell(out)) == [c.name for c in cells]
     assert not any((c / "trained.partial.safetensors").exists() for c in cells)
