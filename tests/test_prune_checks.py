@@ -124,3 +124,17 @@ def test_an_empty_first_layer_disconnects_even_with_a_full_output_layer():
     result = PruneResult(masks=masks, total=72, kept=24, steps=1)
     with pytest.raises(DisconnectedError, match="no path of kept weights"):
         job.check_connectivity(model, result, (6,), allow=False)
+
+
+def test_the_holdout_of_an_imagefolder_dataset_uses_its_data_dir(tmp_path, monkeypatch):
+    """The default held-out fraction is looked up for the resolved dataset, never by re-reading a
+    default data folder that an imagefolder run does not use."""
+    from tests.test_data import write_image_folder
+
+    monkeypatch.setenv("FORCE_DATA", str(tmp_path / "elsewhere"))  # no imagefolder there
+    write_image_folder(tmp_path / "images", "val")
+    out = tmp_path / "p.safetensors"
+    result = run("prune", "--model", "lenet5", "--dataset", "imagefolder", "--data-dir", tmp_path / "images",
+                 "--method", "magnitude", "--sparsity", "0.5", "--quiet", "-o", out)
+    assert result.exit_code == 0, result.stderr
+    assert load_checkpoint(out).metadata["pruning"]["val_fraction"] == 0.0

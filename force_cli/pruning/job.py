@@ -86,7 +86,7 @@ def _prune(cfg: PruneConfig, output: Path, device: torch.device, on_step, on_sta
                       image_size=info.image_size, imagenet_style=info.imagenet_style)
     check_compatible(cfg.model, **model_args)
 
-    val_fraction = holdout_fraction(cfg)
+    val_fraction = holdout_fraction(cfg, info.name)
     stream = None
     if method.needs_data:
         # The same split `train` makes with the same seed: validation images stay unseen.
@@ -138,13 +138,15 @@ def _prune(cfg: PruneConfig, output: Path, device: torch.device, on_step, on_sta
     return output, result
 
 
-def holdout_fraction(cfg: PruneConfig) -> float:
-    """The validation fraction `train` will hold out by default, which pruning must not draw from."""
+def holdout_fraction(cfg: PruneConfig, dataset: str) -> float:
+    """The validation fraction `train` will hold out by default, which pruning must not draw from.
+
+    ``dataset`` is the registry name of ``cfg.dataset`` (already resolved, with its data folder)."""
     if cfg.val_fraction is not None:
         return cfg.val_fraction
     from force_cli.training import TRAIN_DEFAULTS
 
-    return float(TRAIN_DEFAULTS.get(dataset_info(cfg.dataset).name, {}).get("val_fraction", 0.0))
+    return float(TRAIN_DEFAULTS.get(dataset, {}).get("val_fraction", 0.0))
 
 
 def _step_ranges(steps: list[int]) -> str:
