@@ -120,6 +120,17 @@ def pruning_holdout(metadata: Mapping[str, Any]) -> dict[str, Any]:
     return {}
 
 
+def holdout_mismatch(metadata: Mapping[str, Any], val_fraction: float, seed: int) -> list[str]:
+    """A warning when this run's validation split is not the one pruning kept its batches out of."""
+    held = pruning_holdout(metadata).get("val_fraction")
+    pruned_seed = metadata.get("seed")
+    if held is None or not val_fraction or (held == val_fraction and pruned_seed == seed):
+        return []
+    return [f"the validation split (fraction {val_fraction:g}, seed {seed}) is not the one pruning held out "
+            f"(fraction {held:g}, seed {pruned_seed}), so pruning may have seen some validation images; "
+            f"keep the defaults, or prune with the same --val-fraction and --seed"]
+
+
 def _chosen(settings: TrainSettings | Mapping[str, Any] | None) -> dict[str, Any]:
     if settings is None:
         return {}
@@ -326,7 +337,10 @@ def _train(ckpt, source, output, partial, base, state, run_seed, origin, data_di
 
     amp = autocast_dtype(run.amp, dev)
     carried = {k: v for k, v in metadata.items() if k not in _RUN_FIELDS}
-    for warning in ckpt.warnings:
+    warnings = list(ckpt.warnings)
+    if state is None:
+        warnings += holdout_mismatch(metadata, run.val_fraction, run_seed)
+    for warning in warnings:
         if callbacks is not None and callbacks.on_warning is not None:
             callbacks.on_warning(warning)
     if ckpt.warnings and ckpt.masks:  # masks altered after pruning: record what they really keep

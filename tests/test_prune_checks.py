@@ -138,3 +138,20 @@ def test_the_holdout_of_an_imagefolder_dataset_uses_its_data_dir(tmp_path, monke
                  "--method", "magnitude", "--sparsity", "0.5", "--quiet", "-o", out)
     assert result.exit_code == 0, result.stderr
     assert load_checkpoint(out).metadata["pruning"]["val_fraction"] == 0.0
+
+
+def test_training_warns_when_its_validation_split_is_not_the_one_pruning_held_out(tmp_path):
+    from force_cli.train_job import holdout_mismatch
+
+    meta = {"seed": 3, "pruning": {"val_fraction": 0.1}}
+    assert holdout_mismatch(meta, 0.1, 3) == []
+    assert holdout_mismatch(meta, 0.0, 5) == []  # no validation split: nothing to leak into
+    assert "pruning may have seen" in holdout_mismatch(meta, 0.2, 3)[0]
+    assert "seed 3" in holdout_mismatch(meta, 0.1, 4)[0]
+    assert holdout_mismatch({"seed": 3}, 0.1, 4) == []  # made before pruning recorded its holdout
+
+    out = tmp_path / "p.safetensors"
+    assert run("prune", *DIGITS, "--sparsity", "0.9", "--steps", "2", "-o", out).exit_code == 0
+    result = run("train", out, "--epochs", "1", "--seed", "7", "--device", "cpu", "-q", "-o", tmp_path / "t.safetensors")
+    assert result.exit_code == 0, result.stderr
+    assert "pruning may have seen some validation images" in result.stderr
