@@ -24,7 +24,8 @@ import torch
 
 from force_cli.models import build_model
 from force_cli.pruning.masks import prunable_weights
-from force_cli.training import MaskEnforcer, autocast_dtype, train_epoch
+from force_cli.training.loop import autocast_dtype, train_epoch
+from force_cli.training.masking import MaskEnforcer
 
 
 def random_masks(model, sparsity: float, seed: int = 0):

@@ -33,7 +33,7 @@ from force_cli.pruning import METHODS, SCHEDULES
 from force_cli.pruning.objectives import OBJECTIVES
 from force_cli.evaluation import SPLITS
 from force_cli.export import FORMATS as EXPORT_FORMATS
-from force_cli.training import LR_SCHEDULES, OPTIMIZERS, TRAIN_DEFAULTS
+from force_cli.training.settings import LR_SCHEDULES, OPTIMIZERS, TRAIN_DEFAULTS
 
 class OneLineErrors(TyperGroup):
     """Usage errors (unknown option, missing value, bad type) as one line on stderr, exit 2,
@@ -444,8 +444,8 @@ def train(
     """Train a pruned checkpoint with its masks enforced; write a trained checkpoint and print its path."""
     from force_cli.config import TrainSettings
     from force_cli.device import resolve_device
-    from force_cli.train_job import TrainingInterrupted, train_checkpoint
-    from force_cli.training import TrainCallbacks, TrainingDiverged
+    from force_cli.training.job import TrainingInterrupted, train_checkpoint
+    from force_cli.training.loop import TrainCallbacks, TrainingDiverged
 
     log = log if log is not None else old_log
     from force_cli.distributed import is_main
@@ -592,8 +592,8 @@ def sweep(
     (or with --report) a mean ± std table is printed and results.md, .csv, .png and .svg are written.
     """
     from force_cli.sweep import SweepHooks, check_jobs, expand_grid, finished_cells, run_sweep, sweep_settings
-    from force_cli.train_job import TrainingInterrupted
-    from force_cli.training import TrainingDiverged
+    from force_cli.training.job import TrainingInterrupted
+    from force_cli.training.loop import TrainingDiverged
 
     if report is not None:
         if not report.is_dir():

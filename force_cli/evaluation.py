@@ -154,7 +154,7 @@ def _evaluate_checkpoint(checkpoint, split, dataset, data_dir, download, device,
     from force_cli.device import resolve_device
     from force_cli.pruning.masks import count_kept, count_total
     from force_cli.restore import model_from_checkpoint
-    from force_cli.training import TRAIN_DEFAULTS
+    from force_cli.training.settings import TRAIN_DEFAULTS
 
     dev = resolve_device(device)
     ckpt = load_checkpoint(checkpoint)

@@ -24,8 +24,9 @@ from force_cli.evaluation import evaluate_checkpoint
 from force_cli.pruning.criteria import get_method
 from force_cli.pruning.job import prune_to_checkpoint, validate
 from force_cli.sweep_report import RESULTS_FILE, read_results, write_info
-from force_cli.train_job import partial_path, train_checkpoint
-from force_cli.training import TrainCallbacks, complete_settings
+from force_cli.training.job import partial_path, train_checkpoint
+from force_cli.training.loop import TrainCallbacks
+from force_cli.training.settings import complete_settings
 
 
 @dataclass(frozen=True)

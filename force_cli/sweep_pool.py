@@ -187,7 +187,7 @@ def _worker(recipe, out_dir, threads, trusted, tasks, events) -> None:
     """Run cells from ``tasks`` until told to stop; report every start, warning, record and error."""
     from force_cli.models import refs
     from force_cli.sweep import SweepHooks, run_cell
-    from force_cli.train_job import TrainingInterrupted
+    from force_cli.training.job import TrainingInterrupted
 
     signal.signal(signal.SIGTERM, _raise_interrupt)  # outside training; training saves a partial instead
     torch.set_num_threads(threads)

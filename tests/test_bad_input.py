@@ -36,8 +36,9 @@ from force_cli.cli import app
 from force_cli.config import PruneConfig
 from force_cli.locking import hold
 from force_cli.pruning.job import prune_to_checkpoint
-from force_cli.train_job import TrainingInterrupted, train_checkpoint
-from force_cli.training import StopFlag, TrainCallbacks
+from force_cli.training.job import TrainingInterrupted, train_checkpoint
+from force_cli.training.loop import TrainCallbacks
+from force_cli.training.state import StopFlag
 
 runner = CliRunner()
 BIG = str(2**64 - 1)

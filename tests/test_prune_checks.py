@@ -14,7 +14,7 @@ from force_cli.config import PruneConfig
 from force_cli.data import load_datasets
 from force_cli.errors import DisconnectedError
 from force_cli.pruning import job, prune
-from force_cli.train_job import pruning_holdout
+from force_cli.training.job import pruning_holdout
 from tests.helpers import FixedStream, random_batches
 
 runner = CliRunner()
@@ -141,7 +141,7 @@ def test_the_holdout_of_an_imagefolder_dataset_uses_its_data_dir(tmp_path, monke
 
 
 def test_training_warns_when_its_validation_split_is_not_the_one_pruning_held_out(tmp_path):
-    from force_cli.train_job import holdout_mismatch
+    from force_cli.training.job import holdout_mismatch
 
     meta = {"seed": 3, "pruning": {"val_fraction": 0.1}}
     assert holdout_mismatch(meta, 0.1, 3) == []

@@ -14,8 +14,8 @@ from force_cli.cli import app
 from force_cli.config import load_recipe
 from force_cli.sweep import SweepHooks, append_result, expand_grid, run_sweep, sweep_settings
 from force_cli.sweep_report import read_results
-from force_cli.train_job import TrainingInterrupted
-from force_cli.training import TrainCallbacks
+from force_cli.training.job import TrainingInterrupted
+from force_cli.training.loop import TrainCallbacks
 
 RECIPE = """model: lenet300
 dataset: digits
@@ -237,7 +237,7 @@ def test_ctrl_c_stops_every_worker_and_keeps_the_finished_cells(tmp_path):
 
 
 def test_a_cell_failing_in_a_worker_stops_the_sweep_with_its_own_error(tmp_path):
-    from force_cli.training import TrainingDiverged
+    from force_cli.training.loop import TrainingDiverged
 
     path = tmp_path / "diverges.yaml"
     path.write_text(RECIPE.replace("  epochs: 3\n", "  epochs: 3\n  lr: 1.0e+8\n").replace("methods: [force, random]",

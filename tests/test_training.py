@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
-from force_cli import training
+from force_cli.training import loop
 from force_cli.checkpoint import load_checkpoint, save_checkpoint
 from force_cli.config import TrainSettings
 from force_cli.data import DataSplits, dataset_info
@@ -20,21 +20,16 @@ from force_cli.errors import CheckpointError, ConfigError, IncompatibleError, Un
 from force_cli.evaluation import evaluate, evaluate_checkpoint
 from force_cli.models import build_model
 from force_cli.pruning.masks import prunable_weights
-from force_cli.train_job import TrainingInterrupted, default_output, partial_path, train_checkpoint
-from force_cli.training import (
-    EpochTotals,
-    MaskEnforcer,
+from force_cli.training.job import TrainingInterrupted, default_output, partial_path, train_checkpoint
+from force_cli.training.loop import EpochTotals, TrainCallbacks, Trainer, TrainingDiverged, train_epoch
+from force_cli.training.masking import MaskEnforcer
+from force_cli.training.order import epoch_batches
+from force_cli.training.settings import ADAM_DEFAULT_LR, complete_settings, lr_at
+from force_cli.training.state import (
     StopFlag,
-    TrainCallbacks,
-    Trainer,
-    TrainingDiverged,
-    complete_settings,
-    epoch_batches,
-    lr_at,
     optimizer_state_from_tensors,
     optimizer_state_to_tensors,
     stop_on_signals,
-    train_epoch,
 )
 from tests.helpers import random_batches, tiny_convnet, tiny_mlp
 
@@ -114,7 +109,7 @@ def test_cifar_defaults_follow_the_papers_code():
     s = complete_settings(TrainSettings(), "cifar10")
     assert (s.optimizer, s.lr, s.momentum, s.weight_decay, s.batch_size, s.epochs) == ("sgd", 0.1, 0.9, 5e-4, 128, 350)
     assert (s.lr_schedule, s.milestones, s.gamma, s.val_fraction) == ("multistep", [150, 250], 0.1, 0.1)
-    assert complete_settings(TrainSettings(optimizer="adam"), "cifar10").lr == training.ADAM_DEFAULT_LR
+    assert complete_settings(TrainSettings(optimizer="adam"), "cifar10").lr == ADAM_DEFAULT_LR
     assert complete_settings(TrainSettings(epochs=3, lr=0.5), "digits").epochs == 3
     assert complete_settings(TrainSettings(), "digits").batch_size == 32
 
@@ -225,7 +220,7 @@ def test_trainer_resumes_bit_identically(optimizer, stop_at, workers):
                      model={k: v.clone() for k, v in t.model.state_dict().items()}, history=list(t.history))
 
     first = Trainer(dropout_net(), masks, splits(), settings, seed=7, device=torch.device("cpu"))
-    with pytest.raises(training.Interrupted):
+    with pytest.raises(loop.Interrupted):
         first.run(stop=stop, save=save, callbacks=TrainCallbacks(on_batch=on_batch))
     model = dropout_net()
     model.load_state_dict(saved["model"])
@@ -284,7 +279,7 @@ def test_train_checkpoint_writes_a_trained_checkpoint(tmp_path):
         assert torch.count_nonzero(ckpt.state_dict[name][~mask]) == 0
     lines = [json.loads(line) for line in log.read_text().splitlines()]
     assert [r["epoch"] for r in lines] == [1, 2, 3, 4]
-    assert set(lines[0]) == set(training.EPOCH_FIELDS)
+    assert set(lines[0]) == set(loop.EPOCH_FIELDS)
     assert not partial_path(result.path).exists()
 
 
@@ -325,8 +320,8 @@ def test_sigterm_saves_a_partial_checkpoint(tmp_path):
 
 def test_divergence_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     src = make_init_checkpoint(tmp_path / "init.safetensors")
-    real = training.lr_at
-    monkeypatch.setattr(training, "lr_at", lambda s, i: real(s, i) if i < 2 else 1e30)
+    real = loop.lr_at
+    monkeypatch.setattr(loop, "lr_at", lambda s, i: real(s, i) if i < 2 else 1e30)
     out = tmp_path / "out.safetensors"
     with pytest.raises(TrainingDiverged) as info:
         train_checkpoint(src, out, TrainSettings(**FAST | dict(save_every=1)), device="cpu")

@@ -144,7 +144,7 @@ def holdout_fraction(cfg: PruneConfig, dataset: str) -> float:
     ``dataset`` is the registry name of ``cfg.dataset`` (already resolved, with its data folder)."""
     if cfg.val_fraction is not None:
         return cfg.val_fraction
-    from force_cli.training import TRAIN_DEFAULTS
+    from force_cli.training.settings import TRAIN_DEFAULTS
 
     return float(TRAIN_DEFAULTS.get(dataset, {}).get("val_fraction", 0.0))
 

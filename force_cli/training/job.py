@@ -1,6 +1,6 @@
 """`force train` as a library call: a checkpoint in, a trained checkpoint out, resumable.
 
-    from force_cli.train_job import train_checkpoint
+    from force_cli.training.job import train_checkpoint
     result = train_checkpoint("lenet.safetensors", settings=TrainSettings(epochs=30))
 
 Files (``X.safetensors`` the input):
@@ -50,16 +50,9 @@ from force_cli.errors import CheckpointError, ConfigError, OutputError
 from force_cli.locking import hold
 from force_cli.evaluation import check_dataset_fits, recorded_data_dir
 from force_cli.restore import model_from_checkpoint
-from force_cli.training import (
-    Interrupted,
-    StopFlag,
-    TrainCallbacks,
-    Trainer,
-    TrainingDiverged,
-    autocast_dtype,
-    complete_settings,
-    stop_on_signals,
-)
+from force_cli.training.loop import Interrupted, TrainCallbacks, Trainer, TrainingDiverged, autocast_dtype
+from force_cli.training.settings import complete_settings
+from force_cli.training.state import StopFlag, stop_on_signals
 
 SUFFIX = ".safetensors"
 PARTIAL_SUFFIX = ".partial.safetensors"
@@ -187,7 +180,7 @@ def train_checkpoint(
     its metadata); return where it is and what it reached.
 
     ``settings``: the training settings chosen (None fields: the dataset's defaults,
-    ``training.TRAIN_DEFAULTS``); on resume only the ones given override the saved run's.
+    ``training.settings.TRAIN_DEFAULTS``); on resume only the ones given override the saved run's.
     ``seed`` defaults to the checkpoint's (pruning) seed. ``data_dir`` defaults to the folder the
     checkpoint was made with, if it exists here. With ``catch_signals`` Ctrl-C and SIGTERM save a
     partial checkpoint and raise ``TrainingInterrupted``; so does setting ``stop``.

@@ -1,0 +1,127 @@
+"""Training settings: the defaults per dataset, the optimizers and the learning-rate schedules.
+
+Kept apart from the loop so that ``evaluation`` and ``pruning`` can read the defaults (the batch
+size, the held-out fraction) without importing the trainer.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import fields
+from typing import Any
+
+import torch
+
+from force_cli.config import TrainSettings, check_int_bounds
+from force_cli.errors import ConfigError, UnknownNameError
+
+
+#: The paper's code for CIFAR (naver/force, experiments.py): SGD, lr 0.1, momentum 0.9, weight
+#: decay 5e-4, batch 128, 350 epochs, lr x0.1 after epochs 150 and 250, 10% held out for validation.
+_PAPER_CIFAR = dict(epochs=350, optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=5e-4,
+                    lr_schedule="multistep", milestones=[150, 250], gamma=0.1, batch_size=128,
+                    val_fraction=0.1)
+
+#: Training defaults by dataset; a flag or the recipe's ``train:`` section overrides each one.
+TRAIN_DEFAULTS: dict[str, dict[str, Any]] = {
+    "cifar10": _PAPER_CIFAR,
+    "cifar100": _PAPER_CIFAR,
+    "svhn": _PAPER_CIFAR,
+    # The paper's code for Tiny-ImageNet: 300 epochs, x0.1 after 150 and 225, no validation split.
+    "tiny-imagenet": _PAPER_CIFAR | dict(epochs=300, milestones=[150, 225], val_fraction=0.0),
+    # The paper's ImageNet script (PyTorch's example): 90 epochs, batch 256, wd 1e-4, x0.1 every 30.
+    "imagenet": _PAPER_CIFAR | dict(epochs=90, milestones=[30, 60], weight_decay=1e-4, batch_size=256,
+                                    val_fraction=0.0),
+    "imagefolder": _PAPER_CIFAR | dict(epochs=90, milestones=[30, 60], weight_decay=1e-4, batch_size=256,
+                                       val_fraction=0.0),
+    # MNIST-like (not in the paper): the same optimizer, 40 epochs, x0.1 after 20 and 30.
+    "mnist": _PAPER_CIFAR | dict(epochs=40, milestones=[20, 30]),
+    "fashion-mnist": _PAPER_CIFAR | dict(epochs=40, milestones=[20, 30]),
+    # digits (1293 training images of 8x8 after the 10% validation split): 100 epochs of 41
+    # batches of 32, x0.1 after 50 and 75; a 99%-sparse LeNet-300-100 trains in about 4 s on a CPU.
+    "digits": _PAPER_CIFAR | dict(epochs=100, batch_size=32, milestones=[50, 75]),
+    # synthetic (smoke tests, benchmarks): 10 epochs, x0.1 after 5 and 8.
+    "synthetic": _PAPER_CIFAR | dict(epochs=10, milestones=[5, 8]),
+}
+
+#: Default learning rate when ``--optimizer adam`` is chosen without ``--lr``.
+ADAM_DEFAULT_LR = 1e-3
+
+
+def _build_sgd(params, s: TrainSettings) -> torch.optim.Optimizer:
+    return torch.optim.SGD(params, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay)
+
+
+def _build_adam(params, s: TrainSettings) -> torch.optim.Optimizer:
+    return torch.optim.Adam(params, lr=s.lr, weight_decay=s.weight_decay)
+
+
+#: Optimizer registry: name -> (builder, one line for --help).
+OPTIMIZERS: dict[str, tuple[Callable, str]] = {
+    "sgd": (_build_sgd, "SGD with momentum and L2 weight decay (the paper's)"),
+    "adam": (_build_adam, f"Adam with L2 weight decay (lr {ADAM_DEFAULT_LR:g} unless --lr)"),
+}
+
+
+def _multistep(s: TrainSettings, index: int) -> float:
+    return s.lr * s.gamma ** sum(1 for m in s.milestones if m <= index)
+
+
+def _cosine(s: TrainSettings, index: int) -> float:
+    return s.lr * 0.5 * (1.0 + math.cos(math.pi * index / s.epochs))
+
+
+#: Learning-rate schedules: name -> (lr of 0-based epoch index, one line for --help). Each is a
+#: pure function of the epoch (torch's MultiStepLR / CosineAnnealingLR in closed form), so a
+#: resumed run needs no scheduler object, only the epoch.
+LR_SCHEDULES: dict[str, tuple[Callable[[TrainSettings, int], float], str]] = {
+    "multistep": (_multistep, "lr x gamma after each milestone epoch"),
+    "cosine": (_cosine, "cosine annealing from lr to 0 over the run"),
+}
+
+
+def lr_at(settings: TrainSettings, index: int) -> float:
+    """The learning rate of the epoch with 0-based ``index``."""
+    return LR_SCHEDULES[settings.lr_schedule][0](settings, index)
+
+
+def complete_settings(settings: TrainSettings, dataset: str) -> TrainSettings:
+    """``settings`` with every ``None`` replaced by ``dataset``'s default, validated."""
+    defaults = dict(TRAIN_DEFAULTS.get(dataset, _PAPER_CIFAR))
+    if settings.optimizer == "adam":
+        defaults["lr"] = ADAM_DEFAULT_LR
+    values = {f.name: getattr(settings, f.name) for f in fields(settings)}
+    for name, value in values.items():
+        if value is None:
+            values[name] = defaults[name]
+    values["milestones"] = [int(m) for m in values["milestones"]]
+    done = TrainSettings(**values)
+    validate_settings(done)
+    return done
+
+
+def validate_settings(s: TrainSettings) -> None:
+    """Refuse settings outside their valid range with a message naming the flag."""
+    if s.optimizer not in OPTIMIZERS:
+        raise UnknownNameError("optimizer", s.optimizer, OPTIMIZERS)
+    if s.lr_schedule not in LR_SCHEDULES:
+        raise UnknownNameError("lr schedule", s.lr_schedule, LR_SCHEDULES)
+    checks = [
+        ("epochs", s.epochs >= 1, "at least 1"),
+        ("lr", s.lr > 0 and math.isfinite(s.lr), "a positive number"),
+        ("momentum", 0 <= s.momentum < 1, "in [0, 1)"),
+        ("weight-decay", s.weight_decay >= 0 and math.isfinite(s.weight_decay), ">= 0"),
+        ("gamma", 0 < s.gamma <= 1, "in (0, 1]"),
+        ("batch-size", s.batch_size >= 1, "at least 1"),
+        ("val-fraction", 0 <= s.val_fraction < 1, "in [0, 1), e.g. 0.1"),
+        ("workers", s.workers >= 0, ">= 0"),
+        ("save-every", s.save_every >= 0, ">= 0 (0: only when interrupted)"),
+    ]
+    for f in fields(s):
+        check_int_bounds(f.name, getattr(s, f.name))
+    for flag, ok, what in checks:
+        if not ok:
+            raise ConfigError(f"--{flag} must be {what}, got {getattr(s, flag.replace('-', '_'))}")
+    if any(m < 1 for m in s.milestones) or list(s.milestones) != sorted(set(s.milestones)):
+        raise ConfigError(f"--milestones must be increasing positive epochs such as 150,250, got {s.milestones}")
