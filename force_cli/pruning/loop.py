@@ -17,6 +17,7 @@ from force_cli.pruning.criteria import Batch, Method, ScoringContext, get_method
 from force_cli.pruning.masks import Masks, Scores, count_kept, dense_masks, keep_top_k, kept_for_sparsity, prunable_weights
 from force_cli.pruning.objectives import Objective, make_objective
 from force_cli.pruning.schedules import kept_counts
+from force_cli.pruning.topk import Workspace
 
 
 @dataclass(frozen=True)
@@ -183,12 +184,13 @@ def prune(
     device = next(iter(ctx.weights.values())).device
     masks = {n: m.to(device) for n, m in initial_masks.items()}
     history = []
+    workspace = Workspace()
     for t, kt in enumerate(counts, start=1):
         scores = spec.score(ctx, masks)
         if not spec.revives:
             for name, s in scores.items():
                 s.masked_fill_(~masks[name], float("-inf"))
-        masks, threshold = keep_top_k(scores, kt, return_threshold=True)
+        masks, threshold = keep_top_k(scores, kt, return_threshold=True, workspace=workspace)
         info = StepInfo(step=t, steps=steps, kept=kt, total=total, threshold=threshold)
         history.append(info)
         if on_step is not None:

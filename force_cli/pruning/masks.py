@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from force_cli.errors import CheckpointError, ConfigError
-from force_cli.pruning.topk import top_k_masks_and_threshold
+from force_cli.pruning import topk
 
 Masks = dict[str, torch.Tensor]
 Scores = dict[str, torch.Tensor]
@@ -60,14 +60,16 @@ def kept_for_sparsity(total: int, sparsity: float) -> int:
     return k
 
 
-def keep_top_k(scores: Mapping[str, torch.Tensor], k: int, *, return_threshold: bool = False):
+def keep_top_k(scores: Mapping[str, torch.Tensor], k: int, *, return_threshold: bool = False,
+               workspace: topk.Workspace | None = None):
     """Global top-k over all layers: exactly ``k`` weights kept, higher score kept.
 
     Ties at the threshold are broken deterministically: the tied weights that come first
     (in layer order, then in row-major order inside a layer) are kept. NaN scores rank lowest.
     The inputs are not modified. The selection itself is ``topk.top_k_masks``. With
     ``return_threshold``, returns ``(masks, threshold)``: the k-th largest score as a float (NaN
-    counted as -inf; None when k is 0 or every weight).
+    counted as -inf; None when k is 0 or every weight). A pruning run passes one ``workspace`` to
+    all its steps, so that the selection's scratch buffers are allocated once.
     """
     names = list(scores)
     total = sum(scores[n].numel() for n in names)
@@ -76,7 +78,7 @@ def keep_top_k(scores: Mapping[str, torch.Tensor], k: int, *, return_threshold: 
     if k == total or k == 0:
         masks = {n: torch.full_like(scores[n], k == total, dtype=torch.bool) for n in names}
         return (masks, None) if return_threshold else masks
-    kept, threshold = top_k_masks_and_threshold([scores[n].detach().reshape(-1) for n in names], k)
+    kept, threshold = topk.top_k_masks_and_threshold([scores[n].detach().reshape(-1) for n in names], k, workspace)
     masks = {n: m.view(scores[n].shape) for n, m in zip(names, kept)}
     return (masks, threshold) if return_threshold else masks
 

@@ -9,6 +9,12 @@ k-th largest score in [lo, hi]; one pass per part marks the scores above ``hi`` 
 that mask becomes the result in place) and another finds the few positions inside the band; the
 exact choice is then made among the band's values alone. The bracket can miss, never mislead: a
 miss is detected by counting and falls back to a full selection.
+
+Two CPU costs shape the code. A fresh buffer above glibc's mmap threshold (128 KiB) costs a page
+fault per 4 KiB at every use, so a pruning run passes one ``Workspace`` whose buffers every step
+reuses. And a comparison that writes bool is several times slower than the same comparison written
+as 0/1 in the scores' float dtype (vectorised) followed by a conversion to bool; float flags are
+also counted by a plain sum, exact while the count stays below 2**24 (float32 sums) or 2**53.
 """
 
 from __future__ import annotations
@@ -23,29 +29,54 @@ MIN_SAMPLED = 1 << 15
 FLATTEN_BELOW = 1 << 20
 
 
-def top_k_masks(parts: list[torch.Tensor], k: int) -> list[torch.Tensor]:
+class Workspace:
+    """Scratch buffers that every selection of one pruning run reuses, grown on demand."""
+
+    def __init__(self) -> None:
+        self._buffers: dict[str, torch.Tensor] = {}
+
+    def get(self, name: str, like: torch.Tensor, numel: int) -> torch.Tensor:
+        """A 1-d buffer of ``numel`` elements with ``like``'s dtype and device (contents undefined)."""
+        buffer = self._buffers.get(name)
+        if buffer is None or buffer.numel() < numel or buffer.dtype != like.dtype or buffer.device != like.device:
+            buffer = self._buffers[name] = torch.empty(numel, dtype=like.dtype, device=like.device)
+        return buffer[:numel]
+
+    def flags(self, name: str, op, p: torch.Tensor, value: float) -> torch.Tensor:
+        """``op(p, value)`` as 0/1 in ``p``'s dtype, written into the buffer ``name``."""
+        return op(p, value, out=self.get(name, p, p.numel()))
+
+
+def top_k_masks(parts: list[torch.Tensor], k: int, workspace: Workspace | None = None) -> list[torch.Tensor]:
     """Boolean masks (new tensors, shaped like ``parts``, which must be 1-d) of the k best positions."""
-    return top_k_masks_and_threshold(parts, k)[0]
+    return top_k_masks_and_threshold(parts, k, workspace)[0]
 
 
-def top_k_masks_and_threshold(parts: list[torch.Tensor], k: int) -> tuple[list[torch.Tensor], float]:
+def top_k_masks_and_threshold(parts: list[torch.Tensor], k: int,
+                              workspace: Workspace | None = None) -> tuple[list[torch.Tensor], float]:
     """``top_k_masks`` and the k-th largest score as a float (NaN counted as -inf), 1 <= k."""
+    workspace = workspace or Workspace()
     sizes = [p.numel() for p in parts]
     if len(parts) > 1 and sum(sizes) < FLATTEN_BELOW and len({p.dtype for p in parts}) == 1:
-        (kept,), threshold = _select([torch.cat(parts)], k)
+        flat = torch.cat(parts, out=workspace.get("flat", parts[0], sum(sizes)))
+        (kept,), threshold = _select([flat], k, workspace)
         return [m.clone() for m in kept.split(sizes)], threshold  # separate tensors: callers may save them
-    return _select(parts, k)
+    return _select(parts, k, workspace)
 
 
-def _select(parts: list[torch.Tensor], k: int) -> tuple[list[torch.Tensor], float]:
+def _select(parts: list[torch.Tensor], k: int, workspace: Workspace) -> tuple[list[torch.Tensor], float]:
     """The sampled selection when its bracket holds the k-th score, else the full one."""
     bracket = _bracket(parts, k)
     if bracket is not None:
         lo, hi = bracket
-        kept = [p > hi for p in parts]
-        need = k - sum(int(torch.count_nonzero(m)) for m in kept)
+        kept, above = [], 0
+        for p in parts:
+            flags = workspace.flags("flags", torch.gt, p, hi)
+            above += _count(flags)
+            kept.append(flags.to(torch.bool))
+        need = k - above
         if need >= 0:
-            band = [_band_positions(p, lo, m) for p, m in zip(parts, kept)]
+            band = [_band_positions(workspace, p, lo, hi) for p in parts]
             if sum(b.numel() for b in band) >= need:
                 threshold = _keep_best_of_band(parts, kept, band, need)
                 if threshold is None:  # exactly k scores above the band: the k-th is their minimum
@@ -61,12 +92,8 @@ def _bracket(parts: list[torch.Tensor], k: int) -> tuple[float, float] | None:
     if total < MIN_SAMPLED or len(dtypes) != 1 or not parts[0].is_floating_point():
         return None
     stride = max(1, total // min(SAMPLE, total // 16))
-    sample = torch.cat([p[::stride] for p in parts])
-    drawn = sample.numel()
-    sample = sample[~torch.isnan(sample)]
-    n = sample.numel()
-    if n == 0:
-        return None
+    sample = torch.cat([p[::stride] for p in parts]).nan_to_num_(nan=float("-inf"), posinf=float("inf"), neginf=float("-inf"))
+    n = drawn = sample.numel()
     q = k / total * drawn  # expected rank of the k-th largest inside the sample
     margin = 4.0 * (q * (1 - k / total)) ** 0.5 + 16
     # Python floats compare exactly: they are values of ``parts``, whose dtype the comparisons use
@@ -79,11 +106,17 @@ def _bracket(parts: list[torch.Tensor], k: int) -> tuple[float, float] | None:
     return lo, hi
 
 
-def _band_positions(p: torch.Tensor, lo: float, above: torch.Tensor) -> torch.Tensor:
-    """Sorted positions of ``lo <= p <= hi`` given ``above = p > hi`` (a subset of ``p >= lo``)."""
-    inside = p >= lo
-    inside ^= above
-    return sparse_positions(inside)
+def _count(flags: torch.Tensor) -> int:
+    """The number of ones among 0/1 float ``flags``: a sum, in a dtype where it is exact."""
+    exact = torch.float32 if flags.numel() <= 1 << 24 else torch.float64
+    return int(flags.sum(dtype=exact))
+
+
+def _band_positions(workspace: Workspace, p: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+    """Sorted positions of ``lo <= p <= hi`` (never NaN)."""
+    inside = workspace.flags("flags", torch.ge, p, lo)
+    inside.mul_(workspace.flags("flags2", torch.le, p, hi))
+    return sparse_positions(inside.to(torch.bool))
 
 
 def sparse_positions(mask: torch.Tensor) -> torch.Tensor:
