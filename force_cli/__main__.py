@@ -8,6 +8,9 @@ import sys
 
 
 def main() -> None:
+    from force_cli.allocator import keep_freed_memory
+
+    keep_freed_memory()
     try:
         from force_cli.cli import main as cli_main
     except KeyboardInterrupt:

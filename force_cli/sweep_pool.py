@@ -185,12 +185,14 @@ def _raise_interrupt(signum, frame):
 
 def _worker(recipe, out_dir, threads, trusted, tasks, events) -> None:
     """Run cells from ``tasks`` until told to stop; report every start, warning, record and error."""
+    from force_cli.allocator import keep_freed_memory
     from force_cli.models import refs
     from force_cli.sweep import SweepHooks, run_cell
     from force_cli.training.job import TrainingInterrupted
 
     signal.signal(signal.SIGTERM, _raise_interrupt)  # outside training; training saves a partial instead
     torch.set_num_threads(threads)
+    keep_freed_memory()  # as the parent did (a spawned worker starts with glibc's defaults)
     refs._trusted.set(trusted)  # the parent's opt-in to rebuild the recipe's model, not more
     hooks = SweepHooks(on_warning=lambda cell, text: events.put(("warning", cell.key, text)))
     try:
