@@ -208,7 +208,8 @@ def test_imagenet_resnet50_and_vgg19_bn_parameter_counts_by_hand():
             cin = out
     total += 2048 * 1000 + 1000
     assert total == 25_557_032
-    assert _count(_meta_model("resnet50", num_classes=1000, in_channels=3, image_size=224, imagenet_style=True)) == total
+    model = _meta_model("resnet50", num_classes=1000, in_channels=3, image_size=224, imagenet_style=True)
+    assert _count(model) == total
 
     total, cin = 0, 3
     for v in VGG_CFGS["vgg19"]:
@@ -553,5 +554,6 @@ def test_a_broken_torchvision_is_one_line_naming_the_fix(monkeypatch):
         build_model("vgg11", num_classes=10, in_channels=3, image_size=32, imagenet_style=True)
     message = str(info.value)
     assert "torchvision cannot be imported" in message and "pip install torchvision" in message
+    assert "model 'vgg11'" in message
     assert "\n" not in message and info.value.exit_code == 2
     build_model("vgg11", num_classes=10, in_channels=3, image_size=32)  # the CIFAR VGG needs no torchvision

@@ -39,15 +39,15 @@ def vgg_min_image_size(cfg: tuple) -> int:
     return 2 ** sum(v == "M" for v in cfg)
 
 
-def torchvision_models():
+def torchvision_models(model: str):
     """``torchvision.models``, imported on first use; a broken install becomes a one-line DependencyError."""
     try:
         import torchvision.models
     except Exception as err:  # ImportError, or RuntimeError from a torchvision built for another torch
         first = " ".join(str(err).split())[:200] or type(err).__name__
         raise DependencyError(
-            f"torchvision cannot be imported ({first}); it builds the ImageNet ResNet and VGG models: "
-            f"install the torchvision build matching torch {torch.__version__} (pip install torchvision)"
+            f"torchvision cannot be imported ({first}); model '{model}' is torchvision's: install the "
+            f"torchvision build matching torch {torch.__version__} (pip install torchvision)"
         ) from None
     return torchvision.models
 
@@ -69,12 +69,12 @@ def _first_conv_for(model: nn.Module, path: str, in_channels: int) -> nn.Module:
 
 
 def _resnet(arch: str, num_classes: int, in_channels: int) -> nn.Module:
-    return _first_conv_for(getattr(torchvision_models(), arch)(weights=None, num_classes=num_classes),
+    return _first_conv_for(getattr(torchvision_models(arch), arch)(weights=None, num_classes=num_classes),
                            "conv1", in_channels)
 
 
 def _vgg_bn(arch: str, num_classes: int, in_channels: int) -> nn.Module:
-    return _first_conv_for(getattr(torchvision_models(), f"{arch}_bn")(weights=None, num_classes=num_classes),
+    return _first_conv_for(getattr(torchvision_models(arch), f"{arch}_bn")(weights=None, num_classes=num_classes),
                            "features.0", in_channels)
 
 
