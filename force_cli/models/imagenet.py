@@ -9,7 +9,8 @@ than 3 replaces the first conv by one with that many input channels (same keys, 
 
 Biases are torchvision's: VGG zeroes every conv and linear bias, ResNet's only bias (``fc``) keeps
 PyTorch's default draw. ``force_cli.models.init`` then re-initialises every Conv and Linear weight,
-as the paper's code re-initialises torchvision's models (so the random stream is theirs too).
+as the paper's code re-initialises torchvision's models. torchvision's own init draws from the
+global RNG first, so a seed gives other weights than force-cli's earlier hand-written copies did.
 
 torchvision's ReLUs are in place, which GraSP's double backward (and every gradient criterion)
 tolerates: autograd raises rather than use a tensor an in-place op overwrote, and none of these
