@@ -37,6 +37,10 @@ class CheckpointError(ForceError):
     """A checkpoint that is missing, corrupt, of an unknown format version, or does not fit its model."""
 
 
+class DependencyError(ForceError):
+    """A package force-cli needs for this job that is missing or cannot be imported (e.g. torchvision)."""
+
+
 class DeviceError(ForceError):
     """A device that was asked for but is not available (e.g. CUDA on a CPU-only machine)."""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 import torch
@@ -96,6 +97,15 @@ def test_bad_references_are_refused_with_one_line_and_no_file(tmp_path, model, f
     out = tmp_path / "x.safetensors"
     line = one_line_error(invoke("prune", "-m", model, "-d", "digits", "-s", "0.9", "--method", "random", "-o", out))
     assert fragment in line and not out.exists()
+
+
+def test_a_torchvision_that_cannot_be_imported_is_one_line_naming_the_fix(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torchvision", None)  # import torchvision -> ImportError
+    monkeypatch.setitem(sys.modules, "torchvision.models", None)
+    out = tmp_path / "x.safetensors"
+    line = one_line_error(invoke("prune", "-m", "torchvision:resnet18", "-d", "synthetic", "-s", "0.9",
+                                 "--method", "random", "-o", out))
+    assert "torchvision cannot be imported" in line and "pip install torchvision" in line and not out.exists()
 
 
 def test_registry_lists_only_its_names_but_accepts_references():

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import hashlib
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -29,15 +33,6 @@ def _meta_model(name: str, **kwargs) -> nn.Module:
     """Build on the meta device: shapes and counts without allocating or initialising weights."""
     with torch.device("meta"):
         return build_model(name, init=None, **kwargs)
-
-
-def _torchvision_models():
-    """torchvision.models, or skip: its PyPI wheels fail to import against CPU-only torch."""
-    try:
-        import torchvision.models
-    except (ImportError, RuntimeError, OSError) as error:
-        pytest.skip(f"torchvision does not import here: {error}")
-    return torchvision.models
 
 
 # --- registry -------------------------------------------------------------------------------
@@ -89,11 +84,20 @@ def test_single_channel_input(name):
     assert model(torch.randn(2, 1, 32, 32)).shape == (2, 10)
 
 
-@pytest.mark.parametrize("name", ["resnet18", "vgg11"])
-def test_single_channel_imagenet_first_conv(name):
+@pytest.mark.parametrize("name,key,shape,has_bias", [
+    ("resnet18", "conv1", (64, 1, 7, 7), False), ("vgg11", "features.0", (64, 1, 3, 3), True),
+])
+def test_single_channel_imagenet_first_conv(name, key, shape, has_bias):
+    """in_channels=1 replaces torchvision's RGB conv in place: same key, same stride, one input channel."""
     model = _meta_model(name, num_classes=10, in_channels=1, image_size=64, imagenet_style=True)
+    rgb = _meta_model(name, num_classes=10, in_channels=3, image_size=64, imagenet_style=True)
     first_conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
-    assert first_conv.in_channels == 1
+    assert first_conv is model.get_submodule(key)
+    assert first_conv.weight.shape == shape and (first_conv.bias is not None) == has_bias
+    rgb_conv = rgb.get_submodule(key)
+    assert (first_conv.stride, first_conv.padding) == (rgb_conv.stride, rgb_conv.padding)
+    assert list(model.state_dict()) == list(rgb.state_dict())
+    assert _count(rgb) - _count(model) == 2 * shape[0] * shape[2] * shape[3]  # two input channels fewer
     assert model(torch.empty(2, 1, 64, 64, device="meta")).shape == (2, 10)
 
 
@@ -192,6 +196,31 @@ def test_imagenet_parameter_counts_match_torchvision(name, expected):
     assert _count(model) == expected
 
 
+def test_imagenet_resnet50_and_vgg19_bn_parameter_counts_by_hand():
+    """torchvision's model cards, worked out layer by layer: v1.5 bottlenecks; VGG convs with bias."""
+    total, cin = 3 * 64 * 49 + 2 * 64, 64  # 7x7 stem conv + BN
+    for planes, blocks in zip((64, 128, 256, 512), (3, 4, 6, 3)):
+        for i in range(blocks):
+            out = 4 * planes
+            total += cin * planes + planes * planes * 9 + planes * out + 2 * (planes + planes + out)
+            if i == 0:
+                total += cin * out + 2 * out  # 1x1 downsample conv + BN
+            cin = out
+    total += 2048 * 1000 + 1000
+    assert total == 25_557_032
+    model = _meta_model("resnet50", num_classes=1000, in_channels=3, image_size=224, imagenet_style=True)
+    assert _count(model) == total
+
+    total, cin = 0, 3
+    for v in VGG_CFGS["vgg19"]:
+        if v != "M":
+            total += cin * v * 9 + v + 2 * v  # 3x3 conv with bias + BN weight and bias
+            cin = v
+    total += 512 * 7 * 7 * 4096 + 4096 + 4096 * 4096 + 4096 + 4096 * 1000 + 1000
+    assert total == 143_678_248
+    assert _count(_meta_model("vgg19", num_classes=1000, in_channels=3, image_size=224, imagenet_style=True)) == total
+
+
 # Keys of torchvision's state_dicts (present) and keys its layout never has (absent).
 TORCHVISION_KEYS = {
     "resnet18": (["conv1.weight", "bn1.running_mean", "layer2.0.downsample.0.weight", "fc.bias"],
@@ -213,16 +242,42 @@ def test_imagenet_state_dict_keys_are_torchvision_keys(name):
     assert [k for k in absent if k in keys] == []
 
 
-@pytest.mark.parametrize("name", ["resnet18", "resnet152", "vgg11_bn", "vgg19_bn"])
-def test_imagenet_models_mirror_torchvision(name):
-    tvm = _torchvision_models()
-    with torch.device("meta"):
-        theirs = getattr(tvm, name)(weights=None, num_classes=10)
-    ours = _meta_model(name.removesuffix("_bn"), num_classes=10, in_channels=3, image_size=224,
-                       imagenet_style=True)
-    assert {k: v.shape for k, v in ours.state_dict().items()} == {
-        k: v.shape for k, v in theirs.state_dict().items()
-    }
+def _layout_fingerprint(model: nn.Module) -> str:
+    listing = "\n".join(f"{k} {tuple(v.shape)} {v.dtype}" for k, v in sorted(model.state_dict().items()))
+    return hashlib.sha256(listing.encode()).hexdigest()[:16]
+
+
+# sha256 of every state_dict entry's "key shape dtype", sorted, for 10 classes with 3 and 1 input
+# channels, as force-cli's hand-written copies of these architectures gave them (before it built
+# torchvision's own): checkpoints written then must keep loading strictly.
+IMAGENET_LAYOUTS = {
+    "resnet18": ("0a1bc70d22d11a45", "5772552a1a23a996"),
+    "resnet34": ("5eae792a16c18ff4", "fd3afdb811c44675"),
+    "resnet50": ("08bb7109adb6285c", "153f3b508559230e"),
+    "resnet101": ("7503d46acb6146b1", "e35af411f8581e82"),
+    "resnet152": ("1129cf385421382c", "110ab61835cc112f"),
+    "vgg11": ("bfe53305615744e3", "905a93eea6ddc968"),
+    "vgg13": ("b35637755224d6ac", "08421d692419e92c"),
+    "vgg16": ("a459862fce1c3298", "9061dc25e4e88941"),
+    "vgg19": ("fa19d586691f62a6", "6d0b329ad89d9b4b"),
+}
+
+
+@pytest.mark.parametrize("name", IMAGENET_LAYOUTS)
+def test_imagenet_state_dict_layout_is_that_of_earlier_checkpoints(name):
+    got = tuple(_layout_fingerprint(_meta_model(name, num_classes=10, in_channels=c, image_size=224,
+                                                imagenet_style=True)) for c in (3, 1))
+    assert got == IMAGENET_LAYOUTS[name]
+
+
+def test_imagenet_vgg_cfgs_are_torchvisions():
+    """The registry computes VGG's minimum image size from these without importing torchvision."""
+    from torchvision.models.vgg import cfgs
+
+    from force_cli.models import imagenet
+
+    letters = {"vgg11": "A", "vgg13": "B", "vgg16": "D", "vgg19": "E"}
+    assert {name: tuple(cfgs[letter]) for name, letter in letters.items()} == dict(imagenet.VGG_CFGS)
 
 
 # --- refusals -------------------------------------------------------------------------------
@@ -338,6 +393,24 @@ def test_build_model_applies_default_init_and_keeps_pytorchs_bias_draw():
     assert model.fc1.bias.abs().max().item() <= 1 / math.sqrt(784) + 1e-6
 
 
+@pytest.mark.parametrize("name,first_conv,fan_in", [("resnet18", "conv1", 3 * 49), ("vgg11", "features.0", 3 * 9)])
+def test_imagenet_models_get_the_init_scheme_and_keep_torchvisions_biases(name, first_conv, fan_in):
+    """The scheme re-draws torchvision's weights (its convs are kaiming fan-out, its VGG linears N(0, 0.01))."""
+    torch.manual_seed(0)
+    model = build_model(name, num_classes=10, in_channels=3, image_size=32, imagenet_style=True)
+    assert model.get_submodule(first_conv).weight.std().item() == pytest.approx(math.sqrt(2 / fan_in), rel=0.1)
+    last = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+    assert last.weight.std().item() == pytest.approx(math.sqrt(2 / last.in_features), rel=0.1)
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert norms and all(torch.all(m.weight == 1) and torch.all(m.bias == 0) for m in norms)
+    biases = [m.bias for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear)) and m.bias is not None]
+    if name.startswith("vgg"):  # torchvision's VGG zeroes every conv and linear bias
+        assert len(biases) == 8 + 3 and all(torch.all(b == 0) for b in biases)
+    else:  # ResNet's only bias, fc's, is PyTorch's default draw, uniform in ±1/√fan_in
+        assert biases == [model.fc.bias] and model.fc.bias.abs().max() <= 1 / math.sqrt(512)
+        assert not torch.all(model.fc.bias == 0)
+
+
 def test_cifar_vgg_classifier_bias_is_zero_as_in_the_papers_vgg():
     torch.manual_seed(0)
     cifar = build_model("vgg11", num_classes=10, in_channels=3, image_size=32)
@@ -378,9 +451,8 @@ def test_same_seed_same_weights(name, init):
 
 @pytest.mark.parametrize("imagenet_style", [False, True])
 @pytest.mark.parametrize("name", NAMES)
-def test_no_in_place_modules_or_renamed_weights(name, imagenet_style):
+def test_no_renamed_weights(name, imagenet_style):
     model = _meta_model(name, num_classes=10, in_channels=3, image_size=64, imagenet_style=imagenet_style)
-    assert not [m for m in model.modules() if getattr(m, "inplace", False)]
     assert not [k for k in model.state_dict() if k.endswith(("_orig", "_mask"))]
 
 
@@ -396,3 +468,92 @@ def test_hessian_vector_product_works(name):
     hvp = torch.autograd.grad(z, params)
     assert all(h.shape == p.shape for h, p in zip(hvp, params))
     assert any(h.abs().sum() > 0 for h in hvp)
+
+
+def _tiny_imagenet_resnet18():
+    """torchvision's ResNet-18 (in-place ReLUs) for 16x16 RGB inputs and 3 classes, in float64."""
+    torch.manual_seed(0)
+    return build_model("resnet18", num_classes=3, in_channels=3, image_size=16, imagenet_style=True).double()
+
+
+def _batches(count, size=16):
+    g = torch.Generator().manual_seed(1)
+    return [(torch.randn(4, 3, size, size, generator=g, dtype=torch.float64), torch.randint(0, 3, (4,), generator=g))
+            for _ in range(count)]
+
+
+def test_torchvision_in_place_relus_change_no_score():
+    """In-place ReLUs do not disturb gradients or GraSP's double backward: every data-driven
+    criterion scores torchvision's ResNet exactly as the same network with out-of-place ReLUs."""
+    from force_cli.pruning.loop import compute_scores
+    from tests.helpers import FixedStream
+
+    model = _tiny_imagenet_resnet18()
+    relus = [m for m in model.modules() if isinstance(m, nn.ReLU)]
+    assert relus and all(m.inplace for m in relus)  # what this test is about
+    plain = copy.deepcopy(model)
+    for m in plain.modules():
+        if isinstance(m, nn.ReLU):
+            m.inplace = False
+    batches = _batches(count=1)
+    for method in ("grasp", "snip", "force", "grasp-it"):
+        ours = compute_scores(model, method, stream=FixedStream(batches))
+        theirs = compute_scores(plain, method, stream=FixedStream(batches))
+        assert ours.keys() == theirs.keys()
+        assert all(torch.equal(ours[n], theirs[n]) for n in ours), method
+        assert any(ours[n].abs().sum() > 0 for n in ours), method
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")  # inside torch.func.jvp
+def test_grasp_on_torchvision_resnet_matches_forward_over_reverse_differentiation():
+    """θ ⊙ Hg from GraSP's double backward through in-place ReLUs, against H·g from torch.func's
+    forward-mode derivative of the gradient (no double backward). Finite differences would not do:
+    the ReLUs make the gradient jump, so its difference quotients do not converge."""
+    from torch.func import functional_call, grad, jvp, replace_all_batch_norm_modules_
+
+    from force_cli.pruning.loop import compute_scores
+    from force_cli.pruning.masks import prunable_weights
+    from tests.helpers import FixedStream
+
+    model = _tiny_imagenet_resnet18()
+    (x, y), = _batches(count=1)
+    scores = compute_scores(model, "grasp", stream=FixedStream([(x, y)]))  # cross-entropy at T = 200
+
+    names = set(prunable_weights(model))
+    weights = {n: p.detach() for n, p in model.named_parameters() if n in names}
+    fixed = {n: p.detach() for n, p in model.named_parameters() if n not in names}
+    functional = copy.deepcopy(model).train()
+    replace_all_batch_norm_modules_(functional)  # batch statistics, without writing running ones
+
+    def loss(w):
+        z = functional_call(functional, {**fixed, **w}, (x,))
+        return nn.functional.cross_entropy(z / 200.0, y)
+
+    g = grad(loss)(weights)
+    _, hg = jvp(grad(loss), (weights,), (g,))
+    assert scores.keys() == weights.keys()
+    for n in weights:
+        torch.testing.assert_close(scores[n], weights[n] * hg[n], rtol=1e-9, atol=1e-12 * hg[n].abs().max().item())
+
+
+def test_imagenet_models_import_torchvision_only_when_built():
+    """CLI start-up does not pay for torchvision; building a CIFAR-style model does not either."""
+    code = ("import sys; import force_cli.cli; from force_cli.models import build_model; "
+            "build_model('resnet18', num_classes=10, in_channels=3, image_size=32); "
+            "print('torchvision' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_a_broken_torchvision_is_one_line_naming_the_fix(monkeypatch):
+    from force_cli.errors import DependencyError
+
+    monkeypatch.setitem(sys.modules, "torchvision", None)  # import torchvision -> ImportError
+    monkeypatch.setitem(sys.modules, "torchvision.models", None)
+    with pytest.raises(DependencyError) as info:
+        build_model("vgg11", num_classes=10, in_channels=3, image_size=32, imagenet_style=True)
+    message = str(info.value)
+    assert "torchvision cannot be imported" in message and "pip install torchvision" in message
+    assert "model 'vgg11'" in message
+    assert "\n" not in message and info.value.exit_code == 2
+    build_model("vgg11", num_classes=10, in_channels=3, image_size=32)  # the CIFAR VGG needs no torchvision

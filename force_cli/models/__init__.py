@@ -2,9 +2,11 @@
 
 ``MODELS`` is the single source of names: CLI choices, help text and "unknown model" errors all
 come from it. Each entry has a builder for CIFAR-sized and generic inputs and, where one exists,
-a builder of torchvision's ImageNet architecture for ``imagenet_style`` datasets (imagenet,
-tiny-imagenet). resnet110, lenet300 and lenet5 have no ImageNet architecture: on those datasets
-they use their generic builder (it works at any size they accept), rather than being refused.
+a builder of torchvision's ImageNet architecture (``models/imagenet.py``: torchvision's own model,
+imported on first use) for ``imagenet_style`` datasets (imagenet, imagefolder; tiny-imagenet uses
+the paper's CIFAR networks). resnet110, lenet300 and lenet5 have no ImageNet architecture: on
+those datasets they use their generic builder (it works at any size they accept), rather than
+being refused.
 Incompatible model/input pairs are refused by ``check_compatible`` before anything is allocated.
 
 A model may also be a reference (``models/refs.py``): ``torchvision:NAME`` or
@@ -140,8 +142,9 @@ def build_model(
 ) -> nn.Module:
     """Build a registry model for (N, in_channels, image_size, image_size) inputs, returning logits.
 
-    ``init`` names a scheme of ``INIT_SCHEMES`` (None keeps PyTorch's default init); it draws from
-    the global torch RNG, so seed it first for a reproducible model.
+    ``init`` names a scheme of ``INIT_SCHEMES`` (None keeps the model's own init: PyTorch's default,
+    or torchvision's for its architectures); it draws from the global torch RNG, so seed it first
+    for a reproducible model.
     """
     check_compatible(name, num_classes=num_classes, in_channels=in_channels,
                      image_size=image_size, imagenet_style=imagenet_style)

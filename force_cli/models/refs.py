@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from force_cli.errors import CheckpointError, ConfigError, IncompatibleError
+from force_cli.models.imagenet import torchvision_models
 
 TORCHVISION = "torchvision"
 _IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
@@ -68,8 +69,7 @@ def _syntax_error(name: str) -> ConfigError:
 
 
 def _torchvision(name: str, num_classes: int, in_channels: int) -> nn.Module:
-    import torchvision.models as tvm
-
+    tvm = torchvision_models(name)
     arch = name.split(":", 1)[1]
     known = tvm.list_models(module=tvm)  # classification models only
     if arch not in known:

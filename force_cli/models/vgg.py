@@ -31,19 +31,17 @@ def min_image_size(cfg: tuple) -> int:
     return FINAL_POOL * 2 ** sum(v == "M" for v in cfg)
 
 
-def conv_stack(cfg: tuple, in_channels: int, *, bias: bool) -> tuple[nn.Sequential, int]:
-    """3x3 conv + BN + ReLU per number in ``cfg``, a 2x2 max-pool per "M"; returns it and its output channels.
-
-    Shared by the CIFAR VGG (convs without bias, as in the paper's code) and torchvision's VGG-bn
-    (convs with bias); the layer indices, hence the ``state_dict`` keys, follow the cfg alone.
-    """
+def conv_stack(cfg: tuple, in_channels: int) -> tuple[nn.Sequential, int]:
+    """3x3 conv (no bias, as in the paper's code) + BN + ReLU per number in ``cfg``, a 2x2 max-pool
+    per "M"; returns it and its output channels. The layer indices, hence the ``state_dict`` keys,
+    follow the cfg alone."""
     layers: list[nn.Module] = []
     channels = in_channels
     for v in cfg:
         if v == "M":
             layers.append(nn.MaxPool2d(2, 2))
         else:
-            layers += [nn.Conv2d(channels, v, 3, padding=1, bias=bias), nn.BatchNorm2d(v), nn.ReLU()]
+            layers += [nn.Conv2d(channels, v, 3, padding=1, bias=False), nn.BatchNorm2d(v), nn.ReLU()]
             channels = v
     return nn.Sequential(*layers), channels
 
@@ -53,7 +51,7 @@ class CifarVGG(nn.Module):
 
     def __init__(self, cfg: tuple, num_classes: int, in_channels: int):
         super().__init__()
-        self.feature, channels = conv_stack(cfg, in_channels, bias=False)
+        self.feature, channels = conv_stack(cfg, in_channels)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(channels, num_classes)
         nn.init.zeros_(self.classifier.bias)  # the paper's VGG zeroes it; the --init scheme never touches biases
