@@ -18,7 +18,9 @@ import time
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from force_cli import data
+from force_cli.data import dataset_info
+from force_cli.data.arrays import ArrayDataset
+from force_cli.data.transforms import tensor_transforms
 
 
 class PerSample(Dataset):
@@ -49,12 +51,12 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-augment", action="store_true")
     args = parser.parse_args()
-    info = data.dataset_info("cifar10")
-    train_tf, test_tf = data._tensor_transforms(info, crop=True, flip=True, augment=not args.no_augment)
+    info = dataset_info("cifar10")
+    train_tf, test_tf = tensor_transforms(info, crop=True, flip=True, augment=not args.no_augment)
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (args.images, 3, 32, 32), dtype=torch.uint8, generator=g)
     labels = torch.randint(0, 10, (args.images,), generator=g)
-    batched = data._ArrayDataset(images, labels, train_tf)
+    batched = ArrayDataset(images, labels, train_tf)
     per_sample = PerSample(batched)
     times = {"batched": [], "per_sample": []}
     for _ in range(args.repeats):

@@ -18,7 +18,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from force_cli import data
+from force_cli.data import download, transforms
 from force_cli.data import (
     DATASETS,
     BatchStream,
@@ -29,6 +29,7 @@ from force_cli.data import (
     load_datasets,
     make_loader,
 )
+from force_cli.data.readers import cifar, digits
 from force_cli.errors import ConfigError, DataError, UnknownNameError
 
 ALL_NAMES = ["cifar10", "cifar100", "digits", "fashion-mnist", "imagefolder", "imagenet", "mnist",
@@ -245,7 +246,7 @@ def test_cifar_archive_is_extracted_offline(tmp_path, monkeypatch):
     root.mkdir(parents=True)
     with tarfile.open(root / "cifar-10-binary.tar.gz", "w:gz") as tar:
         tar.add(tmp_path / "src" / "cifar10" / "cifar-10-batches-bin", arcname="cifar-10-batches-bin")
-    monkeypatch.setattr(data, "_md5", lambda path: data._CIFAR10.md5)  # pretend it is the official file
+    monkeypatch.setattr(download, "md5", lambda path: cifar.CIFAR10.md5)  # pretend it is the official file
     splits = load_datasets("cifar10", tmp_path / "data", download=False)
     assert [splits.train_eval[i][1] for i in range(100)] == train_y.tolist()
 
@@ -255,8 +256,8 @@ def _failing_download(*args, **kwargs):
 
 
 def test_download_failure_is_a_data_error(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "_torchvision", lambda: None)
-    monkeypatch.setattr(data, "_download_archive", _failing_download)
+    monkeypatch.setattr(download, "import_torchvision", lambda: None)
+    monkeypatch.setattr(download, "fetch", _failing_download)
     with pytest.raises(DataError) as exc:
         load_datasets("cifar10", tmp_path, download=True)
     message = str(exc.value)
@@ -266,7 +267,7 @@ def test_download_failure_is_a_data_error(tmp_path, monkeypatch):
 
 def test_present_data_is_not_downloaded(tmp_path, monkeypatch):
     write_fake_cifar10(tmp_path)
-    monkeypatch.setattr(data, "_download_archive", _failing_download)
+    monkeypatch.setattr(download, "fetch", _failing_download)
     assert len(load_datasets("cifar10", tmp_path, download=True).test) == 20
 
 
@@ -495,14 +496,14 @@ def test_digits_are_scikit_learns_data_and_split_read_without_importing_it():
     from sklearn.model_selection import train_test_split
 
     x, y = sklearn_datasets.load_digits(return_X_y=True)
-    ours_x, ours_y = data._read_digits()
+    ours_x, ours_y = digits.read_digits()
     assert np.array_equal(x, ours_x) and np.array_equal(y, ours_y)
     expected = train_test_split(np.arange(len(y)), test_size=0.2, stratify=y, random_state=0)
-    got = data._stratified_split(y, test_fraction=0.2, seed=0)
+    got = digits.stratified_split(y, test_fraction=0.2, seed=0)
     assert all(np.array_equal(a, b) for a, b in zip(got, expected))
     for seed, fraction in ((1, 0.2), (5, 0.37)):  # other draws of the tie-breaking RNG agree too
         expected = train_test_split(np.arange(len(y)), test_size=fraction, stratify=y, random_state=seed)
-        assert all(np.array_equal(a, b) for a, b in zip(data._stratified_split(y, fraction, seed), expected))
+        assert all(np.array_equal(a, b) for a, b in zip(digits.stratified_split(y, fraction, seed), expected))
     code = "import sys; from force_cli.data import load_datasets; load_datasets('digits'); print('sklearn' in sys.modules)"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.stdout.strip() == "False", proc.stderr
@@ -695,7 +696,7 @@ def test_batched_crops_and_flips_have_the_per_sample_distribution():
     and both differ from the un-augmented image, so the check can fail."""
     info = DatasetInfo(name="t", num_classes=2, in_channels=1, image_size=8, mean=(0.0,), std=(1.0,),
                        imagenet_style=False, downloadable=False)
-    train_tf, plain_tf = data._tensor_transforms(info, crop=True, flip=True, augment=True)
+    train_tf, plain_tf = transforms.tensor_transforms(info, crop=True, flip=True, augment=True)
     image = torch.zeros(1, 1, 8, 8, dtype=torch.uint8)
     image[0, 0, 1, :3] = 255  # an asymmetric mark near a corner
     draws = 4000
