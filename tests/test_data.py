@@ -330,6 +330,59 @@ def test_mnist_idx_round_trip(tmp_path, name, folder, compress):
     np.testing.assert_array_equal(splits.train[1][0], splits.train_eval[1][0])  # no augmentation
 
 
+def write_fake_mnist(raw: Path, compress: bool = False):
+    raw.mkdir(parents=True)
+    rng = np.random.RandomState(2)
+    x, tx = rng.randint(0, 256, (6, 28, 28)), rng.randint(0, 256, (4, 28, 28))
+    y, ty = np.array([3, 1, 4, 1, 5, 9]), np.array([2, 6, 5, 3])
+    write_idx(raw / "train-images-idx3-ubyte", x, compress)
+    write_idx(raw / "train-labels-idx1-ubyte", y, compress)
+    write_idx(raw / "t10k-images-idx3-ubyte", tx, compress)
+    write_idx(raw / "t10k-labels-idx1-ubyte", ty, compress)
+    return x, y, tx, ty
+
+
+@pytest.mark.parametrize("damage", ["truncated", "bad header", "labels for images", "empty"])
+def test_corrupt_mnist_file_is_a_one_line_data_error(tmp_path, damage):
+    raw = tmp_path / "mnist" / "MNIST" / "raw"
+    write_fake_mnist(raw)
+    images = raw / "train-images-idx3-ubyte"
+    blob = images.read_bytes()
+    if damage == "truncated":
+        images.write_bytes(blob[:-5])
+    elif damage == "bad header":
+        images.write_bytes(b"\x00\x00\x0a\x03" + blob[4:])  # type byte 10 is no idx type
+    elif damage == "labels for images":
+        images.write_bytes((raw / "train-labels-idx1-ubyte").read_bytes())
+    else:
+        images.write_bytes(b"")
+    with pytest.raises(DataError) as exc:
+        load_datasets("mnist", tmp_path, download=False)
+    message = str(exc.value)
+    assert str(images) in message and "download MNIST again" in message and "\n" not in message
+
+
+def test_mnist_gz_files_are_extracted_and_the_legacy_cache_is_never_unpickled(tmp_path, monkeypatch):
+    raw = tmp_path / "mnist" / "MNIST" / "raw"
+    x, _, _, _ = write_fake_mnist(raw, compress=True)
+    processed = raw.parent / "processed"  # torchvision's MNIST class would torch.load these
+    processed.mkdir()
+    (processed / "training.pt").write_bytes(b"not a tensor file")
+    (processed / "test.pt").write_bytes(b"not a tensor file")
+
+    def no_unpickling(*args, **kwargs):
+        raise AssertionError("torch.load was called")
+
+    monkeypatch.setattr(torch, "load", no_unpickling)
+    splits = load_datasets("mnist", tmp_path, download=False)
+    np.testing.assert_array_equal(as_bytes(splits.train_eval[2][0], splits.info)[0], x[2])
+    names = sorted(p.name for p in raw.iterdir())
+    assert names == sorted([n for n in names if n.endswith(".gz")] + [n[:-3] for n in names if n.endswith(".gz")])
+    assert len(names) == 8  # each .gz beside its extracted file, no temporary file left over
+    with gzip.open(raw / "t10k-images-idx3-ubyte.gz", "rb") as f:
+        assert (raw / "t10k-images-idx3-ubyte").read_bytes() == f.read()
+
+
 def test_svhn_mat_round_trip(tmp_path):
     scipy_io = pytest.importorskip("scipy.io")
     root = tmp_path / "svhn"
@@ -415,6 +468,15 @@ def test_imagefolder_val_class_unknown_to_train(tmp_path):
     write_png(tmp_path / "val" / "durian" / "0.png", solid((1, 2, 3)))
     with pytest.raises(DataError, match="durian"):
         load_datasets("imagefolder", tmp_path, download=False)
+
+
+def test_imagefolder_empty_class_folder_is_a_data_error(tmp_path):
+    write_image_folder(tmp_path)
+    (tmp_path / "train" / "banana" / "0.png").unlink()
+    (tmp_path / "train" / "banana" / "1.png").rename(tmp_path / "train" / "banana" / "notes.txt")
+    with pytest.raises(DataError) as exc:
+        load_datasets("imagefolder", tmp_path, download=False)
+    assert str(tmp_path / "train" / "banana") in str(exc.value) and "holds no images" in str(exc.value)
 
 
 WNIDS = ["n01443537", "n01629819", "n02085620"]

@@ -14,8 +14,11 @@ One module per concern, as in ``pruning/`` and ``training/``:
 Every dataset lives in its own folder under the data directory (``--data-dir``, default
 ``$FORCE_DATA`` or ``~/.cache/force-cli/data``).
 
-Security: nothing is ever unpickled. CIFAR is read from the binary batches (not torchvision's
-pickled python batches), MNIST from its idx files, SVHN from MATLAB files with scipy.
+Readers: torchvision's where they do the same job without unpickling anything (MNIST's idx
+reader, the image-folder scan and decoder, every download); force-cli's own where torchvision's
+would not (CIFAR: torchvision reads the pickled python batches, force-cli the binary ones; SVHN:
+torchvision's class hashes the whole file on every load and refuses any other copy). Each reader's
+docstring says which and why. Nothing is ever unpickled.
 """
 
 from force_cli.data.loaders import BatchStream, make_loader

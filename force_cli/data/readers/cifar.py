@@ -1,5 +1,9 @@
 """CIFAR-10 / CIFAR-100: the official *binary* batches, read with numpy.
 
+Hand-written on purpose: torchvision's ``CIFAR10``/``CIFAR100`` read the *python* version of the
+batches, which are pickles (``pickle.load`` of a downloaded file); the binary version is plain
+bytes, one label byte (two for CIFAR-100) and 3072 pixel bytes per image.
+
 Layout under the data directory::
 
     cifar10/cifar-10-batches-bin/{data_batch_1..5,test_batch}.bin

@@ -1,4 +1,4 @@
-"""Image folders: ``imagefolder``, ``imagenet`` and ``tiny-imagenet``, decoded with PIL per image.
+"""Image folders: ``imagefolder``, ``imagenet`` and ``tiny-imagenet``, decoded per image.
 
 Layouts::
 
@@ -6,6 +6,12 @@ Layouts::
     tiny-imagenet-200/{train,val}/        (val/ sorted into class folders, or the original
                                            val/images/ + val/val_annotations.txt)
     imagefolder: the data directory itself holds train/<class>/ and val/<class>/ (or test/)
+
+torchvision finds the images (``datasets.folder.make_dataset``: its extensions, its order) and
+decodes them (``default_loader``: PIL, RGB). Not its ``ImageFolder`` class: that counts hidden
+folders (``.ipynb_checkpoints``) as classes, would scan the training tree twice for the augmented
+and plain views, cannot take Tiny-ImageNet's annotation-file val split, and would map a val/
+class that train/ lacks to nothing instead of saying so.
 """
 
 from __future__ import annotations
@@ -15,31 +21,22 @@ from pathlib import Path
 
 from torch.utils.data import Dataset
 
+from force_cli.data import download
 from force_cli.data.download import one_line
 from force_cli.data.transforms import Compose, PILToUint8, imagenet_transforms, tensor_transforms
 from force_cli.data.types import DatasetInfo, Parts
 from force_cli.errors import DataError
 
-IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
-
 
 def find_classes(directory: Path) -> list[str]:
-    """Class names = sorted sub-folder names (hidden folders skipped), as ImageFolder does."""
+    """Class names = sorted sub-folder names, hidden folders skipped (torchvision's keeps them)."""
     try:
         return sorted(e.name for e in os.scandir(directory) if e.is_dir() and not e.name.startswith("."))
     except OSError as err:
         raise DataError(f"cannot list {directory} ({one_line(err)}); check the path and its permissions") from err
 
 
-def _image_files(directory: Path) -> list[Path]:
-    found = []
-    for dirpath, dirnames, filenames in os.walk(directory, followlinks=True):
-        dirnames.sort()
-        found += [Path(dirpath) / f for f in sorted(filenames) if f.lower().endswith(IMG_EXTENSIONS)]
-    return found
-
-
-def _scan_class_folders(directory: Path, class_to_idx: dict[str, int], title: str) -> list[tuple[Path, int]]:
+def _scan_class_folders(directory: Path, class_to_idx: dict[str, int], title: str) -> list[tuple[str, int]]:
     classes = find_classes(directory)
     unknown = [c for c in classes if c not in class_to_idx]
     if unknown:
@@ -47,22 +44,23 @@ def _scan_class_folders(directory: Path, class_to_idx: dict[str, int], title: st
             f"{directory} has class folders that the training set lacks ({', '.join(unknown[:5])}); "
             f"give {title}'s train/ and val/ the same class folders"
         )
-    samples = []
-    for name in classes:
-        files = _image_files(directory / name)
-        if not files:
-            raise DataError(f"{directory / name} holds no images ({', '.join(IMG_EXTENSIONS)}); "
-                            f"add images or remove that folder")
-        samples += [(path, class_to_idx[name]) for path in files]
-    if not samples:
+    if not classes:
         raise DataError(f"{directory} holds no class folders with images; expected {directory}/<class>/<image>")
+    folder = download.import_torchvision().datasets.folder
+    samples = folder.make_dataset(str(directory), {c: class_to_idx[c] for c in classes},
+                                  extensions=folder.IMG_EXTENSIONS, allow_empty=True)
+    found = {label for _, label in samples}
+    empty = [c for c in classes if class_to_idx[c] not in found]
+    if empty:
+        raise DataError(f"{directory / empty[0]} holds no images ({', '.join(folder.IMG_EXTENSIONS)}); "
+                        f"add images or remove that folder")
     return samples
 
 
 class ImageFiles(Dataset):
-    """(path, label) samples decoded with PIL as RGB; unreadable files become a DataError."""
+    """(path, label) samples decoded by torchvision's loader; unreadable files become a DataError."""
 
-    def __init__(self, samples: list[tuple[Path, int]], transform):
+    def __init__(self, samples: list[tuple[str, int]], transform):
         self.samples, self.transform = samples, transform
 
     def __len__(self) -> int:
@@ -70,11 +68,11 @@ class ImageFiles(Dataset):
 
     def __getitem__(self, index: int):
         from PIL import Image
+        from torchvision.datasets.folder import default_loader
 
         path, label = self.samples[index]
         try:
-            with Image.open(path) as img:
-                img = img.convert("RGB")
+            img = default_loader(path)
         except (OSError, ValueError, Image.DecompressionBombError) as err:
             raise DataError(f"cannot read image {path} ({one_line(err)}); remove or replace that file") from err
         return self.transform(img), label

@@ -1,26 +1,31 @@
-"""MNIST / Fashion-MNIST: idx files in torchvision's folder layout, from torchvision's mirrors.
+"""MNIST / Fashion-MNIST: torchvision's idx reader, folder layout and mirrors.
 
-Layout under the data directory::
+Layout under the data directory (torchvision's)::
 
     mnist/MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte        (or the same names + .gz)
     fashion-mnist/FashionMNIST/raw/...
+
+The files are parsed by torchvision's ``read_image_file`` / ``read_label_file``, but not through
+its ``MNIST`` class: that class first looks for a legacy ``processed/*.pt`` cache and loads it
+with ``torch.load`` (unpickling), and reports every problem as "Dataset not found". A ``.gz``
+without its extracted file (torchvision's download leaves both) is extracted next to it,
+atomically, since torchvision's reader takes only plain files.
 """
 
 from __future__ import annotations
 
 import gzip
-import math
-import struct
 from pathlib import Path
 
 import numpy as np
 
+from force_cli.atomic import write_atomic
 from force_cli.data import download
 from force_cli.data.arrays import array_parts, check_labels
 from force_cli.data.download import FILE_ERRORS, one_line
 from force_cli.data.transforms import tensor_transforms
 from force_cli.data.types import DatasetInfo, Parts
-from force_cli.errors import DataError, ForceError
+from force_cli.errors import DataError, OutputError
 
 MNIST_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -28,23 +33,29 @@ MNIST_FILES = {
 }
 
 
-def read_idx(path: Path) -> np.ndarray:
-    """An idx file of unsigned bytes (plain, or ``path.gz``) as an array."""
-    if path.is_file():
-        data = path.read_bytes()
-    else:
-        with gzip.open(path.with_name(path.name + ".gz"), "rb") as f:
+def _extract_gz(path: Path, title: str) -> None:
+    """``path.gz`` -> ``path``, complete or not at all."""
+    gz = path.with_name(path.name + ".gz")
+    try:
+        with gzip.open(gz, "rb") as f:
             data = f.read()
-    if len(data) < 4 or data[:3] != b"\x00\x00\x08":
-        raise DataError(f"{path} is not an idx file of unsigned bytes; delete it and download it again")
-    ndim = data[3]
-    header = 4 + 4 * ndim
-    dims = struct.unpack(f">{ndim}I", data[4:header])
-    array = np.frombuffer(data, dtype=np.uint8, offset=header)
-    if array.size != math.prod(dims):
-        raise DataError(f"{path} is truncated ({array.size} of {math.prod(dims)} values); "
-                        f"delete it and download it again")
-    return array.reshape(dims)
+    except FILE_ERRORS as err:
+        raise DataError(f"cannot read {gz} ({one_line(err)}); delete it and download {title} again") from err
+    try:
+        write_atomic(path, data, f"{title} file")
+    except OutputError as err:
+        raise DataError(f"cannot extract {gz} ({err}); extract it there yourself (gunzip -k) or pass "
+                        f"--data-dir with a writable copy") from err
+
+
+def _read(reader, path: Path, title: str) -> np.ndarray:
+    """One idx file through torchvision's reader; whatever it raises becomes a one-line DataError."""
+    try:
+        return reader(str(path)).numpy()
+    except (AssertionError, KeyError, TypeError, *FILE_ERRORS) as err:  # its header checks are asserts
+        reason = "bad header" if isinstance(err, (AssertionError, KeyError)) else one_line(err)
+        raise DataError(f"{path} is not a valid idx file of unsigned bytes ({reason}); delete it and "
+                        f"download {title} again") from err
 
 
 def mnist_builder(title: str, tv_class: str):
@@ -78,18 +89,17 @@ def mnist_builder(title: str, tv_class: str):
                         f"could not download {title} into {raw} ({errors[-1] if errors else 'no mirror'}); "
                         f"check the network connection, or put the four idx files there yourself"
                     )
-        try:
-            arrays = {split: (read_idx(raw / images), read_idx(raw / labels))
-                      for split, (images, labels) in MNIST_FILES.items()}
-        except ForceError:
-            raise
-        except FILE_ERRORS as err:
-            raise DataError(
-                f"cannot read {title} from {raw} ({one_line(err)}); delete that folder and "
-                f"download it again"
-            ) from err
+        download.import_torchvision()  # a broken install: one line, not a traceback
+        from torchvision.datasets.mnist import read_image_file, read_label_file
+
+        arrays = {}
+        for split, (images, labels) in MNIST_FILES.items():
+            for name in (images, labels):
+                if not (raw / name).is_file():
+                    _extract_gz(raw / name, title)
+            arrays[split] = (_read(read_image_file, raw / images, title), _read(read_label_file, raw / labels, title))
         for split, (images, labels) in arrays.items():
-            if images.ndim != 3 or len(images) != len(labels):
+            if len(images) != len(labels):
                 raise DataError(f"{title} {split} files in {raw} do not match (images "
                                 f"{images.shape}, labels {labels.shape}); delete them and download again")
             check_labels(labels, info.num_classes, raw, title)

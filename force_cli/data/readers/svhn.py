@@ -1,8 +1,14 @@
 """SVHN: the official MATLAB files, read with scipy (a MAT file holds arrays, nothing pickled).
 
-Layout under the data directory::
+Layout under the data directory (torchvision's)::
 
     svhn/{train,test}_32x32.mat
+
+The reading is torchvision's ``SVHN`` line for line (``scipy.io.loadmat``, label 10 -> 0,
+(H, W, C, N) -> (N, C, H, W)), and the download uses its URLs and MD5s, but not the class itself:
+it computes the MD5 of the whole file on every load (182 MB for train) and refuses any file but
+the official one with "Dataset not found or corrupted", without saying which file. scipy comes
+with scikit-learn, which ``digits`` needs anyway.
 """
 
 from __future__ import annotations
