@@ -1,4 +1,5 @@
-"""Loaders: a seeded DataLoader for evaluation, and the endless seeded batch stream of pruning.
+"""Loaders: a seeded DataLoader for evaluation, batches of in-memory datasets without one (the
+training loop's), and the endless seeded batch stream of pruning.
 
 ``BatchStream`` keeps its own RNG state, so a stream is reproducible from its seed alone and
 never consumes the caller's global RNG.
@@ -6,12 +7,13 @@ never consumes the caller's global RNG.
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from force_cli.data.arrays import in_memory
 from force_cli.errors import ConfigError, DataError
 
 
@@ -34,6 +36,24 @@ def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int =
         dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers, drop_last=drop_last,
         pin_memory=pin, generator=torch.Generator().manual_seed(seed), persistent_workers=workers > 0,
     )
+
+
+def tensor_batches(dataset: Dataset, order: Iterable[int], batch_size: int) -> Iterator[tuple[Tensor, Tensor]] | None:
+    """The batches of an in-memory dataset (or a Subset of one) in ``order``, each made as one
+    tensor operation on the device its images are on; None for any other dataset.
+
+    No DataLoader: nothing to collate, pin or send through workers. The batches, and torch's RNG
+    after each, are those of a DataLoader without workers, bit for bit; each batch is made
+    when it is asked for, as a DataLoader would.
+    """
+    found = in_memory(dataset)
+    if found is None:
+        return None
+    base, subset = found
+    index = torch.as_tensor(list(order), dtype=torch.int64)
+    if subset is not None:
+        index = torch.as_tensor(subset, dtype=torch.int64)[index]
+    return (base.batch(chunk) for chunk in index.split(batch_size))
 
 
 class _EndlessPermutation(Sampler[int]):

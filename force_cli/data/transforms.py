@@ -2,7 +2,9 @@
 
 The 32x32 and 64x64 datasets use the small tensor transforms below (random crop with padding,
 horizontal flip, normalisation), which need no torchvision and also apply to a whole batch at
-once (``Compose.batch``); ImageNet-style folders use torchvision's ``transforms.v2``.
+once (``Compose.batch``), on whatever device the batch is; ImageNet-style folders use
+torchvision's ``transforms.v2``. Ours are kept because torchvision's v2 transforms draw one
+crop and one flip per call: a whole batch would get the same crop.
 
 Randomness: augmentation draws from torch's global RNG, like torchvision transforms, so
 ``DataLoader`` workers (seeded from the loader's generator) are reproducible.
@@ -75,7 +77,7 @@ class RandomHorizontalFlip:
         return float(torch.rand(1)) < 0.5
 
     def apply(self, x: Tensor, flips: list[bool]) -> Tensor:
-        return torch.where(torch.tensor(flips).view(-1, 1, 1, 1), x.flip(-1), x)
+        return torch.where(torch.tensor(flips, device=x.device).view(-1, 1, 1, 1), x.flip(-1), x)
 
 
 class Normalize:
@@ -86,7 +88,8 @@ class Normalize:
         self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
 
     def __call__(self, x: Tensor) -> Tensor:
-        return x.to(torch.float32).div_(255.0).sub_(self.mean).div_(self.std)  # in place: same values
+        mean, std = self.mean.to(x.device), self.std.to(x.device)
+        return x.to(torch.float32).div_(255.0).sub_(mean).div_(std)  # in place: same values
 
     def draw(self, shape) -> None:
         return None

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import TensorDataset
 
+from force_cli.data.arrays import ArrayDataset, Identity
 from force_cli.data.download import FILE_ERRORS, one_line
 from force_cli.data.types import DatasetInfo, Parts
 from force_cli.errors import DataError
@@ -22,10 +22,10 @@ def build_digits(root: Path, info: DatasetInfo, download_missing: bool, augment:
     train_idx, test_idx = stratified_split(y, test_fraction=0.2, seed=_DIGITS_SPLIT_SEED)
     x_train, x_test, y_train, y_test = x[train_idx], x[test_idx], y[train_idx], y[test_idx]
 
-    def tensors(images: np.ndarray, labels: np.ndarray) -> TensorDataset:
+    def tensors(images: np.ndarray, labels: np.ndarray) -> ArrayDataset:  # normalised once, here
         pixels = torch.as_tensor(images, dtype=torch.float32).view(-1, 1, 8, 8) / 16.0
         pixels = (pixels - info.mean[0]) / info.std[0]
-        return TensorDataset(pixels, torch.as_tensor(labels, dtype=torch.int64))
+        return ArrayDataset(pixels, torch.as_tensor(labels, dtype=torch.int64), Identity())
 
     train = tensors(x_train, y_train)
     return Parts(train, train, tensors(x_test, y_test))
