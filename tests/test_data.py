@@ -833,6 +833,12 @@ def test_training_batches_of_in_memory_data_are_the_per_sample_ones_bit_for_bit(
     assert torch.equal(rng_a, rng_b)
 
 
+def test_in_memory_batches_of_no_indices_are_none():
+    digits = load_datasets("digits").train
+    assert list(epoch_batches(digits, 16, seed=0, epoch=1, skip=-(-len(digits) // 16))) == []
+    assert [len(y) for _, y in epoch_batches(torch.utils.data.Subset(digits, [3, 1, 4]), 2, seed=0, epoch=1)] == [2, 1]
+
+
 def test_resumed_epoch_continues_the_batches_of_an_uninterrupted_one(tmp_path):
     write_fake_cifar10(tmp_path)
     train = load_datasets("cifar10", tmp_path, download=False).train

@@ -53,7 +53,7 @@ def tensor_batches(dataset: Dataset, order: Iterable[int], batch_size: int) -> I
     index = torch.as_tensor(list(order), dtype=torch.int64)
     if subset is not None:
         index = torch.as_tensor(subset, dtype=torch.int64)[index]
-    return (base.batch(chunk) for chunk in index.split(batch_size))
+    return (base.batch(chunk) for chunk in index.split(batch_size) if len(chunk))  # none from no indices
 
 
 class _EndlessPermutation(Sampler[int]):
