@@ -39,8 +39,8 @@ def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int =
 
 
 def tensor_batches(dataset: Dataset, order: Iterable[int], batch_size: int) -> Iterator[tuple[Tensor, Tensor]] | None:
-    """The batches of an in-memory dataset (or a Subset of one) in ``order``, each made as one
-    tensor operation on the device its images are on; None for any other dataset.
+    """The batches of an in-memory dataset (or a Subset of one) in ``order``, each made by a
+    few whole-batch tensor operations on the device its images are on; None for any other dataset.
 
     No DataLoader: nothing to collate, pin or send through workers. The batches, and torch's RNG
     after each, are those of a DataLoader without workers, bit for bit; each batch is made
