@@ -424,7 +424,7 @@ def train(
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Training mini-batch size; under torchrun per process (the global batch is N times it).")] = None,
     val_fraction: Annotated[Optional[float], typer.Option("--val-fraction", help="Fraction of the training set held out for validation.")] = None,
     augment: Annotated[Optional[bool], typer.Option("--augment/--no-augment", metavar="", help="Training augmentation (crops and flips where the dataset has them) (default: --augment).")] = None,
-    workers: Annotated[Optional[int], typer.Option("--workers", help="Data-loading worker processes (default: 0).")] = None,
+    workers: Annotated[Optional[int], typer.Option("--workers", help="Data-loading worker processes (default: 0). With 0, in-memory datasets (CIFAR, MNIST, SVHN, digits, synthetic) are held on the training device and augmented there in whole batches; N > 0 keeps them on the CPU for N workers. Image folders are decoded by the workers.")] = None,
     amp: Annotated[Optional[bool], typer.Option("--amp/--no-amp", metavar="", help="Mixed precision (autocast, bfloat16 where supported) on CUDA; no effect on CPU (default: --no-amp).")] = None,
     channels_last: Annotated[Optional[bool], typer.Option("--channels-last/--no-channels-last", metavar="", help="channels_last memory format for conv nets (faster on recent GPUs) (default: --no-channels-last).")] = None,
     save_every: Annotated[Optional[int], typer.Option("--save-every", help="Epochs between partial checkpoints; 0: only when interrupted (default: 1).")] = None,

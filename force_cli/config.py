@@ -89,7 +89,7 @@ class TrainSettings:
     batch_size: int | None = None
     val_fraction: float | None = None
     augment: bool = True
-    workers: int = 0
+    workers: int = 0  # 0: in-memory datasets live on the training device (no DataLoader, no pinning)
     amp: bool = False  # autocast on CUDA; ignored on CPU
     channels_last: bool = False
     save_every: int = 1  # epochs between partial checkpoints; 0: only when interrupted

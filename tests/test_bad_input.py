@@ -17,6 +17,7 @@ import math
 import os
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import tempfile
@@ -127,6 +128,11 @@ def golden(tmp_path_factory) -> Path:
     (root / "truncated.safetensors").write_bytes(init.read_bytes()[:1000])
     (root / "binary.log").write_bytes(b"\x00\x01binary")
     (root / "afile").write_text("a file where a folder is expected\n")
+    raw = root / "badmnist" / "mnist" / "MNIST" / "raw"  # idx files whose images file is truncated
+    raw.mkdir(parents=True)
+    for split, n in (("train", 4), ("t10k", 2)):
+        (raw / f"{split}-images-idx3-ubyte").write_bytes(bytes([0, 0, 8, 3]) + struct.pack(">3I", n, 28, 28) + bytes(n * 784 - 9))
+        (raw / f"{split}-labels-idx1-ubyte").write_bytes(bytes([0, 0, 8, 1]) + struct.pack(">I", n) + bytes(n))
     (root / "ro").mkdir()
     (root / "full").mkdir()
     (root / "adir").mkdir()
@@ -253,6 +259,8 @@ CASES = [
     Case("prune-disk-full", PRUNE + ["-o", "{tmp}/x.safetensors"], "no space left", prepare=full_disk),
     Case("prune-disk-full-overwrite", PRUNE + ["-o", "{init}", "--overwrite"], "no space left", prepare=full_disk),
     Case("prune-unknown-option", ["prune", "--bogus"], "No such option"),
+    Case("prune-corrupt-mnist", ["prune", "-m", "lenet300", "-d", "mnist", "--data-dir", "{tmp}/badmnist", "--no-download",
+                                 "-s", "0.9", "-o", "{tmp}/x.safetensors"], "train-images-idx3-ubyte is not a valid idx file"),
     # recipes
     Case("recipe-not-utf8", ["prune", "--recipe", "{tmp}/latin1.yaml", "-s", "0.9"], "not UTF-8"),
     Case("recipe-python-tag", ["prune", "--recipe", "{tmp}/tag.yaml", "-s", "0.9"], "YAML tag that recipes do not allow"),

@@ -18,7 +18,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from force_cli import data
+from force_cli.data import download, transforms
+from force_cli.data.arrays import ArrayDataset, to_device
 from force_cli.data import (
     DATASETS,
     BatchStream,
@@ -29,7 +30,9 @@ from force_cli.data import (
     load_datasets,
     make_loader,
 )
+from force_cli.data.readers import cifar, digits
 from force_cli.errors import ConfigError, DataError, UnknownNameError
+from force_cli.training.order import epoch_batches
 
 ALL_NAMES = ["cifar10", "cifar100", "digits", "fashion-mnist", "imagefolder", "imagenet", "mnist",
              "svhn", "synthetic", "tiny-imagenet"]
@@ -245,7 +248,7 @@ def test_cifar_archive_is_extracted_offline(tmp_path, monkeypatch):
     root.mkdir(parents=True)
     with tarfile.open(root / "cifar-10-binary.tar.gz", "w:gz") as tar:
         tar.add(tmp_path / "src" / "cifar10" / "cifar-10-batches-bin", arcname="cifar-10-batches-bin")
-    monkeypatch.setattr(data, "_md5", lambda path: data._CIFAR10.md5)  # pretend it is the official file
+    monkeypatch.setattr(download, "md5", lambda path: cifar.CIFAR10.md5)  # pretend it is the official file
     splits = load_datasets("cifar10", tmp_path / "data", download=False)
     assert [splits.train_eval[i][1] for i in range(100)] == train_y.tolist()
 
@@ -255,8 +258,8 @@ def _failing_download(*args, **kwargs):
 
 
 def test_download_failure_is_a_data_error(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "_torchvision", lambda: None)
-    monkeypatch.setattr(data, "_download_archive", _failing_download)
+    monkeypatch.setattr(download, "import_torchvision", lambda: None)
+    monkeypatch.setattr(download, "fetch", _failing_download)
     with pytest.raises(DataError) as exc:
         load_datasets("cifar10", tmp_path, download=True)
     message = str(exc.value)
@@ -266,7 +269,7 @@ def test_download_failure_is_a_data_error(tmp_path, monkeypatch):
 
 def test_present_data_is_not_downloaded(tmp_path, monkeypatch):
     write_fake_cifar10(tmp_path)
-    monkeypatch.setattr(data, "_download_archive", _failing_download)
+    monkeypatch.setattr(download, "fetch", _failing_download)
     assert len(load_datasets("cifar10", tmp_path, download=True).test) == 20
 
 
@@ -327,6 +330,59 @@ def test_mnist_idx_round_trip(tmp_path, name, folder, compress):
     np.testing.assert_array_equal(as_bytes(splits.test[2][0], splits.info)[0], tx[2])
     assert splits.test[2][1] == 5
     np.testing.assert_array_equal(splits.train[1][0], splits.train_eval[1][0])  # no augmentation
+
+
+def write_fake_mnist(raw: Path, compress: bool = False):
+    raw.mkdir(parents=True)
+    rng = np.random.RandomState(2)
+    x, tx = rng.randint(0, 256, (6, 28, 28)), rng.randint(0, 256, (4, 28, 28))
+    y, ty = np.array([3, 1, 4, 1, 5, 9]), np.array([2, 6, 5, 3])
+    write_idx(raw / "train-images-idx3-ubyte", x, compress)
+    write_idx(raw / "train-labels-idx1-ubyte", y, compress)
+    write_idx(raw / "t10k-images-idx3-ubyte", tx, compress)
+    write_idx(raw / "t10k-labels-idx1-ubyte", ty, compress)
+    return x, y, tx, ty
+
+
+@pytest.mark.parametrize("damage", ["truncated", "bad header", "labels for images", "empty"])
+def test_corrupt_mnist_file_is_a_one_line_data_error(tmp_path, damage):
+    raw = tmp_path / "mnist" / "MNIST" / "raw"
+    write_fake_mnist(raw)
+    images = raw / "train-images-idx3-ubyte"
+    blob = images.read_bytes()
+    if damage == "truncated":
+        images.write_bytes(blob[:-5])
+    elif damage == "bad header":
+        images.write_bytes(b"\x00\x00\x0a\x03" + blob[4:])  # type byte 10 is no idx type
+    elif damage == "labels for images":
+        images.write_bytes((raw / "train-labels-idx1-ubyte").read_bytes())
+    else:
+        images.write_bytes(b"")
+    with pytest.raises(DataError) as exc:
+        load_datasets("mnist", tmp_path, download=False)
+    message = str(exc.value)
+    assert str(images) in message and "download MNIST again" in message and "\n" not in message
+
+
+def test_mnist_gz_files_are_extracted_and_the_legacy_cache_is_never_unpickled(tmp_path, monkeypatch):
+    raw = tmp_path / "mnist" / "MNIST" / "raw"
+    x, _, _, _ = write_fake_mnist(raw, compress=True)
+    processed = raw.parent / "processed"  # torchvision's MNIST class would torch.load these
+    processed.mkdir()
+    (processed / "training.pt").write_bytes(b"not a tensor file")
+    (processed / "test.pt").write_bytes(b"not a tensor file")
+
+    def no_unpickling(*args, **kwargs):
+        raise AssertionError("torch.load was called")
+
+    monkeypatch.setattr(torch, "load", no_unpickling)
+    splits = load_datasets("mnist", tmp_path, download=False)
+    np.testing.assert_array_equal(as_bytes(splits.train_eval[2][0], splits.info)[0], x[2])
+    names = sorted(p.name for p in raw.iterdir())
+    assert names == sorted([n for n in names if n.endswith(".gz")] + [n[:-3] for n in names if n.endswith(".gz")])
+    assert len(names) == 8  # each .gz beside its extracted file, no temporary file left over
+    with gzip.open(raw / "t10k-images-idx3-ubyte.gz", "rb") as f:
+        assert (raw / "t10k-images-idx3-ubyte").read_bytes() == f.read()
 
 
 def test_svhn_mat_round_trip(tmp_path):
@@ -416,6 +472,15 @@ def test_imagefolder_val_class_unknown_to_train(tmp_path):
         load_datasets("imagefolder", tmp_path, download=False)
 
 
+def test_imagefolder_empty_class_folder_is_a_data_error(tmp_path):
+    write_image_folder(tmp_path)
+    (tmp_path / "train" / "banana" / "0.png").unlink()
+    (tmp_path / "train" / "banana" / "1.png").rename(tmp_path / "train" / "banana" / "notes.txt")
+    with pytest.raises(DataError) as exc:
+        load_datasets("imagefolder", tmp_path, download=False)
+    assert str(tmp_path / "train" / "banana") in str(exc.value) and "holds no images" in str(exc.value)
+
+
 WNIDS = ["n01443537", "n01629819", "n02085620"]
 
 
@@ -482,8 +547,8 @@ def test_digits_sizes_and_fixed_test_split():
     assert len(a.train) + len(a.test) == 1797
     assert a.info.num_classes == 10 and a.info.in_channels == 1
     x, y = a.train[0]
-    assert x.shape == (1, 8, 8) and x.dtype == torch.float32 and y.dtype == torch.int64
-    ta, tb = a.test.tensors, b.test.tensors
+    assert x.shape == (1, 8, 8) and x.dtype == torch.float32 and isinstance(y, int)
+    ta, tb = (a.test.images, a.test.labels), (b.test.images, b.test.labels)
     assert torch.equal(ta[0], tb[0]) and torch.equal(ta[1], tb[1])  # independent of seed
     assert set(ta[1].tolist()) == set(range(10))
     pixels = denormalise(ta[0], a.info)
@@ -495,14 +560,14 @@ def test_digits_are_scikit_learns_data_and_split_read_without_importing_it():
     from sklearn.model_selection import train_test_split
 
     x, y = sklearn_datasets.load_digits(return_X_y=True)
-    ours_x, ours_y = data._read_digits()
+    ours_x, ours_y = digits.read_digits()
     assert np.array_equal(x, ours_x) and np.array_equal(y, ours_y)
     expected = train_test_split(np.arange(len(y)), test_size=0.2, stratify=y, random_state=0)
-    got = data._stratified_split(y, test_fraction=0.2, seed=0)
+    got = digits.stratified_split(y, test_fraction=0.2, seed=0)
     assert all(np.array_equal(a, b) for a, b in zip(got, expected))
     for seed, fraction in ((1, 0.2), (5, 0.37)):  # other draws of the tie-breaking RNG agree too
         expected = train_test_split(np.arange(len(y)), test_size=fraction, stratify=y, random_state=seed)
-        assert all(np.array_equal(a, b) for a, b in zip(data._stratified_split(y, fraction, seed), expected))
+        assert all(np.array_equal(a, b) for a, b in zip(digits.stratified_split(y, fraction, seed), expected))
     code = "import sys; from force_cli.data import load_datasets; load_datasets('digits'); print('sklearn' in sys.modules)"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.stdout.strip() == "False", proc.stderr
@@ -690,19 +755,125 @@ def test_batched_transforms_give_the_per_sample_batches_bit_for_bit(tmp_path, au
         assert torch.equal(after_a, after_b)
 
 
+def identifiable_image() -> torch.Tensor:
+    """8x8, one channel, every pixel a different non-zero value: each padded crop, flipped or
+    not, of it is a different image, so the crop offset and flip can be read off the output."""
+    return (torch.arange(64, dtype=torch.uint8) + 1).view(1, 1, 8, 8)
+
+
+def crop_and_flip_of(outputs: torch.Tensor, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(row offset, column offset, flipped) of each output, by matching all 2 x 9 x 9 candidates."""
+    padded = torch.nn.functional.pad(image[0, 0].float(), (4, 4, 4, 4))
+    candidates = torch.stack([c for flip in (False, True) for i in range(9) for j in range(9)
+                              for c in [padded[i:i + 8, j:j + 8].flip(-1) if flip else padded[i:i + 8, j:j + 8]]])
+    pixels = torch.round(outputs[:, 0] * 255)  # mean 0, std 1: the output is pixel / 255
+    match = (pixels[:, None] == candidates[None]).flatten(2).all(-1)
+    assert torch.equal(match.sum(1), torch.ones(len(outputs), dtype=torch.long))  # exactly one each
+    k = match.float().argmax(1)
+    return (k % 81) // 9, k % 9, k >= 81
+
+
 def test_batched_crops_and_flips_have_the_per_sample_distribution():
-    """Per-pixel means over many draws agree between the two paths drawn from different seeds,
-    and both differ from the un-augmented image, so the check can fail."""
+    """Over 4000 draws each, the batched path (from seed 0) and the per-sample path (from seed 1)
+    agree on the per-pixel means (within 0.05 of the [0, 1] range), the flip rate (within 0.04;
+    the standard deviation of the difference is 0.011) and the frequency of each of the 9 row and
+    9 column offsets (within 0.03; sd 0.007), and both are near uniform. A batch-wide crop or flip
+    (one draw for all images, as torchvision's v2 transforms do on a batch) fails all of these."""
     info = DatasetInfo(name="t", num_classes=2, in_channels=1, image_size=8, mean=(0.0,), std=(1.0,),
                        imagenet_style=False, downloadable=False)
-    train_tf, plain_tf = data._tensor_transforms(info, crop=True, flip=True, augment=True)
-    image = torch.zeros(1, 1, 8, 8, dtype=torch.uint8)
-    image[0, 0, 1, :3] = 255  # an asymmetric mark near a corner
-    draws = 4000
+    train_tf, plain_tf = transforms.tensor_transforms(info, crop=True, flip=True, augment=True)
+    image, draws = identifiable_image(), 4000
+    dataset = ArrayDataset(image.expand(draws, -1, -1, -1).contiguous(), torch.zeros(draws, dtype=torch.long), train_tf)
     torch.manual_seed(0)
-    batched = train_tf.batch(image.expand(draws, -1, -1, -1).contiguous()).mean(0)
+    batched, _ = dataset.batch(torch.arange(draws))
     torch.manual_seed(1)
-    per_sample = torch.stack([train_tf(image[0]) for _ in range(draws)]).mean(0)
-    assert (batched - per_sample).abs().max() < 0.05
-    assert (batched - plain_tf(image[0])).abs().max() > 0.5
-    assert torch.allclose(batched, batched.flip(-1), atol=0.05)  # flips make it left-right symmetric
+    per_sample = torch.stack([dataset[i][0] for i in range(draws)])
+    assert (batched.mean(0) - per_sample.mean(0)).abs().max() < 0.05
+    assert (batched.mean(0) - plain_tf(image[0])).abs().max() > 0.1  # augmentation moved the pixels
+    (ib, jb, fb), (ip, jp, fp) = crop_and_flip_of(batched, image), crop_and_flip_of(per_sample, image)
+    assert abs(fb.float().mean() - fp.float().mean()) < 0.04 and abs(fb.float().mean() - 0.5) < 0.04
+    for b, p in ((ib, ip), (jb, jp)):
+        freq_b, freq_p = torch.bincount(b, minlength=9) / draws, torch.bincount(p, minlength=9) / draws
+        assert (freq_b - freq_p).abs().max() < 0.03 and (freq_b - 1 / 9).abs().max() < 0.03
+
+
+def test_batch_of_one_seed_is_the_per_sample_draws_exactly():
+    """Where the two paths are defined to agree (same seed), each crop and flip is the same."""
+    info = DatasetInfo(name="t", num_classes=2, in_channels=1, image_size=8, mean=(0.0,), std=(1.0,),
+                       imagenet_style=False, downloadable=False)
+    train_tf, _ = transforms.tensor_transforms(info, crop=True, flip=True, augment=True)
+    image = identifiable_image()
+    dataset = ArrayDataset(image.expand(300, -1, -1, -1).contiguous(), torch.zeros(300, dtype=torch.long), train_tf)
+    torch.manual_seed(3)
+    batched, _ = dataset.batch(torch.arange(300))
+    torch.manual_seed(3)
+    per_sample = torch.stack([dataset[i][0] for i in range(300)])
+    assert torch.equal(batched, per_sample)
+    assert len(set(zip(*(t.tolist() for t in crop_and_flip_of(batched, image))))) > 100  # many different draws
+
+
+@pytest.mark.parametrize("val_fraction, skip, moved", [(0.0, 0, False), (0.25, 0, False), (0.25, 2, True), (0.0, 3, True)])
+def test_training_batches_of_in_memory_data_are_the_per_sample_ones_bit_for_bit(tmp_path, val_fraction, skip, moved):
+    """``epoch_batches`` makes the batches of an in-memory dataset without a DataLoader, on the
+    images' device (moved here to ``torch.device('cpu')`` explicitly); they, and torch's RNG
+    after them, are those of the per-sample DataLoader path, also when resuming after ``skip``."""
+    write_fake_cifar10(tmp_path)
+    train = load_datasets("cifar10", tmp_path, download=False, val_fraction=val_fraction, seed=4).train
+    fast = to_device(train, torch.device("cpu")) if moved else train
+    runs = []
+    for dataset in (fast, PerSample(train)):
+        torch.manual_seed(11)
+        batches = epoch_batches(dataset, 16, seed=2, epoch=3, skip=skip)
+        runs.append((type(batches).__name__, list(batches), torch.get_rng_state()))
+    (kind_a, a, rng_a), (kind_b, b, rng_b) = runs
+    assert kind_a == "generator" and kind_b == "_SingleProcessDataLoaderIter"  # the two paths really differ
+    assert len(a) == len(b) == -(-len(train) // 16) - skip
+    for (xa, ya), (xb, yb) in zip(a, b):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb) and xa.dtype == torch.float32 and ya.dtype == torch.int64
+    assert torch.equal(rng_a, rng_b)
+
+
+def test_in_memory_batches_of_no_indices_are_none():
+    digits = load_datasets("digits").train
+    assert list(epoch_batches(digits, 16, seed=0, epoch=1, skip=-(-len(digits) // 16))) == []
+    assert [len(y) for _, y in epoch_batches(torch.utils.data.Subset(digits, [3, 1, 4]), 2, seed=0, epoch=1)] == [2, 1]
+
+
+def test_resumed_epoch_continues_the_batches_of_an_uninterrupted_one(tmp_path):
+    write_fake_cifar10(tmp_path)
+    train = load_datasets("cifar10", tmp_path, download=False).train
+    torch.manual_seed(5)
+    batches = epoch_batches(train, 16, seed=1, epoch=2)
+    next(batches), next(batches)
+    state = torch.get_rng_state()  # what a partial checkpoint saves after 2 steps
+    rest = list(batches)
+    torch.set_rng_state(state)
+    resumed = list(epoch_batches(train, 16, seed=1, epoch=2, skip=2))
+    assert len(resumed) == len(rest) == 5
+    assert all(torch.equal(xa, xb) and torch.equal(ya, yb) for (xa, ya), (xb, yb) in zip(rest, resumed))
+
+
+def test_in_memory_batches_are_made_on_the_images_device(tmp_path):
+    """The meta device stands in for CUDA: every batch tensor must come out where the images are."""
+    write_fake_cifar10(tmp_path)
+    train = load_datasets("cifar10", tmp_path, download=False, val_fraction=0.25).train
+    moved = to_device(train, torch.device("meta"))
+    assert moved.indices == train.indices and moved.dataset.images.device.type == "meta"
+    assert train.dataset.images.device.type == "cpu"  # the CPU copy is untouched
+    for x, y in epoch_batches(moved, 16, seed=0, epoch=1):
+        assert x.device.type == y.device.type == "meta" and x.shape[1:] == (3, 32, 32) and x.dtype == torch.float32
+    digits = load_datasets("digits").train
+    assert to_device(digits, "meta").images.device.type == "meta"
+    assert to_device(PerSample(digits), "meta").dataset is digits  # not in memory: left as it is
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_batches_on_cuda_are_the_cpu_batches(tmp_path):
+    write_fake_cifar10(tmp_path)
+    train = load_datasets("cifar10", tmp_path, download=False, val_fraction=0.25).train
+    runs = []
+    for dataset in (train, to_device(train, torch.device("cuda"))):
+        torch.manual_seed(0)
+        runs.append(list(epoch_batches(dataset, 16, seed=0, epoch=1)))
+    for (xa, ya), (xb, yb) in zip(*runs):
+        assert xb.is_cuda and torch.equal(xa, xb.cpu()) and torch.equal(ya, yb.cpu())

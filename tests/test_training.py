@@ -10,12 +10,14 @@ import signal
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import Dataset, TensorDataset
+from torch.utils.data import Dataset, Subset, TensorDataset
 
 from force_cli.training import loop
 from force_cli.checkpoint import load_checkpoint, save_checkpoint
 from force_cli.config import TrainSettings
-from force_cli.data import DataSplits, dataset_info
+from force_cli.data import DatasetInfo, DataSplits, dataset_info
+from force_cli.data.arrays import ArrayDataset
+from force_cli.data.transforms import tensor_transforms
 from force_cli.errors import CheckpointError, ConfigError, IncompatibleError, UnknownNameError
 from force_cli.evaluation import evaluate, evaluate_checkpoint
 from force_cli.models import build_model
@@ -232,6 +234,83 @@ def test_trainer_resumes_bit_identically(optimizer, stop_at, workers):
         assert torch.equal(value, second.model.state_dict()[key]), key
     strip = lambda h: [{k: v for k, v in r.items() if k != "seconds"} for r in h]  # noqa: E731
     assert strip(resumed) == strip(history)
+
+
+class PerSample(Dataset):
+    """The same dataset seen one sample at a time: the DataLoader path, not the batched one."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        return self.dataset[i]
+
+
+def array_splits(per_sample: bool = False) -> DataSplits:
+    """uint8 images in memory with random crop and flip, 48 training and 12 validation images."""
+    info = DatasetInfo("t", 3, 3, 6, (0.5, 0.4, 0.3), (0.25, 0.2, 0.3), False, False)
+    train_tf, test_tf = tensor_transforms(info, crop=True, flip=True, augment=True)
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (60, 3, 6, 6), dtype=torch.uint8, generator=g)
+    labels = torch.randint(0, 3, (60,), generator=g)
+    train = Subset(ArrayDataset(images, labels, train_tf), list(range(12, 60)))
+    plain = ArrayDataset(images, labels, test_tf)
+    return DataSplits(info, PerSample(train) if per_sample else train, Subset(plain, list(range(12))),
+                      Subset(plain, list(range(12))), Subset(plain, list(range(12, 60))))
+
+
+def test_trainer_on_in_memory_data_is_the_per_sample_run_and_resumes_bit_identically():
+    """The trainer's batched in-memory path (on its device) trains to the same weights, bit for
+    bit, as the one-image-at-a-time DataLoader path, and a run stopped inside an epoch resumes
+    to them too."""
+    settings = complete_settings(TrainSettings(epochs=3, batch_size=10, milestones=[2], save_every=0), "synthetic")
+    masks = random_masks(dropout_net(), 0.5, seed=1)
+    cpu = torch.device("cpu")
+    batched = Trainer(dropout_net(), masks, array_splits(), settings, seed=7, device=cpu)
+    assert batched.train_data.dataset.images.device == cpu
+    history = batched.run()
+    per_sample = Trainer(dropout_net(), masks, array_splits(per_sample=True), settings, seed=7, device=cpu)
+    strip = lambda h: [{k: v for k, v in r.items() if k != "seconds"} for r in h]  # noqa: E731
+    assert strip(per_sample.run()) == strip(history)
+    for key, value in batched.model.state_dict().items():
+        assert torch.equal(value, per_sample.model.state_dict()[key]), key
+
+    stop, saved = StopFlag(), {}
+
+    def on_batch(epoch, batches, totals):
+        if (epoch, totals.batches) == (2, 2):
+            stop.set("test")
+
+    def save(t: Trainer):
+        structure, tensors = t.state()
+        saved.update(structure=json.loads(json.dumps(structure)), tensors={k: v.clone() for k, v in tensors.items()},
+                     model={k: v.clone() for k, v in t.model.state_dict().items()}, history=list(t.history))
+
+    first = Trainer(dropout_net(), masks, array_splits(), settings, seed=7, device=cpu)
+    with pytest.raises(loop.Interrupted):
+        first.run(stop=stop, save=save, callbacks=TrainCallbacks(on_batch=on_batch))
+    model = dropout_net()
+    model.load_state_dict(saved["model"])
+    second = Trainer(model, masks, array_splits(), settings, seed=7, device=cpu)
+    second.load_state(saved["structure"], saved["tensors"], saved["history"])
+    second.run()
+    for key, value in batched.model.state_dict().items():
+        assert torch.equal(value, second.model.state_dict()[key]), key
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_trainer_keeps_in_memory_training_images_on_cuda_without_workers():
+    settings = complete_settings(TrainSettings(epochs=1, batch_size=10, save_every=0), "synthetic")
+    masks = random_masks(dropout_net(), 0.5, seed=1)
+    cuda = torch.device("cuda")
+    trainer = Trainer(dropout_net(), masks, array_splits(), settings, seed=7, device=cuda)
+    assert trainer.train_data.dataset.images.is_cuda
+    trainer.run()
+    with_workers = complete_settings(TrainSettings(epochs=1, batch_size=10, save_every=0, workers=1), "synthetic")
+    assert not Trainer(dropout_net(), masks, array_splits(), with_workers, seed=7, device=cuda).train_data.dataset.images.is_cuda
 
 
 def test_stop_on_signals_sets_the_flag_and_restores_the_handler():

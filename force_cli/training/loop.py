@@ -37,6 +37,7 @@ from torch.nn.parallel import DistributedDataParallel
 from force_cli import distributed
 from force_cli.config import TrainSettings
 from force_cli.data import DataSplits
+from force_cli.data.arrays import to_device
 from force_cli.errors import CheckpointError, DataError
 from force_cli.evaluation import EvalMetrics, evaluate
 from force_cli.training.masking import MaskEnforcer
@@ -216,6 +217,9 @@ class Trainer:
         if len(splits.train) == 0:
             raise DataError("the training set is empty; check the dataset folder")
         self.settings, self.seed, self.device, self.splits = settings, seed, device, splits
+        # An in-memory training set moves to the training device once and is augmented there, batch
+        # by batch; with loader workers it stays on the CPU, where the workers can read it.
+        self.train_data = to_device(splits.train, device) if settings.workers == 0 else splits.train
         memory_format = torch.channels_last if settings.channels_last else torch.preserve_format
         self.model = model.to(device=device, memory_format=memory_format)
         self.enforcer = MaskEnforcer(self.model, masks)
@@ -385,7 +389,7 @@ class Trainer:
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
                 started = time.perf_counter()
-                batches = epoch_batches(self.splits.train, s.batch_size, self.seed, epoch,
+                batches = epoch_batches(self.train_data, s.batch_size, self.seed, epoch,
                                         skip=self.totals.batches, workers=s.workers, device=self.device,
                                         rank=self.rank, world_size=self.world_size)
                 on_batch = (lambda t: cb.on_batch(epoch, self.batches_per_epoch, t)) if cb.on_batch else None

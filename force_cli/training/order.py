@@ -9,6 +9,8 @@ from collections.abc import Iterator
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from force_cli.data.loaders import tensor_batches
+
 def epoch_seed(seed: int, epoch: int) -> int:
     """The seed of epoch ``epoch``'s shuffle (and of its loader workers)."""
     return (int(seed) * 1_000_003 + int(epoch)) & 0x7FFF_FFFF_FFFF_FFFF
@@ -66,11 +68,16 @@ def epoch_batches(dataset: Dataset, batch_size: int, seed: int, epoch: int, *, s
 
     Without workers the skipped samples are never loaded (their augmentation randomness is in
     the restored RNG state); with workers they are loaded and dropped, so every worker draws the
-    same augmentation as in an uninterrupted epoch.
+    same augmentation as in an uninterrupted epoch. Without workers an in-memory dataset is
+    batched by ``tensor_batches`` on the device its images are on (the same batches as through a
+    DataLoader); that is the only way for images on an accelerator, which workers cannot share.
     """
     start = skip * batch_size if workers == 0 else 0
-    loader = _loader(dataset, batch_size, workers=workers, device=device,
-                     sampler=EpochSampler(len(dataset), seed, epoch, start, rank=rank, world_size=world_size),
+    sampler = EpochSampler(len(dataset), seed, epoch, start, rank=rank, world_size=world_size)
+    batches = tensor_batches(dataset, sampler, batch_size) if workers == 0 else None
+    if batches is not None:
+        return batches
+    loader = _loader(dataset, batch_size, workers=workers, device=device, sampler=sampler,
                      generator=torch.Generator().manual_seed(epoch_seed(seed, epoch)))
     iterator = iter(loader)
     if workers:
