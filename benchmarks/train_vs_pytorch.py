@@ -6,8 +6,9 @@ normalisation), batch size, optimizer (SGD, momentum 0.9, weight decay 5e-4) and
 loader workers:
 
 - ``force``: force-cli's own path, as ``force train`` runs it: the CIFAR-10 binary reader on a
-  folder of fake batch files written here, the seeded epoch order (``training.order``), the
-  batched in-memory transforms, and ``training.loop.train_epoch`` with ``MaskEnforcer``;
+  folder of fake batch files written here, the images moved once to the training device (without
+  loader workers), the seeded epoch order and batched transforms (``training.order``), and
+  ``training.loop.train_epoch`` with ``MaskEnforcer``;
 - ``plain``: the paper code's way (naver/force ``train_cifar_tiny_imagenet.py``): a Dataset that
   turns each uint8 image into a PIL image, torchvision ``transforms`` one image at a time in a
   shuffled DataLoader, masks enforced by gradient hooks (``weight.register_hook``).
@@ -38,6 +39,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from force_cli.data import load_datasets
+from force_cli.data.arrays import to_device
 from force_cli.models import build_model
 from force_cli.pruning.masks import prunable_weights
 from force_cli.training.loop import autocast_dtype, train_epoch
@@ -128,6 +130,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         pixels, labels = write_fake_cifar10(Path(tmp), args.images)
         splits = load_datasets("cifar10", tmp, download=False)
+        train_data = to_device(splits.train, device) if args.workers == 0 else splits.train  # as the Trainer does
         paper_tf = transforms.Compose([transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(),
                                        transforms.ToTensor(), transforms.Normalize(CIFAR_MEAN, CIFAR_STD)])
         plain_data = PaperStyleCifar(pixels, labels, paper_tf)
@@ -150,7 +153,7 @@ def main() -> None:
                 torch.cuda.synchronize(device)
             start = time.perf_counter()
             if kind == "force":
-                batches = epoch_batches(splits.train, args.batch_size, 0, index, workers=args.workers, device=device)
+                batches = epoch_batches(train_data, args.batch_size, 0, index, workers=args.workers, device=device)
                 train_epoch(force_model, batches, optimizers["force"], enforcer, device=device, amp_dtype=amp_dtype,
                             scaler=scalers["force"], channels_last=args.channels_last, sync_every=1 << 30)
             else:
