@@ -85,6 +85,24 @@ def all_reduce_sum_(tensors: Sequence[torch.Tensor]) -> None:
         _all_reduce_(tensors, dist.ReduceOp.SUM)
 
 
+def all_reduce_max_(tensors: Sequence[torch.Tensor]) -> None:
+    """The largest value of each element over the ranks, in place."""
+    if active():
+        _all_reduce_(tensors, dist.ReduceOp.MAX)
+
+
+def all_gather(tensor: torch.Tensor) -> torch.Tensor:
+    """Every rank's ``tensor`` (same shape and dtype on all), stacked in rank order on the CPU;
+    a plain run gets ``tensor[None]``."""
+    if not active():
+        return tensor.detach().cpu()[None]
+    device = _collective_device()
+    mine = tensor.detach().to(device)
+    parts = [torch.empty_like(mine) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, mine)
+    return torch.stack(parts).cpu()
+
+
 def all_reduce_mean_(tensors: Sequence[torch.Tensor]) -> None:
     """Average each tensor over the ranks, in place (gloo has no AVG: sum, then divide)."""
     if active():
