@@ -501,6 +501,8 @@ def train(
                 compact=compact,
             )
         except TrainingInterrupted as exc:
+            if not is_main():  # rank 0 says where the progress went
+                raise typer.Exit(exc.exit_code) from None
             raise stopped(str(exc), exc.exit_code) from None
         except TrainingDiverged as exc:
             raise fail(str(exc), 1) from None

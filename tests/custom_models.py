@@ -11,6 +11,13 @@ def tiny_mlp(num_classes: int, in_channels: int, image_size: int, hidden: int = 
                          nn.Linear(hidden, num_classes))
 
 
+def dropout_mlp(num_classes: int, in_channels: int, image_size: int, hidden: int = 64) -> nn.Module:
+    """A perceptron with dropout: every training step draws from torch's RNG, so a run resumes
+    exactly only if each process gets its own random stream back."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(in_channels * image_size * image_size, hidden), nn.ReLU(),
+                         nn.Dropout(0.3), nn.Linear(hidden, num_classes))
+
+
 def small_convnet(num_classes):
     """Takes only num_classes: the CLI passes only the arguments a factory accepts."""
     return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(2),

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +19,12 @@ from typer.testing import CliRunner
 from force_cli.checkpoint import load_checkpoint, save_checkpoint
 from force_cli.cli import app
 from force_cli.models import build_model
+from force_cli.models.refs import trusted_model_code
 from force_cli.pruning.masks import prunable_weights
+from force_cli.training import ddp
+from force_cli.training.job import TrainingInterrupted, train_checkpoint
+from force_cli.training.loop import TrainCallbacks
+from force_cli.training.state import StopFlag
 
 runner = CliRunner()
 
@@ -97,16 +104,25 @@ def test_a_plain_run_starts_no_process_group(monkeypatch):
 EVEN_SPLIT = ["--val-fraction", "0.0202"]
 
 
-def _force(args, cwd, nproc=None):
-    """`python -m force_cli ARGS`, or the same under `torchrun --nproc-per-node NPROC`."""
+def _command(argv, nproc=None):
+    """(command line, environment) of `python ARGV`, or the same under `torchrun --nproc-per-node NPROC`."""
     env = os.environ | {"PYTHONPATH": str(Path(__file__).resolve().parents[1]), "FORCE_THREADS": "1"}
     for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(var, None)
     launcher = [] if nproc is None else ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc)]
-    result = subprocess.run([sys.executable, *launcher, "-m", "force_cli", *map(str, args)], cwd=cwd, env=env,
-                            capture_output=True, text=True, timeout=240)
+    return [sys.executable, *launcher, *map(str, argv)], env
+
+
+def _run(argv, cwd, nproc=None):
+    command, env = _command(argv, nproc)
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
+
+
+def _force(args, cwd, nproc=None):
+    """`python -m force_cli ARGS`, or the same under `torchrun --nproc-per-node NPROC`."""
+    return _run(["-m", "force_cli", *args], cwd, nproc)
 
 
 def test_two_processes_train_like_one_with_twice_the_batch(tmp_path):
@@ -115,7 +131,7 @@ def test_two_processes_train_like_one_with_twice_the_batch(tmp_path):
     (tmp_path / "two").mkdir()
     two = _force([*common, "--batch-size", "16", "-o", "two/out.safetensors", "--log-file", "two/train.jsonl"],
                  tmp_path, nproc=2)
-    one = _force([*common, "--batch-size", "32", "-o", "one.safetensors"], tmp_path)
+    _force([*common, "--batch-size", "32", "-o", "one.safetensors"], tmp_path)
 
     assert two.stdout.split() == ["two/out.safetensors"]  # printed by rank 0 only
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["out.safetensors", "train.jsonl"]
@@ -160,3 +176,169 @@ def test_two_processes_evaluate_like_one(tmp_path):
     assert b["samples"] == a["samples"] == 360
     assert b["top1"] == a["top1"] and b["top5"] == a["top5"]
     assert b["loss"] == pytest.approx(a["loss"], rel=1e-6)  # float32 batch sums, grouped differently
+
+
+# --------------------------------------------------------------------------------------------
+# Stopping under torchrun: the ranks agree on the step, rank 0 saves one partial, it resumes
+# --------------------------------------------------------------------------------------------
+
+#: With EVEN_SPLIT and 2 ranks x 16, every epoch has 1408 / 32 = 44 steps.
+STEPS = 44
+
+DROPOUT = "tests.custom_models:dropout_mlp"
+
+#: Run under torchrun by the test: an uninterrupted run, then the same run stopped by the flag of
+#: one rank only (as if only that rank heard a SIGTERM) at a chosen step.
+DRIVER = """
+import os, sys
+from force_cli import distributed
+from force_cli.models.refs import trusted_model_code
+from force_cli.training.job import TrainingInterrupted, train_checkpoint
+from force_cli.training.loop import TrainCallbacks
+from force_cli.training.state import StopFlag
+
+init, stop_rank, stop_epoch, stop_batch = sys.argv[1], *map(int, sys.argv[2:])
+rank = int(os.environ["RANK"])
+settings = dict(epochs=3, batch_size=16, val_fraction=0.0202, milestones=[2], save_every=0)
+flag = StopFlag()
+
+def on_batch(epoch, batches, totals):
+    if rank == stop_rank and (epoch, totals.batches) == (stop_epoch, stop_batch):
+        flag.set("SIGTERM")
+
+# one process group for both runs (a group set up again in the same process may meet the last one's keys)
+with trusted_model_code(), distributed.session("cpu"):
+    train_checkpoint(init, "straight.safetensors", settings, device="cpu")
+    try:
+        train_checkpoint(init, "run/out.safetensors", settings, device="cpu", stop=flag,
+                         callbacks=TrainCallbacks(on_batch=on_batch))
+    except TrainingInterrupted as exc:
+        print(f"rank {rank}: {exc}", flush=True)
+"""
+
+
+def _dropout_checkpoint(path):
+    """A half-masked perceptron with dropout on digits: training draws from every rank's RNG."""
+    torch.manual_seed(0)
+    args = dict(num_classes=10, in_channels=1, image_size=8, imagenet_style=False)
+    with trusted_model_code():
+        model = build_model(DROPOUT, **args)
+    g = torch.Generator().manual_seed(0)
+    masks = {n: torch.rand(w.shape, generator=g) < 0.5 for n, w in prunable_weights(model).items()}
+    save_checkpoint(path, model.state_dict(), masks,
+                    {"stage": "init", "model": DROPOUT, "model_args": args, "dataset": "digits", "seed": 0})
+    return path
+
+
+def test_a_stop_on_one_rank_leaves_one_partial_that_resumes_exactly(tmp_path, monkeypatch):
+    init = _dropout_checkpoint(tmp_path / "mlp.safetensors")
+    (tmp_path / "driver.py").write_text(DRIVER)
+    (tmp_path / "run").mkdir()
+    stopped = _run(["driver.py", init, 1, 2, 7], tmp_path, nproc=2)  # rank 1 alone, after step 7 of epoch 2
+
+    # both ranks stopped after that very step; rank 0 wrote the one partial
+    lines = sorted(stopped.stdout.splitlines())
+    assert [line[:7] for line in lines] == ["rank 0:", "rank 1:"], stopped.stdout
+    assert all(f"in epoch 2 (after 7 of {STEPS} batches)" in line and "(SIGTERM)" in line for line in lines), lines
+    partial = tmp_path / "run" / "out.partial.safetensors"
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [partial.name]
+    saved = load_checkpoint(partial)
+    training = saved.metadata["training"]
+    assert saved.stage == "partial" and training["world_size"] == 2
+    assert (training["resume"]["epoch"], training["resume"]["batch"]) == (1, 7)
+    assert training["resume"]["totals"]["seen"] == 7 * 2 * 16  # summed over both ranks
+    rng = saved.extra["rng.cpu"]
+    assert rng.shape[0] == 2 and not torch.equal(rng[0], rng[1])  # each rank's own stream
+
+    # a plain run refuses it, naming the world size that wrote it; the file is untouched
+    before = partial.read_bytes()
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(var, raising=False)
+    refused = runner.invoke(app, ["train", "--resume", str(partial), "--device", "cpu", "--trust-model-code"])
+    assert refused.exit_code == 2 and len(refused.stderr.strip().splitlines()) == 1, refused.output
+    assert "2 processes" in refused.stderr and "--nproc-per-node 2" in refused.stderr
+    assert partial.read_bytes() == before
+
+    # two processes continue it to the weights of the uninterrupted run
+    resumed = _force(["train", "--resume", "run/out.partial.safetensors", "--device", "cpu", "--trust-model-code"],
+                     tmp_path, nproc=2)
+    assert resumed.stdout.split() == ["run/out.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["out.safetensors"]
+    a, b = load_checkpoint(tmp_path / "straight.safetensors"), load_checkpoint(tmp_path / "run" / "out.safetensors")
+    assert a.state_dict.keys() == b.state_dict.keys()
+    for name, weight in a.state_dict.items():
+        assert torch.equal(b.state_dict[name], weight), name
+    assert [r["epoch"] for r in b.metadata["history"]] == [1, 2, 3]
+    for ra, rb in zip(a.metadata["history"], b.metadata["history"]):
+        assert rb["train_loss"] == pytest.approx(ra["train_loss"], rel=1e-12)  # sums regrouped across the stop
+        assert {k: v for k, v in rb.items() if k not in ("train_loss", "seconds")} == \
+            {k: v for k, v in ra.items() if k not in ("train_loss", "seconds")}
+
+
+def _child_with_rank(parent: int, rank: int) -> int:
+    """The pid of the process torchrun (``parent``) started as rank ``rank``."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            env = dict(item.split("=", 1) for item in (entry / "environ").read_text().split("\0") if "=" in item)
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == parent and env.get("RANK") == str(rank):
+            return int(entry.name)
+    raise AssertionError(f"torchrun has no rank {rank} child")
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the ranks through /proc")
+def test_sigterm_to_one_rank_stops_both_and_rank_0_saves_the_partial(tmp_path):
+    """A real SIGTERM to rank 1 only: rank 0, which never heard it, stops after the same step and
+    writes the partial; rank 1 writes and prints nothing."""
+    init = _lenet_checkpoint(tmp_path / "lenet.safetensors")
+    (tmp_path / "run").mkdir()
+    command, env = _command(["-m", "force_cli", "train", init, "--epochs", "40", "--device", "cpu", "--batch-size", "16",
+                             *EVEN_SPLIT, "--save-every", "1", "-o", "run/out.safetensors"], nproc=2)
+    proc = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    partial = tmp_path / "run" / "out.partial.safetensors"
+    try:
+        deadline = time.monotonic() + 200
+        while not partial.exists():  # the save after epoch 1: training is under way on both ranks
+            assert proc.poll() is None and time.monotonic() < deadline, "no partial checkpoint after epoch 1"
+            time.sleep(0.02)
+        os.kill(_child_with_rank(proc.pid, 1), signal.SIGTERM)
+        out, err = proc.communicate(timeout=200)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode != 0 and out == ""  # interrupted: nothing trained to print
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [partial.name]
+    said = [line for line in err.splitlines() if "progress saved to" in line]
+    assert len(said) == 1 and "(SIGTERM)" in said[0], err[-3000:]  # printed by rank 0 alone
+    training = load_checkpoint(partial).metadata["training"]
+    epoch, batch = training["resume"]["epoch"], training["resume"]["batch"]
+    assert training["world_size"] == 2 and 1 <= epoch < 40
+    where = f"in epoch {epoch + 1} (after {batch} of {STEPS} batches)" if batch else f"after epoch {epoch}"
+    assert where in said[0], (said[0], epoch, batch)  # the partial holds the step rank 0 reports
+
+
+def test_a_one_process_partial_is_not_resumed_by_two(tmp_path, monkeypatch):
+    init = _lenet_checkpoint(tmp_path / "lenet.safetensors")
+    flag = StopFlag()
+    with pytest.raises(TrainingInterrupted) as info:
+        train_checkpoint(init, tmp_path / "out.safetensors", {"epochs": 2, "batch_size": 256}, device="cpu",
+                         stop=flag, catch_signals=False, callbacks=TrainCallbacks(on_batch=lambda *a: flag.set("test")))
+    before = info.value.partial.read_bytes()
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    result = runner.invoke(app, ["train", "--resume", str(info.value.partial), "--device", "cpu"])
+    assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1, result.output
+    assert "1 process and this one has 2" in result.stderr and "without torchrun" in result.stderr
+    assert info.value.partial.read_bytes() == before and not (tmp_path / "out.safetensors").exists()
+
+
+def test_each_rank_has_its_own_seed():
+    seeds = [ddp.rank_seed(5, r) for r in range(4)]
+    assert seeds[0] == 5 and len(set(seeds)) == 4
+    assert all(s >= 2**32 for s in seeds[1:])  # never another run's --seed (seeds are below 2**32)

@@ -16,7 +16,8 @@ Files (``X.safetensors`` the input):
 
 Resuming (``resume=PARTIAL``) continues with the partial's settings and seed, so it ends with the
 same weights, bit for bit, as an uninterrupted run on the same device. Settings passed on resume
-override the saved ones (not the optimizer), which changes the result accordingly.
+override the saved ones (not the optimizer), which changes the result accordingly. A partial
+written under torchrun resumes under torchrun with the same number of processes (see ``ddp``).
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ from force_cli.errors import CheckpointError, ConfigError, OutputError
 from force_cli.locking import hold
 from force_cli.evaluation import check_dataset_fits, recorded_data_dir
 from force_cli.restore import model_from_checkpoint
+from force_cli.training import ddp
 from force_cli.training.loop import Interrupted, TrainCallbacks, Trainer, TrainingDiverged, autocast_dtype
 from force_cli.training.settings import complete_settings
 from force_cli.training.state import StopFlag, stop_on_signals
@@ -208,6 +210,7 @@ def train_checkpoint(
         base = TrainSettings(**(saved | chosen))
         run_seed = seed if seed is not None else int(training.get("seed", 0))
         origin = str(training.get("source", source))
+        recorded_world_size = training.get("world_size", 1)  # 1: written before torchrun was supported
     else:
         if ckpt.stage == "partial":
             raise ConfigError(f"'{source}' is the partial checkpoint of an interrupted run; continue it with: "
@@ -217,6 +220,7 @@ def train_checkpoint(
         recorded = metadata.get("seed")
         run_seed = seed if seed is not None else (recorded if isinstance(recorded, int) else 0)
         origin = str(source)
+        recorded_world_size = None
 
     if seed is None and not 0 <= run_seed <= 2**32 - 1:
         raise CheckpointError(f"'{source}' records the seed {run_seed}, outside [0, 4294967295]; "
@@ -228,6 +232,8 @@ def train_checkpoint(
         if _same_file(path, source) and not (resume is not None and what == "partial checkpoint"):
             raise ConfigError(f"the {what} '{path}' would overwrite the input checkpoint; choose another -o path")
     check_new_output(output, overwrite)
+    if recorded_world_size is not None:  # before any process group starts
+        ddp.check_world_size(recorded_world_size, source)
     log_path = check_log(log, {"input checkpoint": source, "output": output, "partial checkpoint": partial})
     # Under torchrun every rank trains, rank 0 alone locks and writes the files (the others wait for it).
     with distributed.session(device) as device:
@@ -355,8 +361,8 @@ def _train(ckpt, source, output, partial, base, state, run_seed, origin, data_di
     last_good: list[tuple[Path, int]] = [(source, trainer.epoch)] if state is not None else []
 
     def save_partial(t: Trainer) -> None:
+        structure, tensors = t.state()  # on every rank: it gathers the ranks' RNG states
         if distributed.is_main():
-            structure, tensors = t.state()
             meta = carried | versions() | {
                 "stage": "partial",
                 "training": training_metadata(t.epoch) | {"resume": structure},

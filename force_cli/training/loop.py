@@ -17,6 +17,9 @@ same weights, bit for bit (on the same device, with the same number of threads).
 
 Stopping: ``StopFlag`` is checked after every step; ``stop_on_signals`` sets it on Ctrl-C or
 SIGTERM (a second Ctrl-C aborts at once). A NaN or infinite loss raises ``TrainingDiverged``.
+
+Under torchrun (see ``ddp``) the ranks agree on the step to stop after, the partial holds every
+rank's RNG state and the running totals summed over the ranks, so it resumes exactly too.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from force_cli.data import DataSplits
 from force_cli.data.arrays import to_device
 from force_cli.errors import CheckpointError, DataError
 from force_cli.evaluation import EvalMetrics, evaluate
+from force_cli.training import ddp
 from force_cli.training.masking import MaskEnforcer
 from force_cli.training.order import _loader, epoch_batches, epoch_seed, shard_size
 from force_cli.training.settings import OPTIMIZERS, lr_at
@@ -113,8 +117,8 @@ def train_epoch(
 ) -> EpochTotals:
     """Train on ``batches`` (an iterable of (x, y)), masks enforced after every step.
 
-    Returns the epoch's totals (continuing ``totals`` when given) when the batches run out or, checked
-    after every step, when ``should_stop()`` is true. Every ``sync_every`` steps (and at the end) the
+    Returns the epoch's totals (continuing ``totals`` when given) when the batches run out or, asked
+    after every step (under DDP by every rank alike), when ``should_stop()`` is true. Every ``sync_every`` steps (and at the end) the
     running sums are read back, ``on_batch(totals)`` is called and a NaN or infinite loss raises
     ``NonFiniteLoss``.
     """
@@ -137,7 +141,9 @@ def train_epoch(
         except StopIteration:
             break
         except Exception:
-            if should_stop is not None and should_stop():  # Ctrl-C also reached the loader's workers
+            # a signal also reached the loader's workers: a lone process stops here; a DDP rank
+            # cannot finish its share of the step the others are in, so it raises
+            if should_stop is not None and not isinstance(model, DistributedDataParallel) and should_stop():
                 break
             raise
         x = x.to(device, non_blocking=True)
@@ -222,13 +228,12 @@ class Trainer:
         self.train_data = to_device(splits.train, device) if settings.workers == 0 else splits.train
         memory_format = torch.channels_last if settings.channels_last else torch.preserve_format
         self.model = model.to(device=device, memory_format=memory_format)
-        self.enforcer = MaskEnforcer(self.model, masks)
-        self.enforcer.apply_()
         self.rank, self.world_size = distributed.rank(), distributed.world_size()
         # Under torchrun the steps go through DDP (gradients averaged over ranks during backward,
         # masked after it as in a plain run); evaluation and state_dict use the bare model.
-        self.stepper: nn.Module = self.model if self.world_size == 1 else DistributedDataParallel(
-            self.model, device_ids=[device] if device.type == "cuda" else None)
+        self.model, self.stepper = ddp.prepare(self.model, device)
+        self.enforcer = MaskEnforcer(self.model, masks)
+        self.enforcer.apply_()
         self.optimizer = OPTIMIZERS[settings.optimizer][0](self.model.parameters(), settings)
         self.amp_dtype = autocast_dtype(settings.amp, device)
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
@@ -244,15 +249,14 @@ class Trainer:
     # -- state for partial checkpoints ------------------------------------------------------
 
     def state(self) -> tuple[dict, dict[str, Tensor]]:
-        """(JSON structure, tensors) of everything needed to continue exactly where it stands."""
+        """(JSON structure, tensors) of everything needed to continue exactly where it stands.
+        Under torchrun every rank calls it (it gathers the ranks' RNG states and sums their totals)."""
         structure, tensors = optimizer_state_to_tensors(self.optimizer)
-        tensors["rng.cpu"] = torch.get_rng_state()
-        if self.device.type == "cuda":
-            tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
+        tensors |= ddp.rng_states(self.device)
         return {
             "epoch": self.epoch,
             "batch": self.totals.batches,
-            "totals": asdict(self.totals),
+            "totals": asdict(_summed_over_ranks(self.totals)),
             "epoch_seconds": self.epoch_seconds,
             "optimizer": structure,
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
@@ -330,21 +334,22 @@ class Trainer:
             if not isinstance(scaler, dict):
                 raise corrupt("gradient-scaler state is malformed")
             self.scaler.load_state_dict(scaler)
-        rng = tensors.get("rng.cpu")
+        rng = ddp.own_rng_state(tensors.get("rng.cpu"))
         reference = torch.get_rng_state()
         if rng is None:
-            raise corrupt("RNG state is missing")
+            raise corrupt(f"RNG state is missing{' for one of the ' + str(self.world_size) + ' ranks' if self.world_size > 1 else ''}")
         if rng.dtype != torch.uint8 or rng.shape != reference.shape:
             raise corrupt(f"RNG state is {rng.dtype} of shape {tuple(rng.shape)}, not uint8 of {tuple(reference.shape)}")
         try:  # torch checks the generator's own consistency; try it on a scratch generator
             torch.Generator().set_state(rng)
         except RuntimeError:
             raise corrupt("RNG state is invalid") from None
-        cuda_rng = tensors.get("rng.cuda") if self.device.type == "cuda" else None
+        cuda_rng = ddp.own_rng_state(tensors.get("rng.cuda")) if self.device.type == "cuda" else None
         if cuda_rng is not None and cuda_rng.dtype != torch.uint8:
             raise corrupt("CUDA RNG state is not uint8")
         self.epoch = epoch
-        self.totals = EpochTotals(**totals)
+        # the saved totals are summed over the ranks: rank 0 carries them, the others start afresh
+        self.totals = EpochTotals(**totals) if self.rank == 0 else EpochTotals(batches=totals["batches"])
         self.epoch_seconds = float(seconds)
         self.rng_state = rng
         self.cuda_rng_state = cuda_rng
@@ -373,12 +378,13 @@ class Trainer:
         s, cb = self.settings, callbacks or TrainCallbacks()
         stop = stop or StopFlag()
         sync_every = 1 if self.device.type == "cpu" else 25
+        agreement = ddp.StopAgreement(stop, every=sync_every)
         cuda = [self.device] if self.device.type == "cuda" else []
         if cb.on_start:
             cb.on_start(self.epoch + 1, s.epochs, self.batches_per_epoch)
         with torch.random.fork_rng(devices=cuda):
             if self.rng_state is None:
-                torch.manual_seed(self.seed)
+                torch.manual_seed(ddp.rank_seed(self.seed, self.rank))
             else:
                 torch.set_rng_state(self.rng_state)
                 if cuda and self.cuda_rng_state is not None:
@@ -398,7 +404,7 @@ class Trainer:
                         self.stepper, batches, self.optimizer, self.enforcer, device=self.device,
                         amp_dtype=self.amp_dtype, scaler=self.scaler, channels_last=s.channels_last,
                         totals=self.totals, sync_every=sync_every, on_batch=on_batch,
-                        should_stop=lambda: stop.is_set,
+                        should_stop=agreement.after_step,
                     )
                 except NonFiniteLoss as exc:
                     raise TrainingDiverged(f"the training loss became {exc.value} in epoch {epoch} (lr {lr:g})") from None
@@ -426,7 +432,7 @@ class Trainer:
                     log.flush()
                 if cb.on_epoch:
                     cb.on_epoch(record)
-                if stop.is_set and self.epoch < s.epochs:
+                if agreement.now() and self.epoch < s.epochs:
                     self._stop(stop, save, cb)
                 if save is not None and s.save_every and epoch % s.save_every == 0 and epoch < s.epochs:
                     save(self)
@@ -435,8 +441,6 @@ class Trainer:
         return self.history
 
     def _stop(self, stop: StopFlag, save, cb: TrainCallbacks) -> None:
-        if self.world_size > 1:  # ranks may stop at different steps: no consistent partial to save yet
-            raise KeyboardInterrupt
         if save is not None:
             save(self)
             if cb.on_save:

@@ -10,6 +10,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from force_cli.data.loaders import tensor_batches
+from force_cli.training.ddp import rank_seed
+
 
 def epoch_seed(seed: int, epoch: int) -> int:
     """The seed of epoch ``epoch``'s shuffle (and of its loader workers)."""
@@ -46,9 +48,13 @@ class EpochSampler(Sampler[int]):
         return max(0, shard_size(self.n, self.world_size) - self.start)
 
 
-def _ignore_sigint(worker_id: int) -> None:
-    """Loader workers leave Ctrl-C to the main process, which saves the progress and stops them."""
+def _leave_signals_to_main(worker_id: int) -> None:
+    """Loader workers leave Ctrl-C and SIGTERM to the main process, which finishes its step, saves
+    the progress and stops them. (torchrun and SLURM signal a rank's whole process group; a rank
+    whose workers died mid-step could not finish the step its peers are in.) A worker still ends
+    on its own when the main process is gone."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _loader(dataset: Dataset, batch_size: int, *, workers: int, device: torch.device | None,
@@ -57,7 +63,7 @@ def _loader(dataset: Dataset, batch_size: int, *, workers: int, device: torch.de
     return DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, shuffle=False, num_workers=workers,
         pin_memory=device is not None and device.type == "cuda", generator=generator,
-        worker_init_fn=_ignore_sigint if workers else None,
+        worker_init_fn=_leave_signals_to_main if workers else None,
     )
 
 
@@ -71,6 +77,8 @@ def epoch_batches(dataset: Dataset, batch_size: int, seed: int, epoch: int, *, s
     same augmentation as in an uninterrupted epoch. Without workers an in-memory dataset is
     batched by ``tensor_batches`` on the device its images are on (the same batches as through a
     DataLoader); that is the only way for images on an accelerator, which workers cannot share.
+    Under torchrun the order is the same on every rank; the workers' seeds are the rank's own
+    (``ddp.rank_seed``).
     """
     start = skip * batch_size if workers == 0 else 0
     sampler = EpochSampler(len(dataset), seed, epoch, start, rank=rank, world_size=world_size)
@@ -78,7 +86,7 @@ def epoch_batches(dataset: Dataset, batch_size: int, seed: int, epoch: int, *, s
     if batches is not None:
         return batches
     loader = _loader(dataset, batch_size, workers=workers, device=device, sampler=sampler,
-                     generator=torch.Generator().manual_seed(epoch_seed(seed, epoch)))
+                     generator=torch.Generator().manual_seed(epoch_seed(rank_seed(seed, rank), epoch)))
     iterator = iter(loader)
     if workers:
         for _ in range(skip):
