@@ -428,6 +428,7 @@ def train(
     amp: Annotated[Optional[bool], typer.Option("--amp/--no-amp", metavar="", help="Mixed precision (autocast, bfloat16 where supported) on CUDA; no effect on CPU (default: --no-amp).")] = None,
     channels_last: Annotated[Optional[bool], typer.Option("--channels-last/--no-channels-last", metavar="", help="channels_last memory format for conv nets (faster on recent GPUs) (default: --no-channels-last).")] = None,
     save_every: Annotated[Optional[int], typer.Option("--save-every", help="Epochs between partial checkpoints; 0: only when interrupted (default: 1).")] = None,
+    sync_bn: Annotated[Optional[bool], typer.Option("--sync-bn/--no-sync-bn", metavar="", help="Under torchrun on CUDA: batch-norm statistics over all processes' batches (SyncBatchNorm); refused on CPU under torchrun, no effect in a single process (default: --no-sync-bn).")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Seed of the data order, augmentation and validation split (default: the checkpoint's).")] = None,
     device: DeviceOpt = None,
     data_dir: Annotated[Optional[str], typer.Option("--data-dir", help="Dataset root (default: the checkpoint's, $FORCE_DATA or the user cache).")] = None,
@@ -448,13 +449,13 @@ def train(
     from force_cli.training.loop import TrainCallbacks, TrainingDiverged
 
     log = log if log is not None else old_log
-    from force_cli.distributed import is_main
+    from force_cli.distributed import is_main, launch_from_env
 
     quiet = quiet or not is_main()  # under torchrun only rank 0 reports (and prints the path)
     flags = dict(epochs=epochs, lr=lr, optimizer=optimizer, momentum=momentum, weight_decay=weight_decay,
                  lr_schedule=lr_schedule, milestones=_milestones(milestones), gamma=gamma, batch_size=batch_size,
                  val_fraction=val_fraction, augment=augment, workers=workers, amp=amp, channels_last=channels_last,
-                 save_every=save_every)
+                 save_every=save_every, sync_bn=sync_bn)
     common: dict = {}
     if resume is not None:
         if recipe is not None:
@@ -472,6 +473,9 @@ def train(
     wants_amp = settings.get("amp") if isinstance(settings, dict) else settings.amp
     if wants_amp and not quiet and resolve_device(device).type != "cuda":
         stderr.print("note: --amp has no effect on CPU", highlight=False)
+    wants_sync_bn = settings.get("sync_bn") if isinstance(settings, dict) else settings.sync_bn
+    if wants_sync_bn and not quiet and launch_from_env() is None:
+        stderr.print("note: --sync-bn has no effect in a single process (it acts under torchrun)", highlight=False)
 
     with progress_bar(quiet) as bar:
         tasks: dict = {}

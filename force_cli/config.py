@@ -93,6 +93,7 @@ class TrainSettings:
     amp: bool = False  # autocast on CUDA; ignored on CPU
     channels_last: bool = False
     save_every: int = 1  # epochs between partial checkpoints; 0: only when interrupted
+    sync_bn: bool = False  # under torchrun on CUDA: SyncBatchNorm (batch statistics over every rank's batch)
 
 
 #: Inclusive bounds of every integer setting (a recipe key, a flag, or each item of a list).

@@ -338,6 +338,33 @@ def test_a_one_process_partial_is_not_resumed_by_two(tmp_path, monkeypatch):
     assert info.value.partial.read_bytes() == before and not (tmp_path / "out.safetensors").exists()
 
 
+def test_sync_bn_under_torchrun_on_cpu_is_refused_before_anything_starts(tmp_path, monkeypatch):
+    init = _lenet_checkpoint(tmp_path / "lenet.safetensors")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("train:\n  sync_bn: true\n")
+    for extra in (["--sync-bn", "--device", "cpu"], ["--recipe", str(recipe), "--device", "cpu"]):
+        result = runner.invoke(app, ["train", str(init), "-o", str(tmp_path / "out.safetensors"), *extra])
+        assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1, result.output
+        assert "--sync-bn needs CUDA" in result.stderr and "Traceback" not in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lenet.safetensors", "r.yaml"]
+
+
+def test_sync_bn_in_one_process_changes_nothing_and_is_recorded(tmp_path):
+    init = _lenet_checkpoint(tmp_path / "lenet.safetensors")
+    common = ["train", str(init), "--epochs", "1", "--batch-size", "64", "--device", "cpu"]
+    plain = runner.invoke(app, [*common, "-o", str(tmp_path / "plain.safetensors")])
+    synced = runner.invoke(app, [*common, "--sync-bn", "-o", str(tmp_path / "synced.safetensors")])
+    assert plain.exit_code == 0 and synced.exit_code == 0, synced.output
+    assert "--sync-bn has no effect in a single process" in synced.stderr
+    a, b = load_checkpoint(tmp_path / "plain.safetensors"), load_checkpoint(tmp_path / "synced.safetensors")
+    assert a.metadata["training"]["sync_bn"] is False and b.metadata["training"]["sync_bn"] is True
+    for name, weight in a.state_dict.items():
+        assert torch.equal(b.state_dict[name], weight), name
+
+
 def test_each_rank_has_its_own_seed():
     seeds = [ddp.rank_seed(5, r) for r in range(4)]
     assert seeds[0] == 5 and len(set(seeds)) == 4

@@ -4,7 +4,10 @@
 this module holds what only training needs.
 
 - **Stepping**: the steps go through DDP (gradients averaged over the ranks during backward, rank
-  0's buffers broadcast before each forward).
+  0's buffers broadcast before each forward); with ``sync_bn`` the batch norms first become
+  SyncBatchNorm, whose batch statistics span every rank's batch. torch runs SyncBatchNorm on GPUs
+  only (it raises on a CPU tensor once a process group exists), so ``--sync-bn`` under torchrun on
+  CPU is refused; in a single process there is nothing to synchronise and it changes nothing.
 - **Stopping**: Ctrl-C or SIGTERM may reach one rank only, or the ranks at different steps. Every
   ``every`` steps (every step on CPU; at the sync cadence on CUDA) and at each epoch's end the
   ranks all-reduce (MAX) a one-number stop flag, so they all stop after the same step and the
@@ -37,11 +40,22 @@ def rank_seed(seed: int, rank: int) -> int:
     return int(seed) if rank == 0 else ((2**32 + int(seed)) * 1_000_003 + int(rank)) & 0x7FFF_FFFF_FFFF_FFFF
 
 
-def prepare(model: nn.Module, device: torch.device) -> tuple[nn.Module, nn.Module]:
-    """(model, stepper): the model, and the module the training steps go through (the model
-    itself in a plain run, DDP around it under torchrun)."""
+def check_sync_bn(device_type: str) -> None:
+    """Refuse ``--sync-bn`` under torchrun off the GPU (torch's SyncBatchNorm rejects CPU tensors)."""
+    if device_type != "cuda":
+        raise ConfigError("--sync-bn needs CUDA: torch's SyncBatchNorm synchronises GPU batches only; "
+                          "drop --sync-bn for a run on CPU")
+
+
+def prepare(model: nn.Module, device: torch.device, *, sync_bn: bool) -> tuple[nn.Module, nn.Module]:
+    """(model, stepper): the model (its batch norms made SyncBatchNorm with ``sync_bn`` under
+    torchrun; same parameters and state_dict keys), and the module the training steps go through
+    (the model itself in a plain run, DDP around it under torchrun)."""
     if not distributed.active():
         return model, model
+    if sync_bn:
+        check_sync_bn(device.type)
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     return model, DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
 
 

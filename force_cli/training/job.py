@@ -232,8 +232,7 @@ def train_checkpoint(
         if _same_file(path, source) and not (resume is not None and what == "partial checkpoint"):
             raise ConfigError(f"the {what} '{path}' would overwrite the input checkpoint; choose another -o path")
     check_new_output(output, overwrite)
-    if recorded_world_size is not None:  # before any process group starts
-        ddp.check_world_size(recorded_world_size, source)
+    check_launch(base, device, recorded_world_size, source)
     log_path = check_log(log, {"input checkpoint": source, "output": output, "partial checkpoint": partial})
     # Under torchrun every rank trains, rank 0 alone locks and writes the files (the others wait for it).
     with distributed.session(device) as device:
@@ -249,6 +248,16 @@ def train_checkpoint(
             distributed.barrier()
             return _train(ckpt, source, output, partial, base, state, run_seed, origin, data_dir, download, device,
                           log_path if main else None, callbacks, stop, catch_signals, compact)
+
+
+def check_launch(settings: TrainSettings, device: str, recorded_world_size, source: Path) -> None:
+    """Before any process group starts: a partial resumes only under the world size that wrote it
+    (``recorded_world_size``; None: not resuming), and ``--sync-bn`` under torchrun needs CUDA."""
+    if recorded_world_size is not None:
+        ddp.check_world_size(recorded_world_size, source)
+    launch = distributed.launch_from_env()
+    if settings.sync_bn and launch is not None:
+        ddp.check_sync_bn("cuda" if distributed.device_for(launch, device).startswith("cuda") else "cpu")
 
 
 def check_log(log: str | Path | None, protected: dict[str, Path]) -> Path | None:

@@ -231,7 +231,7 @@ class Trainer:
         self.rank, self.world_size = distributed.rank(), distributed.world_size()
         # Under torchrun the steps go through DDP (gradients averaged over ranks during backward,
         # masked after it as in a plain run); evaluation and state_dict use the bare model.
-        self.model, self.stepper = ddp.prepare(self.model, device)
+        self.model, self.stepper = ddp.prepare(self.model, device, sync_bn=settings.sync_bn)
         self.enforcer = MaskEnforcer(self.model, masks)
         self.enforcer.apply_()
         self.optimizer = OPTIMIZERS[settings.optimizer][0](self.model.parameters(), settings)
