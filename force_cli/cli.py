@@ -588,7 +588,7 @@ def sweep(
     out: Annotated[Optional[Path], typer.Option("--out", parser=_path, metavar="<path>", help="Folder for checkpoints and results (default: runs/RECIPE-NAME).")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", metavar="", help="List the cells and whether each is done; run nothing.")] = False,
     report: Annotated[Optional[Path], typer.Option("--report", parser=_path, metavar="<path>", help="Only (re)write the table and plot of this sweep folder.")] = None,
-    jobs: Annotated[int, typer.Option("--jobs", "-j", metavar="N", help="Cells run at once, each in its own worker process with an equal share of the threads; same results as one at a time.")] = 1,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", metavar="N", help="Cells run at once, each in its own worker process with an equal share of the threads (and, where there are GPUs, the GPUs in turn: worker i sees only GPU i mod G); same results as one at a time.")] = 1,
     quiet: QuietOpt = False,
     threads: ThreadsOpt = None,
 ):

@@ -14,12 +14,16 @@ Why it is safe:
   ``force train`` does), any other work stops at once; the parent waits for them, records every
   cell that finished, and re-raises. Re-running the sweep resumes as after a serial interruption.
 - **spawn, not fork**: a forked copy of a process that has started torch's thread pools can hang.
+- **One GPU per worker**: worker i sees only GPU ``i mod G`` of the G this process sees (its own
+  ``CUDA_VISIBLE_DEVICES``), so ``--jobs G`` on a G-GPU node runs one cell per GPU. A cell's
+  numbers do not depend on which GPU it ran on (up to the GPU model's arithmetic).
 """
 
 from __future__ import annotations
 
 import contextlib
 import multiprocessing
+import os
 import pickle
 import queue
 import signal
@@ -49,6 +53,17 @@ def worker_threads(jobs: int) -> int:
     return max(1, torch.get_num_threads() // jobs)
 
 
+def worker_gpus(count: int) -> list[str | None]:
+    """The ``CUDA_VISIBLE_DEVICES`` of each of ``count`` workers: the GPUs this process sees, taken
+    in turn; None for every worker when it sees none (a CPU run leaves the variable alone)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        gpus = [g.strip() for g in visible.split(",") if g.strip()]
+    else:
+        gpus = [str(i) for i in range(torch.cuda.device_count())]
+    return [gpus[i % len(gpus)] if gpus else None for i in range(count)]
+
+
 def run_parallel(recipe: Recipe, cells: list, out_dir: Path, jobs: int, hooks, finish: Callable) -> None:
     """Run ``cells`` in ``jobs`` worker processes; call ``finish(cell, record)`` here, in the parent,
     for each cell as it ends. Hooks: ``on_cell_start`` (its index: the cells finished so far, plus
@@ -64,7 +79,8 @@ def run_parallel(recipe: Recipe, cells: list, out_dir: Path, jobs: int, hooks, f
     for _ in range(count):
         tasks.put(None)  # one "no more cells" per worker
     args = (recipe, out_dir, worker_threads(jobs), refs._trusted.get(), tasks, events)
-    workers = [ctx.Process(target=_worker, args=args, daemon=True, name=f"force-sweep-{i}") for i in range(count)]
+    workers = [ctx.Process(target=_worker, args=(*args, gpu), daemon=True, name=f"force-sweep-{i}")
+               for i, gpu in enumerate(worker_gpus(count))]
     by_key = {cell.key: cell for cell in cells}
     finished = running = 0
     try:
@@ -183,8 +199,10 @@ def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def _worker(recipe, out_dir, threads, trusted, tasks, events) -> None:
+def _worker(recipe, out_dir, threads, trusted, tasks, events, gpu) -> None:
     """Run cells from ``tasks`` until told to stop; report every start, warning, record and error."""
+    if gpu is not None:  # before anything initialises CUDA in this process
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu
     from force_cli.allocator import keep_freed_memory
     from force_cli.models import refs
     from force_cli.sweep import SweepHooks, run_cell

@@ -174,6 +174,20 @@ def records_by_cell(out):
     return {r["cell"]: {k: v for k, v in r.items() if k not in TIMINGS} for r in read_results(out / "results.jsonl")}
 
 
+def test_workers_take_the_visible_gpus_in_turn(monkeypatch):
+    from force_cli import sweep_pool
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3, 5")
+    assert sweep_pool.worker_gpus(3) == ["3", "5", "3"]  # the user's choice of GPUs is kept
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert sweep_pool.worker_gpus(2) == [None, None]  # none visible: nothing to pin
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    monkeypatch.setattr(sweep_pool.torch.cuda, "device_count", lambda: 2)
+    assert sweep_pool.worker_gpus(4) == ["0", "1", "0", "1"]
+    monkeypatch.setattr(sweep_pool.torch.cuda, "device_count", lambda: 0)
+    assert sweep_pool.worker_gpus(2) == [None, None]
+
+
 def test_two_jobs_give_the_same_records_as_a_serial_run(recipe, tmp_path, uninterrupted):
     out = tmp_path / "parallel"
     started = []
