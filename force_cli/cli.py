@@ -600,6 +600,11 @@ def sweep(
     from force_cli.sweep import SweepHooks, check_jobs, expand_grid, finished_cells, run_sweep, sweep_settings
     from force_cli.training.job import TrainingInterrupted
     from force_cli.training.loop import TrainingDiverged
+    from force_cli.distributed import launch_from_env
+
+    if launch_from_env() is not None:
+        raise ForceError("force sweep does not run under torchrun; run it without torchrun, with --jobs N to use "
+                         "several GPUs, or run each cell's prune and train under torchrun (README: 'Sweeps on many GPUs')")
 
     if report is not None:
         if not report.is_dir():

@@ -365,6 +365,15 @@ def test_sync_bn_in_one_process_changes_nothing_and_is_recorded(tmp_path):
         assert torch.equal(b.state_dict[name], weight), name
 
 
+def test_sweep_under_torchrun_is_refused_with_a_pointer(tmp_path, monkeypatch):
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    result = runner.invoke(app, ["sweep", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1, result.output
+    assert "torchrun" in result.stderr and "README" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_each_rank_has_its_own_seed():
     seeds = [ddp.rank_seed(5, r) for r in range(4)]
     assert seeds[0] == 5 and len(set(seeds)) == 4
