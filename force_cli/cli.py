@@ -405,7 +405,8 @@ def _milestones(text: str | None) -> list[int] | None:
     "Examples:\n\n"
     "  force train lenet.safetensors --epochs 30 --log-file lenet.jsonl\n\n"
     "  force train \"$(force prune --model vgg19 --sparsity 0.99 --quiet)\" --amp --workers 8\n\n"
-    "  force train --resume lenet-trained.partial.safetensors",
+    "  force train --resume lenet-trained.partial.safetensors\n\n"
+    "  torchrun --standalone --nproc-per-node 4 $(which force) train vgg19.safetensors --batch-size 32 --sync-bn",
 )
 @user_errors
 @honours_trust
