@@ -41,6 +41,7 @@ bench: install
 	$(BIN)/python benchmarks/prune_speed.py
 	$(BIN)/python benchmarks/train_speed.py
 	$(BIN)/python benchmarks/data_speed.py
+	$(BIN)/python benchmarks/train_vs_pytorch.py
 
 clean:
 	rm -rf $(OUT) .pytest_cache

@@ -23,6 +23,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from force_cli.allocator import keep_freed_memory
 from force_cli.models import build_model
 from force_cli.pruning import prune
 from force_cli.pruning.masks import prunable_weights
@@ -105,11 +106,12 @@ def main():
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
     args = parser.parse_args()
+    malloc = "kept" if keep_freed_memory() else "system"  # as the force command does
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     for name in args.models.split(","):
-        print(json.dumps(measure(name.strip(), args, device)), flush=True)
+        print(json.dumps(measure(name.strip(), args, device) | {"malloc": malloc}), flush=True)
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from force_cli.allocator import keep_freed_memory
 from force_cli.data import load_datasets
 from force_cli.data.arrays import to_device
 from force_cli.models import build_model
@@ -115,6 +116,7 @@ def main() -> None:
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
     args = parser.parse_args()
+    malloc = "kept" if keep_freed_memory() else "system"  # as the force command does
     if args.threads:
         torch.set_num_threads(args.threads)
     from torchvision import transforms
@@ -186,6 +188,7 @@ def main() -> None:
         "force_images_per_second": round(rate["force"], 1),
         "plain_images_per_second": round(rate["plain"], 1),
         "ratio": round(rate["force"] / rate["plain"], 3),
+        "malloc": malloc,
         "load_average": [round(x, 2) for x in os.getloadavg()],
     }))
 
