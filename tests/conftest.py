@@ -14,3 +14,10 @@ for _var in ("FORCE_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 import torch  # noqa: E402  (after the environment, so a first torch import sees it too)
 
 torch.set_num_threads(1)
+
+# A suite started in the background of a non-interactive shell (`make test &`) inherits SIGINT
+# ignored (POSIX), and force rightly leaves an ignored signal ignored (as under nohup); the
+# Ctrl-C tests need it delivered, to this process and to the commands it starts.
+import signal  # noqa: E402
+
+signal.signal(signal.SIGINT, signal.default_int_handler)
