@@ -215,3 +215,17 @@ def test_masked_initial_weights_are_bitwise_theta0_times_mask(dtype):
         expected = ctx.initial[n] * masks[n]
         bits = torch.int32 if dtype == torch.float32 else torch.int64
         assert torch.equal(w.detach().view(bits), expected.view(bits))
+
+
+@pytest.mark.parametrize("method", ["force", "iter-snip", "grasp-it", "snip", "grasp", "synflow", "magnitude"])
+def test_pruning_leaves_the_callers_model_untouched(method):
+    """θ0 is read from the caller's own weights (no copy): no criterion may write to them, to their
+    gradients or to the batch-norm statistics."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3)).double()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    prune(model, method=method, sparsity=0.7, steps=3, stream=FixedStream(random_batches(2, 4, 6, 3, dtype=torch.float64)),
+          input_shape=(6,))
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert all(p.grad is None for p in model.parameters())
