@@ -44,11 +44,13 @@ def random_parts(g, total_max):
     return parts
 
 
+@pytest.mark.parametrize("chunk", [topk.CHUNK, 97])  # one chunk per part, and many (97: an odd length)
 @pytest.mark.parametrize("flatten_below", [0, topk.FLATTEN_BELOW])  # per-part and flattened
-def test_small_sample_settings_exercise_both_the_sampled_and_the_full_path(monkeypatch, flatten_below):
+def test_small_sample_settings_exercise_both_the_sampled_and_the_full_path(monkeypatch, flatten_below, chunk):
     """With a tiny sample the bracket both hits and misses, so both paths meet the reference."""
     monkeypatch.setattr(topk, "MIN_SAMPLED", 64)
     monkeypatch.setattr(topk, "FLATTEN_BELOW", flatten_below)
+    monkeypatch.setattr(topk, "CHUNK", chunk)
     full_calls = []
     full = topk._top_k_full
     monkeypatch.setattr(topk, "_top_k_full", lambda parts, k: full_calls.append(k) or full(parts, k))
@@ -75,10 +77,12 @@ def test_small_sample_settings_exercise_both_the_sampled_and_the_full_path(monke
 @pytest.mark.parametrize("flatten_below", [0, topk.FLATTEN_BELOW])
 @pytest.mark.parametrize("seed", range(3))
 def test_large_inputs_with_default_settings_match_the_reference(seed, flatten_below, monkeypatch):
+    """The last part spans two of the default chunks (262,144), with ties across the boundary."""
     monkeypatch.setattr(topk, "FLATTEN_BELOW", flatten_below)
     g = torch.Generator().manual_seed(seed)
     parts = random_parts(g, 400_000)
     parts.append(torch.rand(70_000, generator=g).abs())  # at least one continuous layer
+    parts.append(torch.randint(0, 1000, (300_000,), generator=g).float())
     total = sum(p.numel() for p in parts)
     for fraction in (0.001, 0.05, 0.59):
         k = max(1, round(fraction * total))

@@ -5,16 +5,16 @@ rank by position (earlier part first, then lower index). Exactly ``k`` positions
 
 A full selection over tens of millions of scores costs more than a forward-backward pass, and a
 flat copy of them costs a page fault per 4 KiB. So, for large inputs, a strided sample brackets the
-k-th largest score in [lo, hi]; one pass per part marks the scores above ``hi`` (they are kept, and
-that mask becomes the result in place) and another finds the few positions inside the band; the
-exact choice is then made among the band's values alone. The bracket can miss, never mislead: a
+k-th largest score in [lo, hi]; one pass over the scores, a cache-sized chunk at a time, marks
+those above ``hi`` (they are kept, and that mask becomes the result in place) and finds the few
+positions inside the band; the exact choice is then made among the band's values alone. The bracket can miss, never mislead: a
 miss is detected by counting and falls back to a full selection.
 
 Two CPU costs shape the code. A fresh buffer above glibc's mmap threshold (128 KiB) costs a page
 fault per 4 KiB at every use, so a pruning run passes one ``Workspace`` whose buffers every step
 reuses. And a comparison that writes bool is several times slower than the same comparison written
 as 0/1 in the scores' float dtype (vectorised) followed by a conversion to bool; float flags are
-also counted by a plain sum, exact while the count stays below 2**24 (float32 sums) or 2**53.
+also counted by a plain float32 sum, exact while a chunk holds fewer than 2**24 of them.
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ SAMPLE = 1 << 16
 MIN_SAMPLED = 1 << 15
 #: Below this many scores, one flat copy costs less than a dozen small operations per part.
 FLATTEN_BELOW = 1 << 20
+#: Scores compared per chunk (1 MiB of float32): the chunk and its flags stay in the cache.
+CHUNK = 1 << 18
 
 
 class Workspace:
@@ -69,20 +71,41 @@ def _select(parts: list[torch.Tensor], k: int, workspace: Workspace) -> tuple[li
     bracket = _bracket(parts, k)
     if bracket is not None:
         lo, hi = bracket
-        kept, above = [], 0
+        kept, band, above = [], [], 0
         for p in parts:
-            flags = workspace.flags("flags", torch.gt, p, hi)
-            above += _count(flags)
-            kept.append(flags.to(torch.bool))
+            part_kept, part_band, part_above = _split_at_bracket(workspace, p, lo, hi)
+            kept.append(part_kept)
+            band.append(part_band)
+            above += part_above
         need = k - above
-        if need >= 0:
-            band = [_band_positions(workspace, p, lo, hi) for p in parts]
-            if sum(b.numel() for b in band) >= need:
-                threshold = _keep_best_of_band(parts, kept, band, need)
-                if threshold is None:  # exactly k scores above the band: the k-th is their minimum
-                    threshold = min(float(p[m].min()) for p, m in zip(parts, kept) if m.any())
-                return kept, threshold
+        if 0 <= need <= sum(b.numel() for b in band):
+            threshold = _keep_best_of_band(parts, kept, band, need)
+            if threshold is None:  # exactly k scores above the band: the k-th is their minimum
+                threshold = min(float(p[m].min()) for p, m in zip(parts, kept) if m.any())
+            return kept, threshold
     return _top_k_full(parts, k)
+
+
+def _split_at_bracket(workspace: Workspace, p: torch.Tensor, lo: float, hi: float) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(``p > hi`` as a new bool mask, sorted positions of ``lo <= p <= hi``, the mask's count).
+
+    One chunk of CHUNK scores at a time, so that the five operations on it run in the cache
+    instead of each reading the whole part from memory. ``p > hi`` implies ``p >= lo``, so the
+    band's flags are the difference of the two comparisons' 0/1 flags. NaN is in neither.
+    """
+    kept = torch.empty(p.numel(), dtype=torch.bool, device=p.device)
+    positions, above = [], 0
+    for start in range(0, p.numel(), CHUNK):
+        chunk = p[start:start + CHUNK]
+        over = workspace.flags("over", torch.gt, chunk, hi)
+        kept[start:start + chunk.numel()].copy_(over)
+        inside = workspace.flags("inside", torch.ge, chunk, lo).sub_(over)
+        above += int(over.sum(dtype=torch.float32))  # exact: at most CHUNK (< 2**24) ones
+        if inside.sum(dtype=torch.float32) > 0:  # a sum: Tensor.any() on floats is ~10x slower
+            marks = workspace.get("marks", kept, chunk.numel()).copy_(inside)
+            positions.append(sparse_positions(marks).add_(start))
+    band = torch.cat(positions) if positions else torch.empty(0, dtype=torch.long, device=p.device)
+    return kept, band, above
 
 
 def _bracket(parts: list[torch.Tensor], k: int) -> tuple[float, float] | None:
@@ -104,19 +127,6 @@ def _bracket(parts: list[torch.Tensor], k: int) -> tuple[float, float] | None:
     if lo == float("-inf"):  # keep the band off the (often many) -inf scores of pruned weights
         lo = sample[sample > float("-inf")].min().item()
     return lo, hi
-
-
-def _count(flags: torch.Tensor) -> int:
-    """The number of ones among 0/1 float ``flags``: a sum, in a dtype where it is exact."""
-    exact = torch.float32 if flags.numel() <= 1 << 24 else torch.float64
-    return int(flags.sum(dtype=exact))
-
-
-def _band_positions(workspace: Workspace, p: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
-    """Sorted positions of ``lo <= p <= hi`` (never NaN)."""
-    inside = workspace.flags("flags", torch.ge, p, lo)
-    inside.mul_(workspace.flags("flags2", torch.le, p, hi))
-    return sparse_positions(inside.to(torch.bool))
 
 
 def sparse_positions(mask: torch.Tensor) -> torch.Tensor:
