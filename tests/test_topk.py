@@ -128,3 +128,14 @@ def test_the_returned_threshold_is_the_kth_largest_score_on_every_path(monkeypat
             expected = float(flat.sort(descending=True).values[k - 1])
             assert threshold == expected or (threshold != threshold and expected != expected)
             assert sum(int(m.sum()) for m in masks) == k
+
+
+def test_ranked_reads_the_same_order_statistics_as_a_full_sort_from_either_end():
+    g = torch.Generator().manual_seed(7)
+    for n in (1, 2, 5, 64, 1000):
+        values = torch.randint(0, 9, (n,), generator=g).float()  # ties
+        values[torch.rand(n, generator=g) < 0.1] = float("inf")
+        descending = values.sort(descending=True).values
+        for first in range(0, n, max(1, n // 7)):
+            for last in (first, (first + n - 1) // 2, n - 1):
+                assert topk._ranked(values, first, last) == (descending[first].item(), descending[last].item())
