@@ -378,3 +378,51 @@ def test_each_rank_has_its_own_seed():
     seeds = [ddp.rank_seed(5, r) for r in range(4)]
     assert seeds[0] == 5 and len(set(seeds)) == 4
     assert all(s >= 2**32 for s in seeds[1:])  # never another run's --seed (seeds are below 2**32)
+
+
+#: Run under torchrun: rank 1 alone gets a NaN loss at step 7 of epoch 2 (as from one bad batch).
+DIVERGING_DRIVER = """
+import os, sys
+import torch.nn.functional as F
+from force_cli import distributed
+from force_cli.models.refs import trusted_model_code
+from force_cli.training import loop
+from force_cli.training.job import train_checkpoint
+from force_cli.training.loop import TrainCallbacks, TrainingDiverged
+
+init = sys.argv[1]
+rank = int(os.environ["RANK"])
+armed = []
+
+def cross_entropy(*args, **kwargs):
+    loss = F.cross_entropy(*args, **kwargs)
+    return loss * float("nan") if armed and armed.pop() else loss
+
+def on_batch(epoch, batches, totals):
+    if rank == 1 and (epoch, totals.batches) == (2, 6):
+        armed.append(True)  # the next loss computed, step 7's, is NaN
+
+loop.F = type("F", (), {"cross_entropy": staticmethod(cross_entropy)})
+settings = dict(epochs=3, batch_size=16, val_fraction=0.0202, milestones=[2], save_every=1)
+with trusted_model_code(), distributed.session("cpu"):
+    try:
+        train_checkpoint(init, "run/out.safetensors", settings, device="cpu",
+                         callbacks=TrainCallbacks(on_batch=on_batch))
+    except TrainingDiverged as exc:
+        print(f"rank {rank}: {exc}", flush=True)
+"""
+
+
+def test_a_nan_loss_on_one_rank_stops_every_rank_after_the_same_step(tmp_path):
+    """Without the ranks agreeing, rank 0 would wait for rank 1 in the next collective until
+    torchrun killed it; now both report the divergence and the epoch-1 partial is kept."""
+    init = _dropout_checkpoint(tmp_path / "mlp.safetensors")
+    (tmp_path / "driver.py").write_text(DIVERGING_DRIVER)
+    (tmp_path / "run").mkdir()
+    result = _run(["driver.py", init], tmp_path, nproc=2)
+    lines = sorted(line for line in result.stdout.splitlines() if line.startswith("rank "))
+    assert [line[:7] for line in lines] == ["rank 0:", "rank 1:"], result.stdout + result.stderr[-2000:]
+    assert all("training diverged: the training loss became nan in epoch 2" in line for line in lines), lines
+    assert all("after epoch 1" in line for line in lines), lines
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["out.partial.safetensors"]
+    assert load_checkpoint(tmp_path / "run" / "out.partial.safetensors").metadata["training"]["resume"]["epoch"] == 1

@@ -19,7 +19,8 @@ Stopping: ``StopFlag`` is checked after every step; ``stop_on_signals`` sets it 
 SIGTERM (a second Ctrl-C aborts at once). A NaN or infinite loss raises ``TrainingDiverged``.
 
 Under torchrun (see ``ddp``) the ranks agree on the step to stop after, the partial holds every
-rank's RNG state and the running totals summed over the ranks, so it resumes exactly too.
+rank's RNG state and the running totals summed over the ranks, so it resumes exactly too. A
+non-finite loss on any rank makes every rank raise ``TrainingDiverged`` after the same step.
 """
 
 from __future__ import annotations
@@ -120,7 +121,7 @@ def train_epoch(
     Returns the epoch's totals (continuing ``totals`` when given) when the batches run out or, asked
     after every step (under DDP by every rank alike), when ``should_stop()`` is true. Every ``sync_every`` steps (and at the end) the
     running sums are read back, ``on_batch(totals)`` is called and a NaN or infinite loss raises
-    ``NonFiniteLoss``.
+    ``NonFiniteLoss``; under torchrun on every rank at that same step, whichever rank's loss it was.
     """
     totals = replace(totals) if totals is not None else EpochTotals()
     model.train()
@@ -130,6 +131,13 @@ def train_epoch(
 
     def sync() -> None:
         value = float(loss_sum)
+        if distributed.active():
+            # every rank syncs after the same steps: agreeing here stops all of them at once when
+            # one rank's loss is not finite, instead of leaving the others waiting for it
+            agreed = torch.tensor([value], dtype=torch.float64)
+            distributed.all_reduce_sum_([agreed])
+            if not math.isfinite(float(agreed)):
+                raise NonFiniteLoss(value if not math.isfinite(value) else float(agreed))
         if not math.isfinite(value):
             raise NonFiniteLoss(value)
         totals.loss_sum, totals.correct = value, int(correct)
