@@ -139,3 +139,14 @@ def test_ranked_reads_the_same_order_statistics_as_a_full_sort_from_either_end()
         for first in range(0, n, max(1, n // 7)):
             for last in (first, (first + n - 1) // 2, n - 1):
                 assert topk._ranked(values, first, last) == (descending[first].item(), descending[last].item())
+
+
+@pytest.mark.parametrize("flatten_below", [0, topk.FLATTEN_BELOW])
+def test_an_empty_part_is_allowed_on_the_sampled_path(monkeypatch, flatten_below):
+    monkeypatch.setattr(topk, "MIN_SAMPLED", 64)
+    monkeypatch.setattr(topk, "FLATTEN_BELOW", flatten_below)
+    g = torch.Generator().manual_seed(11)
+    parts = [torch.rand(500, generator=g), torch.empty(0), torch.rand(300, generator=g)]
+    for k in (1, 40, 799):
+        for m, r in zip(topk.top_k_masks(parts, k), reference_keep(parts, k)):
+            assert torch.equal(m, r)

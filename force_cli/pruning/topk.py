@@ -7,8 +7,8 @@ A full selection over tens of millions of scores costs more than a forward-backw
 flat copy of them costs a page fault per 4 KiB. So, for large inputs, a strided sample brackets the
 k-th largest score in [lo, hi]; one pass over the scores, a cache-sized chunk at a time, marks
 those above ``hi`` (they are kept, and that mask becomes the result in place) and finds the few
-positions inside the band; the exact choice is then made among the band's values alone. The bracket can miss, never mislead: a
-miss is detected by counting and falls back to a full selection.
+positions inside the band; the exact choice is then made among the band's values alone. The
+bracket can miss, never mislead: a miss is detected by counting and falls back to a full selection.
 
 Two CPU costs shape the code. A fresh buffer above glibc's mmap threshold (128 KiB) costs a page
 fault per 4 KiB at every use, so a pruning run passes one ``Workspace`` whose buffers every step
@@ -110,7 +110,7 @@ def _split_at_bracket(workspace: Workspace, p: torch.Tensor, lo: float, hi: floa
     """
     kept = torch.empty(p.numel(), dtype=torch.bool, device=p.device)
     positions, above = [], 0
-    size = -(-p.numel() // max(1, round(p.numel() / CHUNK)))  # equal chunks of 0.5 to 1.5 CHUNK
+    size = max(1, -(-p.numel() // max(1, round(p.numel() / CHUNK))))  # equal chunks of 0.5 to 1.5 CHUNK
     for start in range(0, p.numel(), size):
         chunk = p[start:start + size]
         over = workspace.flags("over", torch.gt, chunk, hi)
