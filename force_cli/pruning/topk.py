@@ -19,6 +19,7 @@ also counted by a plain float32 sum, exact while a chunk holds fewer than 2**24 
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 #: Scores sampled to bracket the threshold (at most one in 16). Inputs of fewer than MIN_SAMPLED
@@ -145,20 +146,14 @@ def _bracket(parts: list[torch.Tensor], k: int) -> tuple[float, float] | None:
 
 
 def sparse_positions(mask: torch.Tensor) -> torch.Tensor:
-    """``torch.nonzero(mask).flatten()`` for a sparse 1-d bool mask, several times faster.
+    """``torch.nonzero(mask).flatten()`` for a 1-d bool mask, several times faster on the CPU.
 
-    It scans 8 booleans at a time as one int64 word, then decodes only the non-zero words.
+    On the CPU, numpy's ``flatnonzero`` reads the same memory (no copy) at 2 to 10 times the speed
+    of ``torch.nonzero`` on one thread (55 against 120-560 µs for 266 k booleans, 0.5 % set).
     """
-    whole = mask.numel() // 8 * 8
-    if whole == 0 or mask.storage_offset() % 8:
+    if mask.device.type != "cpu":
         return torch.nonzero(mask).flatten()
-    words = mask[:whole].view(torch.int64)
-    hits = torch.nonzero(words).flatten()
-    rows, cols = torch.nonzero(words.index_select(0, hits).view(torch.bool).view(-1, 8), as_tuple=True)
-    positions = hits.index_select(0, rows).mul_(8).add_(cols)
-    if whole < mask.numel():
-        positions = torch.cat([positions, torch.nonzero(mask[whole:]).flatten().add_(whole)])
-    return positions
+    return torch.from_numpy(np.flatnonzero(mask.numpy())).to(torch.int64)
 
 
 def _keep_best_of_band(parts, kept, band, need: int) -> float | None:
