@@ -14,7 +14,7 @@ Two CPU costs shape the code. A fresh buffer above glibc's mmap threshold (128 K
 fault per 4 KiB at every use, so a pruning run passes one ``Workspace`` whose buffers every step
 reuses. And a comparison that writes bool is several times slower than the same comparison written
 as 0/1 in the scores' float dtype (vectorised) followed by a conversion to bool; float flags are
-also counted by a plain float32 sum, exact while a chunk holds fewer than 2**24 of them.
+also counted by a plain sum, in float32 while a chunk holds fewer than 2**24 of them.
 """
 
 from __future__ import annotations
@@ -111,14 +111,18 @@ def _split_at_bracket(workspace: Workspace, p: torch.Tensor, lo: float, hi: floa
     """
     kept = torch.empty(p.numel(), dtype=torch.bool, device=p.device)
     positions, above = [], 0
-    size = max(1, -(-p.numel() // max(1, round(p.numel() / CHUNK))))  # equal chunks of 0.5 to 1.5 CHUNK
+    # equal chunks of 0.5 to 1.5 CHUNK on the CPU; on a GPU, where each chunk costs a
+    # synchronisation and there is no such cache to fit, one chunk per part
+    pieces = max(1, round(p.numel() / CHUNK)) if p.device.type == "cpu" else 1
+    size = max(1, -(-p.numel() // pieces))
+    exact = torch.float32 if size < 1 << 24 else torch.float64  # sums of ones stay exact
     for start in range(0, p.numel(), size):
         chunk = p[start:start + size]
         over = workspace.flags("over", torch.gt, chunk, hi)
         kept[start:start + chunk.numel()].copy_(over)
         inside = workspace.flags("inside", torch.ge, chunk, lo).sub_(over)
-        above += int(over.sum(dtype=torch.float32))  # exact: at most 1.5 CHUNK (< 2**24) ones
-        if inside.sum(dtype=torch.float32) > 0:  # a sum: Tensor.any() on floats is ~10x slower
+        above += int(over.sum(dtype=exact))
+        if inside.sum(dtype=exact) > 0:  # a sum: Tensor.any() on floats is ~10x slower
             marks = workspace.get("marks", kept, chunk.numel()).copy_(inside)
             positions.append(sparse_positions(marks).add_(start))
     band = torch.cat(positions) if positions else torch.empty(0, dtype=torch.long, device=p.device)
