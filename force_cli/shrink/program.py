@@ -1,0 +1,191 @@
+"""A shrunk network as data: a list of operations (JSON) over named tensors (safetensors).
+
+The file (format ``force-shrunk/1``) is one ``.safetensors`` file; nothing in it is pickled or
+executed. Its metadata holds ``format``, ``program`` (JSON, below) and the source checkpoint's
+metadata (model, model_args, dataset, ...) so that `force eval` knows the data it was made for.
+
+``program``: ``{"input_shape": [C, H, W], "ops": [...], "output": V}``. Value 0 is the network's
+input; op ``i`` computes value ``i + 1`` from the values listed in its ``in``. Each op is one of:
+
+  * ``conv2d`` (``weight``, ``bias`` or null, ``stride``, ``padding``, ``dilation``) and ``linear``
+    (``weight``, ``bias`` or null), then ``+ bias_map`` when the op has one (a per-position bias:
+    a removed constant channel seen through zero padding is not the same at the borders);
+    with ``"format": "csr"`` the weight is instead ``crow``, ``col``, ``values`` of a CSR matrix
+    of shape ``shape`` (out, in*kh*kw) and the op runs through ``torch.sparse.mm``;
+  * ``affine`` (``scale``, ``shift``: a batch norm in eval mode), ``relu``, ``max_pool2d``,
+    ``avg_pool2d``, ``adaptive_avg_pool2d`` (their ``torch.nn.functional`` arguments), ``flatten``
+    (from dimension 1), ``add``, ``cat`` (channels), ``pad`` (``torch.nn.functional.pad``'s ``pad``)
+    and ``slice`` (``dims``: ``[start, stop, step]`` for each dimension after the channels).
+
+Every op also names the ``layer`` of the original model it comes from. ``README.md`` shows a
+30-line loader that runs this with torch alone; ``run_op`` here is the same, and
+``tests/test_shrink.py`` checks that the README's copy agrees with it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import save as serialize
+from torch import nn
+
+from force_cli.atomic import write_atomic
+from force_cli.errors import CheckpointError
+
+FORMAT = "force-shrunk/1"
+PROGRAM_FIELD = "program"
+SOURCE_FIELD = "source_metadata"
+KINDS = ("conv2d", "linear", "affine", "relu", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "flatten",
+         "add", "cat", "pad", "slice")
+
+
+def csr_weight(op: dict, t: dict[str, torch.Tensor]) -> torch.Tensor:
+    return torch.sparse_csr_tensor(t[op["crow"]], t[op["col"]], t[op["values"]], op["shape"])
+
+
+def _sparse_linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """x @ w.T with w sparse (CSR): torch.sparse.mm wants the sparse operand first."""
+    return torch.sparse.mm(w, x.t()).t()
+
+
+def _sparse_conv2d(x: torch.Tensor, w: torch.Tensor, op: dict) -> torch.Tensor:
+    """A convolution as unfold (im2col) then one CSR matrix product over all images."""
+    kh, kw = op["kernel_size"]
+    n, _, h, wd = x.shape
+    cols = F.unfold(x, (kh, kw), op["dilation"], op["padding"], op["stride"])  # (n, in*kh*kw, L)
+    oh = (h + 2 * op["padding"][0] - op["dilation"][0] * (kh - 1) - 1) // op["stride"][0] + 1
+    ow = (wd + 2 * op["padding"][1] - op["dilation"][1] * (kw - 1) - 1) // op["stride"][1] + 1
+    out = torch.sparse.mm(w, cols.transpose(0, 1).reshape(cols.shape[1], -1))  # (out, n*L)
+    return out.view(w.shape[0], n, oh * ow).transpose(0, 1).reshape(n, w.shape[0], oh, ow)
+
+
+def run_op(op: dict, args: list[torch.Tensor], t: dict[str, torch.Tensor]) -> torch.Tensor:
+    """One op of a program on its input values; ``t`` holds the file's tensors by name."""
+    kind, x = op["op"], args[0]
+    bias = t[op["bias"]] if op.get("bias") else None
+    if kind == "conv2d":
+        if op.get("format") == "csr":
+            y = _sparse_conv2d(x, csr_weight(op, t), op)
+            y = y if bias is None else y + bias.view(1, -1, 1, 1)
+        else:
+            y = F.conv2d(x, t[op["weight"]], bias, op["stride"], op["padding"], op["dilation"])
+    elif kind == "linear":
+        if op.get("format") == "csr":
+            y = _sparse_linear(x, csr_weight(op, t))
+            y = y if bias is None else y + bias
+        else:
+            y = F.linear(x, t[op["weight"]], bias)
+    elif kind == "affine":
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        return x * t[op["scale"]].view(shape) + t[op["shift"]].view(shape)
+    elif kind == "relu":
+        return F.relu(x)
+    elif kind == "max_pool2d":
+        return F.max_pool2d(x, op["kernel_size"], op["stride"], op["padding"], op["dilation"], op["ceil_mode"])
+    elif kind == "avg_pool2d":
+        return F.avg_pool2d(x, op["kernel_size"], op["stride"], op["padding"], op["ceil_mode"], op["count_include_pad"])
+    elif kind == "adaptive_avg_pool2d":
+        return F.adaptive_avg_pool2d(x, op["output_size"])
+    elif kind == "flatten":
+        return torch.flatten(x, 1)
+    elif kind == "add":
+        return args[0] + args[1]
+    elif kind == "cat":
+        return torch.cat(args, 1)
+    elif kind == "pad":
+        return F.pad(x, op["pad"])
+    elif kind == "slice":
+        return x[(slice(None), slice(None), *(slice(*d) for d in op["dims"]))]
+    else:
+        raise ValueError(f"unknown op '{kind}'")
+    return y + t[op["bias_map"]] if op.get("bias_map") else y
+
+
+class ShrunkNet(nn.Module):
+    """A program and its tensors as a module (``.to(device)``, ``.eval()`` work as usual)."""
+
+    def __init__(self, program: dict[str, Any], tensors: dict[str, torch.Tensor]):
+        super().__init__()
+        self.program = program
+        self._attr = {name: f"t{i}" for i, name in enumerate(sorted(tensors))}
+        for name, attr in self._attr.items():
+            self.register_buffer(attr, tensors[name])
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {name: getattr(self, attr) for name, attr in self._attr.items()}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.tensors()
+        values = [x]
+        for op in self.program["ops"]:
+            values.append(run_op(op, [values[i] for i in op["in"]], t))
+        return values[self.program["output"]]
+
+
+def save_shrunk(path: str | Path, program: dict[str, Any], tensors: dict[str, torch.Tensor],
+                source_metadata: dict[str, Any]) -> Path:
+    """Write a shrunk network atomically (the caller checked that ``path`` may be written)."""
+    header = {"format": FORMAT, PROGRAM_FIELD: json.dumps(program), SOURCE_FIELD: json.dumps(source_metadata)}
+    data = serialize({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata=header)
+    return write_atomic(Path(path), data, "shrunk network")
+
+
+def is_shrunk(path: str | Path) -> bool:
+    """Whether ``path`` is a shrunk network (reads the header only; False for anything else)."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return (f.metadata() or {}).get("format") == FORMAT
+    except Exception:
+        return False
+
+
+def _check_program(program: Any, names: set[str], path: Path) -> dict:
+    """Refuse a program that refers to tensors or values it does not have (a corrupt file)."""
+    def bad(what: str) -> CheckpointError:
+        return CheckpointError(f"'{path}': {what}; the shrunk file is corrupt, re-create it with `force shrink`")
+
+    if not isinstance(program, dict) or not isinstance(program.get("ops"), list):
+        raise bad("its program is not a list of ops")
+    for i, op in enumerate(program["ops"]):
+        if not isinstance(op, dict) or op.get("op") not in KINDS:
+            raise bad(f"op {i} is not one of {', '.join(KINDS)}")
+        inputs = op.get("in")
+        if not isinstance(inputs, list) or not inputs or not all(isinstance(v, int) and 0 <= v <= i for v in inputs):
+            raise bad(f"op {i} reads values that are not computed before it")
+        for key in ("weight", "bias", "bias_map", "scale", "shift", "crow", "col", "values"):
+            if op.get(key) is not None and op[key] not in names:
+                raise bad(f"op {i} names the tensor '{op[key]}', which the file does not hold")
+    output = program.get("output")
+    if not isinstance(output, int) or not 0 <= output <= len(program["ops"]):
+        raise bad("its output is not one of its values")
+    return program
+
+
+def load_shrunk(path: str | Path) -> tuple[ShrunkNet, dict[str, Any]]:
+    """The network of a shrunk file (in eval mode) and the source checkpoint's metadata."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"'{path}' does not exist or is not a file; give a file written by `force shrink`")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            if meta.get("format") != FORMAT:
+                raise CheckpointError(f"'{path}' is not a shrunk network (format '{meta.get('format')}'); "
+                                      "make one with `force shrink`")
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        program = json.loads(meta[PROGRAM_FIELD])
+        source = json.loads(meta.get(SOURCE_FIELD, "{}"))
+    except CheckpointError:
+        raise
+    except (KeyError, json.JSONDecodeError):
+        raise CheckpointError(f"'{path}': its program is missing or not JSON; re-create it with `force shrink`") from None
+    except Exception as exc:
+        raise CheckpointError(f"'{path}' cannot be read as safetensors ({type(exc).__name__}); "
+                              "the file is corrupt or truncated, re-create it") from None
+    _check_program(program, set(tensors), path)
+    return ShrunkNet(program, tensors).eval(), source if isinstance(source, dict) else {}
