@@ -347,6 +347,11 @@ def inspect(
     from force_cli.report import effective_masks, json_document, render, summary
     from force_cli.restore import input_shape, model_from_checkpoint
 
+    from force_cli.shrink import is_shrunk
+
+    if is_shrunk(checkpoint):
+        _inspect_shrunk(checkpoint, json_output)
+        return
     ckpt = load_checkpoint(checkpoint)
     model = model_from_checkpoint(ckpt)
     effective = effective_masks(model, ckpt.masks, input_shape(ckpt.metadata))
@@ -357,6 +362,22 @@ def inspect(
         print(json_document(report))
     else:
         render(report, stdout)
+
+
+def _inspect_shrunk(path: Path, json_output: bool) -> None:
+    """A shrunk network (`force shrink`): its width per layer and the source's metadata."""
+    from force_cli.report import json_document
+    from force_cli.shrink import load_shrunk
+    from force_cli.shrink.summary import layer_rows, totals
+    from force_cli.shrink_report import render_layers
+
+    net, metadata = load_shrunk(path)
+    rows = layer_rows(net.program, net.tensors())
+    report = {"path": str(path), "format": "force-shrunk/1", "metadata": metadata, "layers": rows, "totals": totals(rows)}
+    if json_output:
+        print(json_document(report))
+    else:
+        render_layers(report, stdout, f"{path} (shrunk from {metadata.get('model')})")
 
 
 def _prune_output(cfg: PruneConfig, output: Path | None, overwrite: bool) -> Path:
@@ -680,22 +701,148 @@ def _write_sweep_report(folder: Path, title: str) -> None:
     epilog="Formats:\n\n" + "\n\n".join(f"  {name}: {what}" for name, what in EXPORT_FORMATS.items())
     + "\n\nExamples:\n\n"
     "  force export lenet.safetensors --to compact -o lenet-compact.safetensors\n\n"
-    "  force export lenet-trained.safetensors --to state-dict -o lenet-weights.safetensors",
+    "  force export lenet-trained.safetensors --to state-dict -o lenet-weights.safetensors\n\n"
+    "  force export lenet-trained.safetensors --to sparse --batch-size 256 --threads 1 -o lenet-fast.safetensors",
 )
 @user_errors
+@honours_trust
 def export(
     checkpoint: CheckpointArg,
-    to: Annotated[str, typer.Option("--to", help="Format to write: compact, dense, state-dict or torch-prune (below).")],
+    to: Annotated[str, typer.Option("--to", help=f"Format to write: {', '.join(EXPORT_FORMATS)} (below).")],
     output: Annotated[Path, typer.Option("--output", "-o", parser=_path, metavar="<path>", help="File to write (required).")],
     overwrite: Annotated[bool, typer.Option("--overwrite", metavar="", help="Replace an existing output file.")] = False,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="sparse: the batch each layer is timed at (default: 256).", show_default=False)] = 256,
+    repeats: Annotated[int, typer.Option("--repeats", help="sparse: timed runs per measurement (default: 20).", show_default=False)] = 20,
+    device: DeviceOpt = None,
+    trust_model_code: TrustOpt = False,
+    threads: ThreadsOpt = None,
 ):
-    """Convert a checkpoint: compact <-> dense (lossless), or a plain state_dict / torch.nn.utils.prune layout; print the path."""
+    """Convert a checkpoint: compact <-> dense (lossless), a plain state_dict / torch.nn.utils.prune layout, or
+    the fastest measured mix of shrunk dense and CSR layers (sparse); print the path."""
     from force_cli.export import export_checkpoint
 
     with hold((output, "output")):
         remove_stale(output)
-        path = export_checkpoint(checkpoint, to, output, overwrite=overwrite)
+        if to == "sparse":
+            path = _export_sparse(checkpoint, output, overwrite, batch_size, repeats, device)
+        else:
+            path = export_checkpoint(checkpoint, to, output, overwrite=overwrite)
     print(path)
+
+
+def _export_sparse(checkpoint: Path, output: Path, overwrite: bool, batch_size: int, repeats: int,
+                   device: Optional[str]) -> str:
+    from force_cli.device import resolve_device
+    from force_cli.shrink.bench import BenchSettings
+    from force_cli.shrink.export import export_sparse
+
+    settings = BenchSettings(batch_size=_positive("--batch-size", batch_size), repeats=_positive("--repeats", repeats),
+                             device=resolve_device(device or "auto"))
+    report = export_sparse(checkpoint, output, settings, overwrite=overwrite)
+    csr = [r["layer"] for r in report["layers"] if r["format"] == "csr"]
+    stderr.print(one_line(f"wrote the {report['written']} network ({len(csr)} CSR layers: {', '.join(csr) or 'none'}); "
+                          f"{report['network_s'] * 1e3:.3f} ms against {report['dense_network_s'] * 1e3:.3f} ms dense "
+                          f"at batch {report['batch_size']} on {report['device']}"), highlight=False, markup=False)
+    return report["path"]
+
+
+def _positive(option: str, value: int) -> int:
+    if value < 1:
+        raise ForceError(f"{option} must be at least 1, got {value}")
+    return value
+
+
+@app.command(
+    epilog="The output computes exactly what the masked network computes (eval mode), with the units and "
+    "channels no input-to-output path uses removed. It is one safetensors file: a program (JSON) over plain "
+    "tensors, never pickled; README.md ('Does sparsity make it faster?') shows a 30-line loader that needs only "
+    "torch and safetensors. `force eval` and `force inspect` take it.\n\n"
+    "Examples:\n\n"
+    "  force shrink lenet.safetensors -o lenet-shrunk.safetensors\n\n"
+    "  force inspect lenet-shrunk.safetensors",
+)
+@user_errors
+@honours_trust
+def shrink(
+    checkpoint: CheckpointArg,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", parser=_path, metavar="<path>", help="File to write (default: CHECKPOINT's name with -shrunk).")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", metavar="", help="Replace an existing output file.")] = False,
+    json_output: JsonOpt = False,
+    trust_model_code: TrustOpt = False,
+    threads: ThreadsOpt = None,
+):
+    """Write the smallest dense network computing exactly what the checkpoint's masked network computes; print its path."""
+    from force_cli.report import json_document
+    from force_cli.shrink.job import shrink_checkpoint
+
+    output = output if output is not None else checkpoint.with_name(checkpoint.stem + "-shrunk.safetensors")
+    with hold((output, "output")):
+        remove_stale(output)
+        report = shrink_checkpoint(checkpoint, output, overwrite=overwrite)
+    t = report["totals"]
+    if json_output:
+        print(json_document(report))
+        return
+    widths = ", ".join(f"{r['layer']} {r['width'][0]}→{r['width'][1]}" for r in report["layers"])
+    stderr.print(one_line(f"{widths}; multiply-accumulates per sample {t['dense_macs']:,} → {t['shrunk_macs']:,} "
+                          f"({t['macs_ratio']:.1f}x fewer)"), highlight=False, markup=False, soft_wrap=True)
+    print(report["path"])
+
+
+@app.command(
+    epilog="Networks: dense (the checkpoint's model, pruned weights zero), shrunk (force shrink's) and csr (the "
+    "shrunk network with every conv/linear layer as a torch.sparse CSR matrix). Times are medians after warm-up; "
+    "on the CPU they use --threads (pin it, e.g. --threads 1, for stable figures).\n\n"
+    "Examples:\n\n"
+    "  force bench lenet.safetensors --batch-size 256 --threads 1\n\n"
+    "  force bench vgg19.safetensors --no-layers --json | jq .speedup",
+)
+@user_errors
+@honours_trust
+def bench(
+    checkpoint: CheckpointArg,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="The batch measured besides batch 1 (default: 256).", show_default=False)] = 256,
+    repeats: Annotated[int, typer.Option("--repeats", help="Timed runs per measurement; the median is shown (default: 20).", show_default=False)] = 20,
+    layers: Annotated[bool, typer.Option("--layers/--no-layers", metavar="", help="Also time each conv/linear layer and find its break-even density (default: --layers).", show_default=False)] = True,
+    device: DeviceOpt = None,
+    json_output: JsonOpt = False,
+    trust_model_code: TrustOpt = False,
+    quiet: QuietOpt = False,
+    threads: ThreadsOpt = None,
+):
+    """Inference time of the dense masked network, the shrunk network and CSR kernels, whole and per layer."""
+    from force_cli.checkpoint import load_checkpoint
+    from force_cli.device import resolve_device
+    from force_cli.report import json_document
+    from force_cli.restore import input_shape, model_from_checkpoint
+    from force_cli.shrink import is_shrunk
+    from force_cli.shrink.rewrite import shrink_model
+    from force_cli.shrink.bench import BenchSettings, bench_models
+    from force_cli.shrink_report import render_bench
+
+    if is_shrunk(checkpoint):
+        raise ForceError(f"'{checkpoint}' is a shrunk network; bench the checkpoint it was made from "
+                         "(the benchmark compares against the dense masked network)")
+    settings = BenchSettings(batch_size=_positive("--batch-size", batch_size), repeats=_positive("--repeats", repeats),
+                             device=resolve_device(device or "auto"), layers=layers)
+    ckpt = load_checkpoint(checkpoint)
+    for message in ckpt.warnings:
+        warn(message)
+    model = model_from_checkpoint(ckpt)
+    shape = input_shape(ckpt.metadata)
+    with progress_bar(quiet) as bar:
+        task = bar.add_task("shrinking", total=None, status="")
+        shrunk = shrink_model(model, ckpt.masks, shape)
+
+        def progress(what: str, done: int, total: int):
+            bar.update(task, description="benchmarking", completed=done, total=total, status=what)
+
+        report = bench_models(model, shrunk, shape, settings, ckpt.masks, progress)
+    report = {"checkpoint": str(checkpoint), "model": ckpt.metadata["model"], **report}
+    if json_output:
+        print(json_document(report))
+    else:
+        render_bench(report, stdout, f"{checkpoint}")
 
 
 def main():

@@ -14,7 +14,8 @@ from force_cli.errors import CheckpointError, ShrinkError
 from force_cli.models import MODELS, build_model
 from force_cli.pruning import METHODS, prune
 from force_cli.pruning.masks import prunable_weights
-from force_cli.shrink import ShrunkNet, load_shrunk, save_shrunk, shrink_model
+from force_cli.shrink import ShrunkNet, load_shrunk, save_shrunk
+from force_cli.shrink.rewrite import shrink_model
 from tests.helpers import FixedStream
 
 

@@ -91,8 +91,11 @@ def _scatter(flags: torch.Tensor, source: torch.Tensor, width: int) -> torch.Ten
     return hits > 0
 
 
-def analyse(nodes: list[Node], shapes: list[tuple[int, ...]], masks: dict[str, torch.Tensor]) -> Channels:
-    """Varying, used and kept channels of every value (``shapes``: each value's shape, batch first)."""
+def analyse(nodes: list[Node], shapes: list[tuple[int, ...]], masks: dict[str, torch.Tensor],
+            remove: bool = True) -> Channels:
+    """Varying, used and kept channels of every value (``shapes``: each value's shape, batch first).
+
+    ``remove=False`` keeps every channel (the dense network as a program, for comparisons)."""
     n = len(nodes)
     widths = [s[1] for s in shapes]
     links = ties(nodes, shapes)
@@ -121,7 +124,7 @@ def analyse(nodes: list[Node], shapes: list[tuple[int, ...]], masks: dict[str, t
             for tie in into[i]:
                 used[tie.src] |= _scatter(used[i], tie.source, widths[tie.src])
 
-    kept = [v & u for v, u in zip(varying, used)]
+    kept = [v & u if remove else torch.ones_like(v) for v, u in zip(varying, used)]
     kept[0][:] = True
     kept[-1][:] = True
     while True:

@@ -7,7 +7,7 @@ metadata (model, model_args, dataset, ...) so that `force eval` knows the data i
 ``program``: ``{"input_shape": [C, H, W], "ops": [...], "output": V}``. Value 0 is the network's
 input; op ``i`` computes value ``i + 1`` from the values listed in its ``in``. Each op is one of:
 
-  * ``conv2d`` (``weight``, ``bias`` or null, ``stride``, ``padding``, ``dilation``) and ``linear``
+  * ``conv2d`` (``weight``, ``bias`` or null, ``stride``, ``padding``, ``dilation``, ``output_size``) and ``linear``
     (``weight``, ``bias`` or null), then ``+ bias_map`` when the op has one (a per-position bias:
     a removed constant channel seen through zero padding is not the same at the borders);
     with ``"format": "csr"`` the weight is instead ``crow``, ``col``, ``values`` of a CSR matrix
@@ -25,10 +25,12 @@ Every op also names the ``layer`` of the original model it comes from. ``README.
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.fx
 import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save as serialize
@@ -45,7 +47,9 @@ KINDS = ("conv2d", "linear", "affine", "relu", "max_pool2d", "avg_pool2d", "adap
 
 
 def csr_weight(op: dict, t: dict[str, torch.Tensor]) -> torch.Tensor:
-    return torch.sparse_csr_tensor(t[op["crow"]], t[op["col"]], t[op["values"]], op["shape"])
+    with warnings.catch_warnings():  # "CSR support is in beta", "invariant checks disabled": not for users
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(t[op["crow"]], t[op["col"]], t[op["values"]], op["shape"])
 
 
 def _sparse_linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -55,13 +59,9 @@ def _sparse_linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 
 def _sparse_conv2d(x: torch.Tensor, w: torch.Tensor, op: dict) -> torch.Tensor:
     """A convolution as unfold (im2col) then one CSR matrix product over all images."""
-    kh, kw = op["kernel_size"]
-    n, _, h, wd = x.shape
-    cols = F.unfold(x, (kh, kw), op["dilation"], op["padding"], op["stride"])  # (n, in*kh*kw, L)
-    oh = (h + 2 * op["padding"][0] - op["dilation"][0] * (kh - 1) - 1) // op["stride"][0] + 1
-    ow = (wd + 2 * op["padding"][1] - op["dilation"][1] * (kw - 1) - 1) // op["stride"][1] + 1
-    out = torch.sparse.mm(w, cols.transpose(0, 1).reshape(cols.shape[1], -1))  # (out, n*L)
-    return out.view(w.shape[0], n, oh * ow).transpose(0, 1).reshape(n, w.shape[0], oh, ow)
+    cols = F.unfold(x, op["kernel_size"], op["dilation"], op["padding"], op["stride"])  # (n, in*kh*kw, L)
+    out = torch.sparse.mm(w, cols.transpose(0, 1).flatten(1))  # (out, n*L)
+    return out.view(w.shape[0], x.shape[0], *op["output_size"]).transpose(0, 1)
 
 
 def run_op(op: dict, args: list[torch.Tensor], t: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -107,24 +107,60 @@ def run_op(op: dict, args: list[torch.Tensor], t: dict[str, torch.Tensor]) -> to
 
 
 class ShrunkNet(nn.Module):
-    """A program and its tensors as a module (``.to(device)``, ``.eval()`` work as usual)."""
+    """A program and its tensors as a module (``.to(device)``, ``.eval()`` work as usual).
+
+    The forward is generated code (a ``torch.fx.GraphModule``: one call per op, no interpretation),
+    so that a network of a few small layers is not dominated by Python overhead; ``run_op`` is
+    the reference it is tested against. CSR weights are built once, as buffers.
+    """
 
     def __init__(self, program: dict[str, Any], tensors: dict[str, torch.Tensor]):
         super().__init__()
         self.program = program
         self._attr = {name: f"t{i}" for i, name in enumerate(sorted(tensors))}
+        root = nn.Module()
         for name, attr in self._attr.items():
-            self.register_buffer(attr, tensors[name])
+            root.register_buffer(attr, tensors[name])
+        graph = torch.fx.Graph()
+        values = [graph.placeholder("x")]
+        for i, op in enumerate(program["ops"]):
+            if op.get("format") == "csr":
+                root.register_buffer(f"csr{i}", csr_weight(op, tensors))
+            values.append(self._emit(graph, root, i, op, [values[j] for j in op["in"]]))
+        graph.output(values[program["output"]])
+        self.net = torch.fx.GraphModule(root, graph)
+
+    def _emit(self, graph: torch.fx.Graph, root: nn.Module, i: int, op: dict, args: list) -> torch.fx.Node:
+        def attr(key: str):
+            return graph.get_attr(self._attr[op[key]]) if op.get(key) else None
+
+        kind, x = op["op"], args[0]
+        call = graph.call_function
+        if kind in ("conv2d", "linear") and op.get("format") == "csr":
+            weight = graph.get_attr(f"csr{i}")
+            y = call(_sparse_linear, (x, weight)) if kind == "linear" else call(_sparse_conv2d, (x, weight, op))
+            if op.get("bias"):
+                bias = attr("bias")
+                y = call(torch.add, (y, call(torch.Tensor.view, (bias, (1, -1, 1, 1)))) if kind == "conv2d" else (y, bias))
+        elif kind == "conv2d":
+            y = call(F.conv2d, (x, attr("weight"), attr("bias"), op["stride"], op["padding"], op["dilation"]))
+        elif kind == "linear":
+            y = call(F.linear, (x, attr("weight"), attr("bias")))
+        elif kind in ("relu", "flatten", "add"):  # the commonest, called directly
+            fn, extra = {"relu": (F.relu, ()), "flatten": (torch.flatten, (1,)), "add": (torch.add, ())}[kind]
+            return call(fn, (*args, *extra))
+        else:  # the other ops: the reference implementation itself
+            tensors = {op[k]: getattr(root, self._attr[op[k]]) for k in ("scale", "shift") if op.get(k)}
+            if kind == "affine":
+                return call(run_op, ({"op": "affine", "scale": "s", "shift": "h"}, [x], {"s": attr("scale"), "h": attr("shift")}))
+            return call(run_op, (op, args, tensors))
+        return call(torch.add, (y, attr("bias_map"))) if op.get("bias_map") else y
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        return {name: getattr(self, attr) for name, attr in self._attr.items()}
+        return {name: getattr(self.net, attr) for name, attr in self._attr.items()}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        t = self.tensors()
-        values = [x]
-        for op in self.program["ops"]:
-            values.append(run_op(op, [values[i] for i in op["in"]], t))
-        return values[self.program["output"]]
+        return self.net(x)
 
 
 def save_shrunk(path: str | Path, program: dict[str, Any], tensors: dict[str, torch.Tensor],

@@ -137,6 +137,8 @@ class _Writer:
         op: dict[str, Any] = {"op": node.kind, "layer": node.layer, **node.params,
                               "original": list(weight.shape), "kept_weights": int(self.masks[node.weight].count_nonzero()),
                               "positions": int(self.values[i][0, 0].numel()) if spatial else 1}
+        if spatial:
+            op["output_size"] = list(self.values[i].shape[2:])
         op["weight"] = self.add_tensor(node.layer, "weight", w)
         if spatial and not bool((const == const[:, :1, :1]).all()):
             op["bias"] = None
@@ -202,10 +204,12 @@ def _float64_copy(model: nn.Module, masks: dict[str, torch.Tensor]) -> nn.Module
     return copy.deepcopy(model, memo).eval()
 
 
-def shrink_model(model: nn.Module, masks: dict[str, torch.Tensor], input_shape: tuple[int, ...]) -> Shrunk:
+def shrink_model(model: nn.Module, masks: dict[str, torch.Tensor], input_shape: tuple[int, ...], *,
+                 remove: bool = True) -> Shrunk:
     """The shrunk program of ``model`` under ``masks`` for inputs of ``input_shape`` (no batch).
 
     The model and masks are not modified. Raises ShrinkError naming the first layer it cannot handle.
+    ``remove=False``: every channel kept (the masked network as a program, batch norms folded).
     """
     dtype = next(model.parameters()).dtype
     work = _float64_copy(model, masks)
@@ -215,7 +219,7 @@ def shrink_model(model: nn.Module, masks: dict[str, torch.Tensor], input_shape: 
             raise ShrinkError(f"layer '{node.layer}' has no mask; shrink a checkpoint written by `force prune`")
     with torch.no_grad():
         values = record(nodes, torch.zeros(1, *input_shape, dtype=torch.float64))
-        channels = analyse(nodes, [tuple(v.shape) for v in values], {k: m.cpu() for k, m in masks.items()})
+        channels = analyse(nodes, [tuple(v.shape) for v in values], {k: m.cpu() for k, m in masks.items()}, remove)
         shrunk = _Writer(nodes, values, channels, masks).write()
         _self_check(work, shrunk, input_shape)
     shrunk.tensors = {k: v.to(dtype) for k, v in shrunk.tensors.items()}
