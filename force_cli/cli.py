@@ -837,7 +837,7 @@ def bench(
         def progress(what: str, done: int, total: int):
             bar.update(task, description="benchmarking", completed=done, total=total, status=what)
 
-        report = bench_models(model, shrunk, shape, settings, ckpt.masks, progress)
+        report = bench_models(model, shrunk, shape, settings, progress)
     report = {"checkpoint": str(checkpoint), "model": ckpt.metadata["model"], **report}
     if json_output:
         print(json_document(report))

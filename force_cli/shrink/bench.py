@@ -162,7 +162,7 @@ def break_even(dense_s: float, times: list[tuple[float, float]]) -> float:
 
 
 def bench_layers(dense: nn.Module, shrunk: Shrunk, sparse: tuple[dict, dict], x: torch.Tensor, settings: BenchSettings,
-                 masks: dict[str, torch.Tensor], progress: Progress | None = None) -> list[dict[str, Any]]:
+                 progress: Progress | None = None) -> list[dict[str, Any]]:
     program, tensors = shrunk.program, shrunk.tensors
     indices = mixing_indices(program)
     full_inputs = _layer_inputs(dense, {program["ops"][i]["layer"] for i in indices}, x)
@@ -193,7 +193,7 @@ def bench_layers(dense: nn.Module, shrunk: Shrunk, sparse: tuple[dict, dict], x:
 
 
 def bench_models(dense: nn.Module, shrunk: Shrunk, input_shape: tuple[int, ...], settings: BenchSettings,
-                 masks: dict[str, torch.Tensor] | None = None, progress: Progress | None = None) -> dict[str, Any]:
+                 progress: Progress | None = None) -> dict[str, Any]:
     """The whole benchmark: networks at batch 1 and ``settings.batch_size``, then layers."""
     device = settings.device
     dtype = next(dense.parameters()).dtype
@@ -230,7 +230,7 @@ def bench_models(dense: nn.Module, shrunk: Shrunk, input_shape: tuple[int, ...],
         x = torch.randn(settings.batch_size, *input_shape, generator=g, dtype=dtype).to(device)
         moved = Shrunk(shrunk.program, {k: v.to(device) for k, v in shrunk.tensors.items()})
         sparse_moved = (sparse[0], {k: v.to(device) for k, v in sparse[1].items()})
-        results["layers"] = bench_layers(dense, moved, sparse_moved, x, settings, masks or {}, progress)
+        results["layers"] = bench_layers(dense, moved, sparse_moved, x, settings, progress)
     dense_time = results["networks"]["dense"]["batches"][str(settings.batch_size)]["median_s"]
     results["speedup"] = {name: dense_time / entry["batches"][str(settings.batch_size)]["median_s"]
                           for name, entry in results["networks"].items()}

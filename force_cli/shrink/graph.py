@@ -98,7 +98,7 @@ def _pool_params(kind: str, a: dict) -> dict:
     return params
 
 
-def _module_node(module: nn.Module, layer: str) -> tuple[str, dict]:
+def _module_node(module: nn.Module) -> tuple[str, dict]:
     """(kind, params) of a leaf module, or ValueError saying why it is not supported."""
     if isinstance(module, nn.Conv2d):
         if module.groups != 1 or module.padding_mode != "zeros" or isinstance(module.padding, str):
@@ -139,11 +139,11 @@ def _slice_params(index) -> dict:
     return {"dims": rest}
 
 
-def _function_node(node: torch.fx.Node, inputs: list[int], index_of) -> tuple[str, dict, list[int]]:
-    target = node.target if node.op == "call_function" else node.target  # call_method: a name
-    if target not in _FUNCTIONS:
+def _function_node(node: torch.fx.Node, index_of) -> tuple[str, dict, list[int]]:
+    """(kind, params, input nodes) of a function or method call (a method's target is its name)."""
+    if node.target not in _FUNCTIONS:
         raise ValueError("this operation is not supported")
-    kind, signature = _FUNCTIONS[target]
+    kind, signature = _FUNCTIONS[node.target]
     if kind == "slice":
         source, index = node.args
         return kind, _slice_params(index), [index_of(source)]
@@ -207,13 +207,13 @@ def trace(model: nn.Module) -> list[Node]:
                 node = Node("output", "output", [index_of(result)])
             elif fx_node.op == "call_module":
                 module = modules[fx_node.target]
-                kind, params = _module_node(module, fx_node.target)
+                kind, params = _module_node(module)
                 if len(fx_node.args) != 1 or fx_node.kwargs:
                     raise ValueError("a layer called with more than its input is not supported")
                 weight = f"{fx_node.target}.weight" if kind in MIXING else None
                 node = Node(kind, fx_node.target, [index_of(fx_node.args[0])], params, module, weight)
             elif fx_node.op in ("call_function", "call_method"):
-                kind, params, inputs = _function_node(fx_node, [], index_of)
+                kind, params, inputs = _function_node(fx_node, index_of)
                 node = Node(kind, fx_node.name, inputs, params)
             else:  # get_attr: a tensor held by the model, used directly
                 raise ValueError("tensors used outside a layer are not supported")
