@@ -3,7 +3,7 @@
 Whole network: ``dense`` (the checkpoint's model, pruned weights zero: what every other command
 runs), ``shrunk`` (``force shrink``'s network) and ``csr`` (the shrunk network with every conv and
 linear layer as a CSR matrix), at batch 1 and at the chosen batch size: the median over repeats
-(after warm-up), peak memory of one forward pass (CUDA: the allocator's peak; CPU: the profiler's
+(after warm-up; the three networks' repeats interleaved, so that load changes hit all alike), peak memory of one forward pass (CUDA: the allocator's peak; CPU: the profiler's
 allocations), bytes of the tensors a file would hold, and the largest output difference to dense.
 
 Per conv/linear layer: the same three on that layer's input, and the break-even density of its
@@ -66,6 +66,24 @@ def median_seconds(fn: Callable[[], Any], settings: BenchSettings, repeats: int 
         _sync(settings.device)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+@torch.no_grad()
+def interleaved_medians(fns: dict[str, Callable[[], Any]], settings: BenchSettings) -> dict[str, float]:
+    """Median wall time of each function, the repeats taken in turn (a, b, c, a, b, c, ...), so that
+    a change in the machine's load during the run weighs on all of them alike."""
+    for fn in fns.values():
+        for _ in range(settings.warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(settings.repeats):
+        for name, fn in fns.items():
+            _sync(settings.device)
+            start = time.perf_counter()
+            fn()
+            _sync(settings.device)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 @contextlib.contextmanager
@@ -208,20 +226,19 @@ def bench_models(dense: nn.Module, shrunk: Shrunk, input_shape: tuple[int, ...],
     g = torch.Generator().manual_seed(0)
     results: dict[str, Any] = {"device": str(device), "threads": torch.get_num_threads() if device.type == "cpu" else None,
                                "batch_sizes": batches, "repeats": settings.repeats, "networks": {}}
-    steps, step = len(batches) * len(nets), 0
-    for batch in batches:
+    for step, batch in enumerate(batches, 1):
+        if progress:
+            progress(f"networks at batch {batch}", step, len(batches))
         x = torch.randn(batch, *input_shape, generator=g, dtype=dtype).to(device)
         with torch.no_grad():
             reference = dense(x)
+        medians = interleaved_medians({name: (lambda net=net: net(x)) for name, net in nets.items()}, settings)
         for name, net in nets.items():
-            step += 1
-            if progress:
-                progress(f"{name}, batch {batch}", step, steps)
             with torch.no_grad():
                 out = net(x)
             entry = results["networks"].setdefault(name, {"file_bytes": files[name], "batches": {}})
             entry["batches"][str(batch)] = {
-                "median_s": median_seconds(lambda: net(x), settings),
+                "median_s": medians[name],
                 "peak_bytes": peak_bytes(lambda: net(x), device),
                 "max_abs_diff": float((out - reference).abs().max()),
                 "max_rel_diff": float((out - reference).abs().max() / reference.abs().max().clamp_min(1e-30)),
