@@ -717,8 +717,7 @@ def export(
     trust_model_code: TrustOpt = False,
     threads: ThreadsOpt = None,
 ):
-    """Convert a checkpoint: compact <-> dense (lossless), a plain state_dict / torch.nn.utils.prune layout, or
-    the fastest measured mix of shrunk dense and CSR layers (sparse); print the path."""
+    """Convert a checkpoint: compact <-> dense (lossless), plain state_dict, torch.nn.utils.prune layout, or the fastest measured shrunk/CSR mix (sparse); print the path."""
     from force_cli.export import export_checkpoint
 
     with hold((output, "output")):
@@ -742,7 +741,7 @@ def _export_sparse(checkpoint: Path, output: Path, overwrite: bool, batch_size: 
     csr = [r["layer"] for r in report["layers"] if r["format"] == "csr"]
     stderr.print(one_line(f"wrote the {report['written']} network ({len(csr)} CSR layers: {', '.join(csr) or 'none'}); "
                           f"{report['network_s'] * 1e3:.3f} ms against {report['dense_network_s'] * 1e3:.3f} ms dense "
-                          f"at batch {report['batch_size']} on {report['device']}"), highlight=False, markup=False)
+                          f"at batch {report['batch_size']} on {report['device']}"), highlight=False, markup=False, soft_wrap=True)
     return report["path"]
 
 

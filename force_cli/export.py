@@ -21,7 +21,6 @@ from safetensors.torch import save as serialize
 from force_cli.atomic import write_atomic
 from force_cli.checkpoint import Checkpoint, check_new_output, load_checkpoint, save_checkpoint
 from force_cli.errors import ConfigError
-from force_cli.shrink.program import is_shrunk
 
 FORMATS = {
     "compact": "force checkpoint, compact variant (kept values + bit-packed mask or gap codes)",
@@ -60,6 +59,8 @@ def export_checkpoint(source: str | Path, to: str, output: str | Path, *, overwr
         raise ConfigError("the sparse export is measured; call force_cli.shrink.export.export_sparse")
     output = Path(output)
     check_new_output(output, overwrite)
+    from force_cli.shrink.program import is_shrunk  # the file format only; not needed to list FORMATS
+
     if is_shrunk(source):
         raise ConfigError(f"'{source}' is a shrunk network, which has no masks to export as '{to}'; export the "
                           "checkpoint it was made from, or use --to sparse")

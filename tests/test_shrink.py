@@ -217,3 +217,35 @@ def test_masks_of_every_method_shrink_to_the_same_function(method):
                       input_shape=(1, 12, 12)).masks
         out, _ = shrunk_output(model, masks, x)
         assert_same_function(masked_output(model, masks, x), out)
+
+
+class Concatenation(nn.Module):
+    """Two branches concatenated on channels, a batch norm that follows no conv (an 'affine' op),
+    average and max pools, a zero pad of the channels: the ops no registry model uses."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(2, 3, 3, padding=1)
+        self.b = nn.Conv2d(2, 4, 1)
+        self.norm = nn.BatchNorm2d(7)
+        self.c = nn.Conv2d(9, 5, 3, padding=1, bias=False)
+        self.head = nn.Linear(5 * 2 * 2, 3)
+
+    def forward(self, x):
+        y = torch.cat([F.relu(self.a(x)), F.avg_pool2d(self.b(x), 3, 1, 1)], 1)
+        y = F.pad(F.relu(self.norm(y)), (0, 0, 0, 0, 1, 1))
+        y = F.max_pool2d(self.c(y), 2)
+        return self.head(torch.flatten(y, 1))
+
+
+def test_concatenation_pads_and_standalone_norms_shrink_to_the_same_function():
+    torch.manual_seed(0)
+    net = Concatenation()
+    randomise_constants_(net, 4)
+    masks = {n: torch.rand(w.shape) < 0.3 for n, w in prunable_weights(net).items()}
+    masks["a.weight"][1] = False  # channel 1 of branch a is a constant, relu(bias)
+    masks["c.weight"][:, 4] = False  # concatenated channel 3 (b's first) is read by nothing
+    x = torch.randn(6, 2, 4, 4)
+    out, shrunk = shrunk_output(net, masks, x)
+    assert_same_function(masked_output(net, masks, x), out)
+    assert {op["op"] for op in shrunk.program["ops"]} >= {"cat", "pad", "affine", "avg_pool2d", "max_pool2d"}

@@ -203,3 +203,13 @@ def test_the_readme_loader_runs_shrunk_and_sparse_files_without_force_cli(lenet,
         expected = net(x)
     for out in outputs:
         assert torch.allclose(out, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_break_even_density_is_where_csr_time_crosses_dense_time():
+    from force_cli.shrink.bench import break_even
+
+    probes = [(0.001, 0.1), (0.01, 0.5), (0.05, 2.0)]
+    # between 0.01 (0.5 s) and 0.05 (2 s), 1 s is half-way in log time: sqrt(0.01 * 0.05)
+    assert break_even(1.0, probes) == pytest.approx((0.01 * 0.05) ** 0.5)
+    assert break_even(0.05, probes) == 0.0  # CSR never faster
+    assert break_even(3.0, probes) == 1.0  # always faster
