@@ -112,6 +112,11 @@ class ShrunkNet(nn.Module):
     The forward is generated code (a ``torch.fx.GraphModule``: one call per op, no interpretation),
     so that a network of a few small layers is not dominated by Python overhead; ``run_op`` is
     the reference it is tested against. CSR weights are built once, as buffers.
+
+    Linear layers and the ReLUs between them run feature-major: activations (features, batch),
+    each layer one ``addmm(bias, W, h)``. For the narrow layers of a shrunk network this is much
+    faster than ``F.linear``'s batch-major call (LeNet-300-100's shrunk 64-25-8-10 layers at batch
+    256, one thread: 23.5 against 41 µs). Any other op gets the batch-major view back (``.t()``).
     """
 
     def __init__(self, program: dict[str, Any], tensors: dict[str, torch.Tensor]):
@@ -121,43 +126,66 @@ class ShrunkNet(nn.Module):
         root = nn.Module()
         for name, attr in self._attr.items():
             root.register_buffer(attr, tensors[name])
-        graph = torch.fx.Graph()
-        values = [graph.placeholder("x")]
         for i, op in enumerate(program["ops"]):
             if op.get("format") == "csr":
                 root.register_buffer(f"csr{i}", csr_weight(op, tensors))
-            values.append(self._emit(graph, root, i, op, [values[j] for j in op["in"]]))
-        graph.output(values[program["output"]])
-        self.net = torch.fx.GraphModule(root, graph)
+            if op["op"] == "linear" and op.get("bias"):
+                root.register_buffer(f"column_bias{i}", tensors[op["bias"]][:, None].clone())
+        self.graph = torch.fx.Graph()
+        self.feature_major: set[torch.fx.Node] = set()  # values held as (features, batch)
+        values = [self.graph.placeholder("x")]
+        for i, op in enumerate(program["ops"]):
+            values.append(self._emit(i, op, [values[j] for j in op["in"]]))
+        self.graph.output(self._batch_major(values[program["output"]]))
+        self.net = torch.fx.GraphModule(root, self.graph)
+        del self.graph, self.feature_major
+        for name, attr in self._attr.items():  # the file's tensors the code does not read as they are
+            if not hasattr(self.net, attr):
+                self.register_buffer(attr, tensors[name])
 
-    def _emit(self, graph: torch.fx.Graph, root: nn.Module, i: int, op: dict, args: list) -> torch.fx.Node:
+    def _batch_major(self, value: torch.fx.Node) -> torch.fx.Node:
+        return self.graph.call_function(torch.t, (value,)) if value in self.feature_major else value
+
+    def _emit(self, i: int, op: dict, args: list) -> torch.fx.Node:
+        graph, call, kind = self.graph, self.graph.call_function, op["op"]
+
         def attr(key: str):
             return graph.get_attr(self._attr[op[key]]) if op.get(key) else None
 
-        kind, x = op["op"], args[0]
-        call = graph.call_function
-        if kind in ("conv2d", "linear") and op.get("format") == "csr":
-            weight = graph.get_attr(f"csr{i}")
-            y = call(_sparse_linear, (x, weight)) if kind == "linear" else call(_sparse_conv2d, (x, weight, op))
-            if op.get("bias"):
-                bias = attr("bias")
-                y = call(torch.add, (y, call(torch.Tensor.view, (bias, (1, -1, 1, 1)))) if kind == "conv2d" else (y, bias))
+        if kind == "linear":
+            h = args[0] if args[0] in self.feature_major else call(torch.t, (args[0],))
+            if op.get("format") == "csr":
+                y = call(torch.sparse.mm, (graph.get_attr(f"csr{i}"), h))
+                y = call(torch.add, (y, graph.get_attr(f"column_bias{i}"))) if op.get("bias") else y
+            elif op.get("bias"):
+                y = call(torch.addmm, (graph.get_attr(f"column_bias{i}"), attr("weight"), h))
+            else:
+                y = call(torch.mm, (attr("weight"), h))
+            self.feature_major.add(y)
+            return y
+        if kind == "relu" and args[0] in self.feature_major:
+            y = call(torch.relu, (args[0],))
+            self.feature_major.add(y)
+            return y
+        args = [self._batch_major(a) for a in args]
+        x = args[0]
+        if kind == "conv2d" and op.get("format") == "csr":
+            y = call(_sparse_conv2d, (x, graph.get_attr(f"csr{i}"), op))
+            y = call(torch.add, (y, call(torch.Tensor.view, (attr("bias"), (1, -1, 1, 1))))) if op.get("bias") else y
         elif kind == "conv2d":
             y = call(F.conv2d, (x, attr("weight"), attr("bias"), op["stride"], op["padding"], op["dilation"]))
-        elif kind == "linear":
-            y = call(F.linear, (x, attr("weight"), attr("bias")))
         elif kind in ("relu", "flatten", "add"):  # the commonest, called directly
             fn, extra = {"relu": (F.relu, ()), "flatten": (torch.flatten, (1,)), "add": (torch.add, ())}[kind]
             return call(fn, (*args, *extra))
-        else:  # the other ops: the reference implementation itself
-            tensors = {op[k]: getattr(root, self._attr[op[k]]) for k in ("scale", "shift") if op.get(k)}
-            if kind == "affine":
-                return call(run_op, ({"op": "affine", "scale": "s", "shift": "h"}, [x], {"s": attr("scale"), "h": attr("shift")}))
-            return call(run_op, (op, args, tensors))
+        elif kind == "affine":
+            return call(run_op, ({"op": "affine", "scale": "s", "shift": "h"}, [x], {"s": attr("scale"), "h": attr("shift")}))
+        else:  # the other ops, which hold no tensors: the reference implementation itself
+            return call(run_op, (op, args, {}))
         return call(torch.add, (y, attr("bias_map"))) if op.get("bias_map") else y
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        return {name: getattr(self.net, attr) for name, attr in self._attr.items()}
+        return {name: getattr(self.net, attr) if hasattr(self.net, attr) else getattr(self, attr)
+                for name, attr in self._attr.items()}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
