@@ -133,12 +133,17 @@ class ShrunkNet(nn.Module):
                 root.register_buffer(f"column_bias{i}", tensors[op["bias"]][:, None].clone())
         self.graph = torch.fx.Graph()
         self.feature_major: set[torch.fx.Node] = set()  # values held as (features, batch)
+        self.readers = [0] * (len(program["ops"]) + 1)
+        for op in program["ops"]:
+            for j in op["in"]:
+                self.readers[j] += 1
+        self.readers[program["output"]] += 1
         values = [self.graph.placeholder("x")]
         for i, op in enumerate(program["ops"]):
             values.append(self._emit(i, op, [values[j] for j in op["in"]]))
         self.graph.output(self._batch_major(values[program["output"]]))
         self.net = torch.fx.GraphModule(root, self.graph)
-        del self.graph, self.feature_major
+        del self.graph, self.feature_major, self.readers
         for name, attr in self._attr.items():  # the file's tensors the code does not read as they are
             if not hasattr(self.net, attr):
                 self.register_buffer(attr, tensors[name])
@@ -163,8 +168,8 @@ class ShrunkNet(nn.Module):
                 y = call(torch.mm, (attr("weight"), h))
             self.feature_major.add(y)
             return y
-        if kind == "relu" and args[0] in self.feature_major:
-            y = call(torch.relu, (args[0],))
+        if kind == "relu" and args[0] in self.feature_major:  # in place when nothing else reads the layer's output
+            y = call(torch.relu_ if self.readers[op["in"][0]] == 1 else torch.relu, (args[0],))
             self.feature_major.add(y)
             return y
         args = [self._batch_major(a) for a in args]
