@@ -3,7 +3,7 @@
 Whole network: ``dense`` (the checkpoint's model, pruned weights zero: what every other command
 runs), ``shrunk`` (``force shrink``'s network) and ``csr`` (the shrunk network with every conv and
 linear layer as a CSR matrix), at batch 1 and at the chosen batch size: the median over repeats
-(after warm-up; the three networks' repeats interleaved, so that load changes hit all alike), peak memory of one forward pass (CUDA: the allocator's peak; CPU: the profiler's
+(after warm-up; the three networks take turns of a few calls, so that load changes hit all alike), peak memory of one forward pass (CUDA: the allocator's peak; CPU: the profiler's
 allocations), bytes of the tensors a file would hold, and the largest output difference to dense.
 
 Per conv/linear layer: the same three on that layer's input, and the break-even density of its
@@ -70,19 +70,24 @@ def median_seconds(fn: Callable[[], Any], settings: BenchSettings, repeats: int 
 
 @torch.no_grad()
 def interleaved_medians(fns: dict[str, Callable[[], Any]], settings: BenchSettings) -> dict[str, float]:
-    """Median wall time of each function, the repeats taken in turn (a, b, c, a, b, c, ...), so that
-    a change in the machine's load during the run weighs on all of them alike."""
+    """Median wall time of each function, the repeats taken in turns of a few calls each (a a a,
+    b b b, c c c, a a a, ...): a change in the machine's load weighs on all of them alike, while
+    each call still finds its own weights in the caches as in real use (the first call of each
+    turn is not timed)."""
     for fn in fns.values():
         for _ in range(settings.warmup):
             fn()
+    block = max(1, min(10, settings.repeats // 3))
     times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(settings.repeats):
+    while len(next(iter(times.values()))) < settings.repeats:
         for name, fn in fns.items():
-            _sync(settings.device)
-            start = time.perf_counter()
             fn()
-            _sync(settings.device)
-            times[name].append(time.perf_counter() - start)
+            for _ in range(min(block, settings.repeats - len(times[name]))):
+                _sync(settings.device)
+                start = time.perf_counter()
+                fn()
+                _sync(settings.device)
+                times[name].append(time.perf_counter() - start)
     return {name: statistics.median(t) for name, t in times.items()}
 
 
