@@ -213,3 +213,14 @@ def test_break_even_density_is_where_csr_time_crosses_dense_time():
     assert break_even(1.0, probes) == pytest.approx((0.01 * 0.05) ** 0.5)
     assert break_even(0.05, probes) == 0.0  # CSR never faster
     assert break_even(3.0, probes) == 1.0  # always faster
+
+
+def test_bench_refuses_bad_settings_and_a_shrunk_file_in_one_line(lenet, tmp_path):
+    assert_clean_failure(invoke("bench", lenet[0], "--batch-size", "0"), "--batch-size must be at least 1")
+    assert_clean_failure(invoke("bench", lenet[0], "--repeats", "0"), "--repeats must be at least 1")
+    shrunk = tmp_path / "s.safetensors"
+    assert invoke("shrink", lenet[0], "-o", shrunk).exit_code == 0
+    assert_clean_failure(invoke("bench", shrunk), "shrunk network", "checkpoint it was made from")
+    assert_clean_failure(invoke("export", lenet[0], "--to", "sparse", "-o", tmp_path / "x.safetensors",
+                                "--batch-size", "-1"), "--batch-size must be at least 1")
+    assert not (tmp_path / "x.safetensors").exists()
