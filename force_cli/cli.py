@@ -346,10 +346,9 @@ def inspect(
     from force_cli.checkpoint import load_checkpoint
     from force_cli.report import effective_masks, json_document, render, summary
     from force_cli.restore import input_shape, model_from_checkpoint
-
     from force_cli.shrink import is_shrunk
 
-    if is_shrunk(checkpoint):
+    if is_shrunk(checkpoint):  # a shrunk network: its widths instead of densities
         _inspect_shrunk(checkpoint, json_output)
         return
     ckpt = load_checkpoint(checkpoint)
@@ -754,7 +753,7 @@ def _positive(option: str, value: int) -> int:
 @app.command(
     epilog="The output computes exactly what the masked network computes (eval mode), with the units and "
     "channels no input-to-output path uses removed. It is one safetensors file: a program (JSON) over plain "
-    "tensors, never pickled; README.md ('Does sparsity make it faster?') shows a 30-line loader that needs only "
+    "tensors, never pickled; README.md ('Does sparsity make it faster?') shows a short loader that needs only "
     "torch and safetensors. `force eval` and `force inspect` take it.\n\n"
     "Examples:\n\n"
     "  force shrink lenet.safetensors -o lenet-shrunk.safetensors\n\n"
