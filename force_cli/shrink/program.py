@@ -193,7 +193,7 @@ class ShrunkNet(nn.Module):
                 for name, attr in self._attr.items()}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        return self.net.forward(x)  # the generated code itself: no hooks are ever set on the inner module
 
 
 def save_shrunk(path: str | Path, program: dict[str, Any], tensors: dict[str, torch.Tensor],
