@@ -714,6 +714,7 @@ def export(
     repeats: Annotated[int, typer.Option("--repeats", help="sparse: timed runs per measurement (default: 20).", show_default=False)] = 20,
     device: DeviceOpt = None,
     trust_model_code: TrustOpt = False,
+    quiet: QuietOpt = False,
     threads: ThreadsOpt = None,
 ):
     """Convert a checkpoint: compact <-> dense (lossless), plain state_dict, torch.nn.utils.prune layout, or the fastest measured shrunk/CSR mix (sparse); print the path."""
@@ -722,21 +723,25 @@ def export(
     with hold((output, "output")):
         remove_stale(output)
         if to == "sparse":
-            path = _export_sparse(checkpoint, output, overwrite, batch_size, repeats, device)
+            path = _export_sparse(checkpoint, output, overwrite, batch_size, repeats, device, quiet)
         else:
             path = export_checkpoint(checkpoint, to, output, overwrite=overwrite)
     print(path)
 
 
 def _export_sparse(checkpoint: Path, output: Path, overwrite: bool, batch_size: int, repeats: int,
-                   device: Optional[str]) -> str:
+                   device: Optional[str], quiet: bool) -> str:
     from force_cli.device import resolve_device
     from force_cli.shrink.bench import BenchSettings
     from force_cli.shrink.export import export_sparse
 
     settings = BenchSettings(batch_size=_positive("--batch-size", batch_size), repeats=_positive("--repeats", repeats),
                              device=resolve_device(device or "auto"))
-    report = export_sparse(checkpoint, output, settings, overwrite=overwrite)
+    with progress_bar(quiet) as bar:
+        task = bar.add_task("timing layers", total=None, status="")
+        report = export_sparse(checkpoint, output, settings, overwrite=overwrite,
+                               progress=lambda what, done, total: bar.update(task, completed=done, total=total,
+                                                                             status=what))
     csr = [r["layer"] for r in report["layers"] if r["format"] == "csr"]
     stderr.print(one_line(f"wrote the {report['written']} network ({len(csr)} CSR layers: {', '.join(csr) or 'none'}); "
                           f"{report['network_s'] * 1e3:.3f} ms against {report['dense_network_s'] * 1e3:.3f} ms dense "

@@ -20,13 +20,14 @@ import torch
 from force_cli.checkpoint import check_new_output, load_checkpoint
 from force_cli.errors import ConfigError
 from force_cli.restore import input_shape, model_from_checkpoint
-from force_cli.shrink.bench import BenchSettings, program_inputs, median_seconds
+from force_cli.shrink.bench import BenchSettings, Progress, median_seconds, program_inputs
 from force_cli.shrink.program import ShrunkNet, is_shrunk, load_shrunk, run_op, save_shrunk
 from force_cli.shrink.rewrite import Shrunk, shrink_model
 from force_cli.shrink.sparse import mixing_indices, to_csr
 
 
-def choose_formats(shrunk: Shrunk, input_shape: tuple[int, ...], settings: BenchSettings) -> tuple[list[int], list[dict]]:
+def choose_formats(shrunk: Shrunk, input_shape: tuple[int, ...], settings: BenchSettings,
+                   progress: Progress | None = None) -> tuple[list[int], list[dict]]:
     """Indices of the ops CSR runs faster, and the measured times of every conv/linear op."""
     device = settings.device
     tensors = {k: v.to(device) for k, v in shrunk.tensors.items()}
@@ -35,8 +36,10 @@ def choose_formats(shrunk: Shrunk, input_shape: tuple[int, ...], settings: Bench
     x = torch.randn(settings.batch_size, *input_shape, generator=torch.Generator().manual_seed(0)).to(device)
     inputs = program_inputs(shrunk.program, tensors, x)
     chosen, record = [], []
-    for i in indices:
+    for n, i in enumerate(indices, 1):
         op, sop = shrunk.program["ops"][i], sparse_program["ops"][i]
+        if progress:
+            progress(f"layer {op['layer']}", n, len(indices))
         dense_s = median_seconds(lambda: run_op(op, inputs[i], tensors), settings)
         csr_s = median_seconds(lambda: run_op(sop, inputs[i], sparse_tensors), settings)
         if csr_s < dense_s:
@@ -47,7 +50,7 @@ def choose_formats(shrunk: Shrunk, input_shape: tuple[int, ...], settings: Bench
 
 
 def export_sparse(source: str | Path, output: str | Path, settings: BenchSettings, *,
-                  overwrite: bool = False) -> dict[str, Any]:
+                  overwrite: bool = False, progress: Progress | None = None) -> dict[str, Any]:
     output = Path(output)
     check_new_output(output, overwrite)
     if output.exists() and output.resolve() == Path(source).resolve():
@@ -65,7 +68,7 @@ def export_sparse(source: str | Path, output: str | Path, settings: BenchSetting
         shape = input_shape(metadata)
         shrunk = shrink_model(model, ckpt.masks, shape)
         baseline, fallback = model, None
-    chosen, record = choose_formats(shrunk, shape, settings)
+    chosen, record = choose_formats(shrunk, shape, settings, progress)
     program, tensors = to_csr(shrunk.program, shrunk.tensors, chosen)
     x = torch.randn(settings.batch_size, *shape, generator=torch.Generator().manual_seed(1)).to(device)
     mixed = ShrunkNet(program, tensors).to(device).eval()
