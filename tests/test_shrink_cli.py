@@ -224,3 +224,31 @@ def test_bench_refuses_bad_settings_and_a_shrunk_file_in_one_line(lenet, tmp_pat
     assert_clean_failure(invoke("export", lenet[0], "--to", "sparse", "-o", tmp_path / "x.safetensors",
                                 "--batch-size", "-1"), "--batch-size must be at least 1")
     assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_the_readme_loader_runs_every_op_kind_dense_and_csr(tmp_path):
+    """Convolutions (dense and CSR), a per-position bias, concatenation, channel padding, a
+    standalone batch norm, pools: the README's loader against the masked network itself."""
+    from force_cli.shrink import save_shrunk
+    from force_cli.shrink.sparse import mixing_indices, to_csr
+    from tests.test_shrink import Concatenation, masked_output, randomise_constants_
+
+    torch.manual_seed(0)
+    net = Concatenation()
+    randomise_constants_(net, 4)
+    masks = {n: torch.rand(w.shape) < 0.4 for n, w in prunable_weights(net).items()}
+    masks["a.weight"][1] = False  # a constant channel, read by the padded conv c: a bias map
+    shrunk = shrink_model(net, masks, (2, 4, 4))
+    assert any(op.get("bias_map") for op in shrunk.program["ops"])
+    dense_file, csr_file = tmp_path / "dense.safetensors", tmp_path / "csr.safetensors"
+    save_shrunk(dense_file, shrunk.program, shrunk.tensors, {})
+    save_shrunk(csr_file, *to_csr(shrunk.program, shrunk.tensors, mixing_indices(shrunk.program)), {})
+    x = torch.randn(3, 2, 4, 4)
+    expected = masked_output(net, masks, x)
+    namespace: dict = {}
+    exec(compile(readme_loader(), "README.md", "exec"), namespace)
+    for path in (dense_file, csr_file):
+        out = namespace["load"](str(path))(x)
+        assert torch.allclose(out, expected, rtol=1e-5, atol=1e-5 * float(expected.abs().max()))
+        with torch.no_grad():
+            assert torch.allclose(load_shrunk(path)[0](x), expected, rtol=1e-5, atol=1e-5 * float(expected.abs().max()))
