@@ -11,19 +11,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Union
+from typing import Union
 
 from force_cli.errors import UnknownNameError
 from force_cli.pruning.objectives import Objective, make_objective
-
-if TYPE_CHECKING:
-    from force_cli.pruning.criteria import ScoreFn
 
 
 @dataclass(frozen=True)
 class Method:
     name: str
-    score: Union[ScoreFn, str]  # the score function, or the name of one in criteria.py
+    score: Union[Callable, str]  # criteria.ScoreFn, or the name of one in criteria.py
     summary: str
     iterative: bool = False
     revives: bool = False  # may a weight pruned at step t come back at step t+1?
