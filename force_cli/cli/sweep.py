@@ -17,6 +17,7 @@ from force_cli.cli.status import FAILED, fail, interruption, run_wrapper, stoppe
 from force_cli.config import load_recipe
 from force_cli.errors import ForceError
 from force_cli.locking import hold
+from force_cli.models.trust import trusted_model_code
 from force_cli.safe_text import one_line
 from force_cli.sweep_report import write_report
 from force_cli.threads import apply_threads
@@ -95,8 +96,6 @@ def sweep(
 
         try:
             # the recipe names the model it prunes, so the sweep may rebuild that one from its checkpoints
-            from force_cli.models.trust import trusted_model_code
-
             with trusted_model_code(only=str(loaded.common.get("model"))):
                 records = run_sweep(loaded, out, SweepHooks(on_cell_start=on_cell_start, on_cell_done=on_cell_done,
                                                             on_warning=on_warning), jobs=jobs)
