@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from force_cli.errors import UnknownNameError
-from force_cli.pruning.flat import FlatMasks, FlatWeights
+from force_cli.pruning.flat import FlatMasks, FlatWeights, takes_flat_path
 from force_cli.pruning.masks import Masks, Scores
 from force_cli.pruning.objectives import Objective
 
@@ -126,7 +126,9 @@ def connection_sensitivity(ctx: ScoringContext, masks: Masks) -> Scores:
     """|θ0 ⊙ ∇L(θ0 ⊙ c)|: FORCE's foresight saliency; SNIP's when c = 1; Iterative SNIP's on kept weights."""
     grads = masked_gradients(ctx, masks)  # fresh tensors owned by this step: transform in place
     values = list(grads.values())
-    torch._foreach_mul_(values, [ctx.initial[name] for name in grads])  # one operation, not one per layer
+    if not takes_flat_path(values[0].device):  # CPU: both passes over a layer while it is in the cache
+        return {name: g.mul_(ctx.initial[name]).abs_() for name, g in grads.items()}  # (VGG-19: 19 vs 31 ms)
+    torch._foreach_mul_(values, [ctx.initial[name] for name in grads])  # a GPU: one launch, not one per layer
     torch._foreach_abs_(values)
     return grads
 
@@ -135,7 +137,9 @@ def squared_gradient(ctx: ScoringContext, masks: Masks) -> Scores:
     """(∇L(θ ⊙ c))²: GraSP-It, the reference code's gradient-norm approximation."""
     grads = masked_gradients(ctx, masks)
     values = list(grads.values())
-    torch._foreach_mul_(values, values)  # g * g: what square_ computes, in one operation
+    if not takes_flat_path(values[0].device):
+        return {name: g.square_() for name, g in grads.items()}
+    torch._foreach_mul_(values, values)  # g * g, what square_ computes, in one launch
     return grads
 
 
