@@ -169,6 +169,28 @@ def test_synflow_and_a_weight_shared_by_two_layers_fall_back_to_per_layer_buffer
     assert all(torch.equal(cpu.masks[n], on_flat.masks[n]) for n in cpu.masks)
 
 
+def test_scores_in_another_order_than_the_weights_keep_their_own_order(monkeypatch):
+    """A criterion may return its scores in another layer order than the weights' flat buffer
+    (their order breaks ties): the masks made in that order must still reach the right layers when
+    the next step loads θ0 ⊙ c. Layers of one shape, so that no shape check can notice."""
+    from force_cli.pruning import criteria
+
+    def reversed_sensitivity(ctx, masks):
+        return dict(reversed(criteria.connection_sensitivity(ctx, masks).items()))
+    monkeypatch.setitem(criteria.METHODS, "reversed", criteria.Method(
+        "reversed", reversed_sensitivity, "test", iterative=True, revives=True, default_steps=4,
+        objective=criteria.Objective("cross-entropy")))
+
+    def same_shapes():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(6, 6), nn.Tanh(), nn.Linear(6, 6), nn.Tanh(), nn.Linear(6, 6))
+    g = torch.Generator().manual_seed(0)
+    stream = FixedStream([(torch.randn(16, 6, generator=g), torch.randint(0, 6, (16,), generator=g))])
+    cpu, on_flat = prune_both_ways(monkeypatch, same_shapes, "reversed", sparsity=0.8, stream=stream)
+    assert all(torch.equal(cpu.masks[n], on_flat.masks[n]) for n in cpu.masks)
+    assert [i.threshold for i in cpu.history] == [i.threshold for i in on_flat.history]
+
+
 def test_the_working_weights_are_theta0_times_the_mask_bit_for_bit(flat_path):
     from force_cli.pruning.criteria import load_masked_initial
     from force_cli.pruning.loop import scoring_context

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from force_cli.errors import UnknownNameError
-from force_cli.pruning.flat import FlatMasks, FlatWeights, takes_flat_path
+from force_cli.pruning.flat import FlatWeights, takes_flat_path
 from force_cli.pruning.masks import Masks, Scores
 from force_cli.pruning.objectives import Objective
 
@@ -87,7 +87,7 @@ def get_method(name: str) -> Method:
 @torch.no_grad()
 def load_masked_initial(ctx: ScoringContext, masks: Masks) -> None:
     """Set the working model's prunable weights to θ0 ⊙ c (in place: no copies of the network)."""
-    if isinstance(masks, FlatMasks) and ctx.flat_weights is not None and ctx.flat_weights.usable:
+    if ctx.flat_weights is not None and ctx.flat_weights.fits(masks):
         ctx.flat_weights.load([ctx.initial[n] for n in ctx.weights], masks)  # two operations, not two per layer
         return
     for name, w in ctx.weights.items():

@@ -59,7 +59,7 @@ class FlatWeights:
 
     def __init__(self, weights: dict[str, nn.Parameter]):
         params = list(weights.values())
-        self.params = params
+        self.names, self.params = list(weights), params
         self.flat = None
         if not params or len({id(p) for p in params}) != len(params) or not all(p.is_contiguous() for p in params) \
                 or len({(p.dtype, p.device) for p in params}) != 1:
@@ -78,6 +78,10 @@ class FlatWeights:
         """Whether the weights are still views of ``flat`` (SynFlow's ``double()`` replaces them)."""
         return self.flat is not None and self.params[0].data_ptr() == self.flat.data_ptr()
 
+    def fits(self, masks) -> bool:
+        """Whether ``masks`` lie in one flat tensor in the order of ``flat`` (so ``load`` applies)."""
+        return isinstance(masks, FlatMasks) and self.usable and list(masks) == self.names
+
     @torch.no_grad()
     def load(self, initial: list[Tensor], masks: FlatMasks) -> None:
         """weights = θ0 ⊙ c, in two operations (bit-identical to the per-layer product)."""
@@ -85,10 +89,11 @@ class FlatWeights:
         self.flat.mul_(masks.flat)
 
     @torch.no_grad()
-    def take(self, scores: dict[str, Tensor], names: list[str]) -> Tensor | None:
-        """``scores`` (in ``names`` order) copied into ``flat``; None when they do not fit it."""
-        values = [scores[n] for n in names]
-        if not self.usable or list(scores) != names or any(
+    def take(self, scores: dict[str, Tensor]) -> Tensor | None:
+        """``scores`` copied into ``flat``, in their own order; None when they do not fit it
+        (shapes, dtype, or scores that are the weights themselves)."""
+        values = list(scores.values())
+        if not self.usable or any(
                 v.dtype != self.flat.dtype or v.device != self.flat.device or v.shape != p.shape
                 or v.untyped_storage().data_ptr() == self.flat.untyped_storage().data_ptr()
                 for v, p in zip(values, self.params)):
@@ -109,7 +114,7 @@ def keep_top_k(scores: dict[str, Tensor], k: int, *, pruned: FlatMasks | None = 
     shapes = {n: scores[n].shape for n in names}
     if k >= sum(s.numel() for s in shapes.values()):  # every weight: no threshold, as keep_top_k
         return FlatMasks.dense(shapes, scores[names[0]].device), None
-    flat = weights.take(scores, names) if weights is not None else None
+    flat = weights.take(scores) if weights is not None else None
     if flat is None:
         flat = torch.cat([scores[n].reshape(-1) for n in names])
     if pruned is not None:
