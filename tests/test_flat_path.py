@@ -169,16 +169,22 @@ def test_synflow_and_a_weight_shared_by_two_layers_fall_back_to_per_layer_buffer
     assert all(torch.equal(cpu.masks[n], on_flat.masks[n]) for n in cpu.masks)
 
 
-def test_scores_in_another_order_than_the_weights_keep_their_own_order(monkeypatch):
+@pytest.mark.parametrize("revives", [True, False])
+def test_scores_in_another_order_than_the_weights_keep_their_own_order(monkeypatch, revives):
     """A criterion may return its scores in another layer order than the weights' flat buffer
-    (their order breaks ties): the masks made in that order must still reach the right layers when
-    the next step loads θ0 ⊙ c. Layers of one shape, so that no shape check can notice."""
+    (their order breaks ties), here every other step: the masks made in one order must still reach
+    the right layers at the next step, when it loads θ0 ⊙ c and when it sets the pruned weights'
+    scores to -inf. Layers of one shape, so that no shape check can notice."""
     from force_cli.pruning import criteria
 
+    calls = []
+
     def reversed_sensitivity(ctx, masks):
-        return dict(reversed(criteria.connection_sensitivity(ctx, masks).items()))
+        scores = criteria.connection_sensitivity(ctx, masks)
+        calls.append(1)
+        return dict(reversed(scores.items())) if len(calls) % 2 else scores
     monkeypatch.setitem(criteria.METHODS, "reversed", criteria.Method(
-        "reversed", reversed_sensitivity, "test", iterative=True, revives=True, default_steps=4,
+        "reversed", reversed_sensitivity, "test", iterative=True, revives=revives, default_steps=4,
         objective=criteria.Objective("cross-entropy")))
 
     def same_shapes():

@@ -118,7 +118,8 @@ def keep_top_k(scores: dict[str, Tensor], k: int, *, pruned: FlatMasks | None = 
     if flat is None:
         flat = torch.cat([scores[n].reshape(-1) for n in names])
     if pruned is not None:
-        flat.masked_fill_(pruned.flat.logical_not(), float("-inf"))
+        kept_before = pruned.flat if list(pruned) == names else torch.cat([pruned[n].reshape(-1) for n in names])
+        flat.masked_fill_(kept_before.logical_not(), float("-inf"))
     kept, threshold = top_k(flat, k)
     return FlatMasks(kept, shapes), threshold
 
