@@ -103,7 +103,7 @@ def counts(model, batch, sparsity, method):
             "bare_read_backs": bare.read_backs, "ops_ratio": round((ops_2 - ops_1) / bare.ops, 3)}
 
 
-def peak_mib(model, batch, run):
+def peak_mib(run):
     """Peak CUDA memory allocated above the model (and the batch) while ``run()`` runs, in MiB."""
     torch.cuda.synchronize()
     base = torch.cuda.memory_allocated()
@@ -115,10 +115,9 @@ def peak_mib(model, batch, run):
 
 def peak_memory(model, batch, steps, sparsity, method):
     fresh = copy.deepcopy(model)
-    bare = peak_mib(fresh, batch, lambda: bare_passes(fresh, batch, 1))
+    bare = peak_mib(lambda: bare_passes(fresh, batch, 1))
     del fresh
-    pruning = peak_mib(model, batch, lambda: prune(model, method=method, sparsity=sparsity, steps=steps,
-                                                   stream=SameBatch(batch)))
+    pruning = peak_mib(lambda: prune(model, method=method, sparsity=sparsity, steps=steps, stream=SameBatch(batch)))
     return {"bare": bare, "prune": pruning, "ratio": round(pruning / bare, 3)}
 
 
