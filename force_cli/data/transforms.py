@@ -95,9 +95,13 @@ class Normalize:
 
     def __call__(self, x: Tensor) -> Tensor:
         if x.device not in self._constants:
-            self._constants[x.device] = tuple(t.to(x.device) for t in (torch.tensor(255.0), self.mean, self.std))
+            scale = torch.tensor(255.0, dtype=torch.float32)
+            self._constants[x.device] = tuple(t.to(x.device) for t in (scale, self.mean, self.std))
         scale, mean, std = self._constants[x.device]
         return x.to(torch.float32).div_(scale).sub_(mean).div_(std)  # in place: same values
+
+    def __getstate__(self):  # a loader worker makes its own copies (never CUDA tensors in a pickle)
+        return {**self.__dict__, "_constants": {}}
 
     def draw(self, shape) -> None:
         return None

@@ -93,7 +93,7 @@ class FlatWeights:
         """``scores`` copied into ``flat``, in their own order; None when they do not fit it
         (shapes, dtype, or scores that are the weights themselves)."""
         values = list(scores.values())
-        if not self.usable or any(
+        if not self.usable or len(values) != len(self.params) or any(
                 v.dtype != self.flat.dtype or v.device != self.flat.device or v.shape != p.shape
                 or v.untyped_storage().data_ptr() == self.flat.untyped_storage().data_ptr()
                 for v, p in zip(values, self.params)):
