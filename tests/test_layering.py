@@ -4,7 +4,7 @@ The layers, lowest first (docs/architecture.md); a module may import from its ow
 layer below it, never from one above:
 
   0. foundation: the package root, errors, safe_text, atomic, locking, threads, lazy, allocator,
-     config, device, distributed
+     config, device, distributed, op_counts
   1. models, data, checkpoint (checkpoint, checkpoint_files, compact, export, export_formats)
   2. pruning
   3. evaluation, report, restore (a checkpoint's model), inspection
@@ -29,7 +29,7 @@ PACKAGE_ROOT = Path(__file__).resolve().parent.parent / "force_cli"
 LAYERS: list[tuple[str, list[str]]] = [
     ("foundation", ["force_cli", "force_cli.errors", "force_cli.safe_text", "force_cli.atomic", "force_cli.locking",
                     "force_cli.threads", "force_cli.lazy", "force_cli.allocator", "force_cli.config", "force_cli.device",
-                    "force_cli.distributed"]),
+                    "force_cli.distributed", "force_cli.op_counts"]),
     ("models, data, checkpoint", ["force_cli.models", "force_cli.data", "force_cli.checkpoint",
                                   "force_cli.checkpoint_files", "force_cli.compact", "force_cli.export",
                                   "force_cli.export_formats"]),

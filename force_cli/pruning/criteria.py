@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from force_cli.pruning.flat import FlatWeights, takes_flat_path
 from force_cli.pruning.masks import Masks, Scores
 # the registry, re-exported for callers that import it from here
 from force_cli.pruning.methods import METHODS, Method, get_method, register  # noqa: F401
@@ -41,6 +42,8 @@ class ScoringContext:
     #: Under torchrun: turns this rank's gradients averaged over its ``n`` batches, in place, into
     #: the average over every rank's batches (set by ``loop.scoring_context``; None otherwise).
     reduce_gradients: Callable[[list[torch.Tensor], int], None] | None = None
+    #: On the flat (GPU) path: ``weights`` as views of one buffer (see ``flat.py``); None on the CPU.
+    flat_weights: FlatWeights | None = None
     cache: dict = field(default_factory=dict)
 
 
@@ -58,6 +61,9 @@ def score_function(method: Method) -> ScoreFn:
 @torch.no_grad()
 def load_masked_initial(ctx: ScoringContext, masks: Masks) -> None:
     """Set the working model's prunable weights to θ0 ⊙ c (in place: no copies of the network)."""
+    if ctx.flat_weights is not None and ctx.flat_weights.fits(masks):
+        ctx.flat_weights.load([ctx.initial[n] for n in ctx.weights], masks)  # two operations, not two per layer
+        return
     for name, w in ctx.weights.items():
         # via uint8: bool -> float conversion is ~25x slower on CPU; the product is bit-identical
         w.data.copy_(masks[name].view(torch.uint8)).mul_(ctx.initial[name])
@@ -93,12 +99,22 @@ def masked_gradients(ctx: ScoringContext, masks: Masks) -> dict[str, torch.Tenso
 def connection_sensitivity(ctx: ScoringContext, masks: Masks) -> Scores:
     """|θ0 ⊙ ∇L(θ0 ⊙ c)|: FORCE's foresight saliency; SNIP's when c = 1; Iterative SNIP's on kept weights."""
     grads = masked_gradients(ctx, masks)  # fresh tensors owned by this step: transform in place
-    return {name: g.mul_(ctx.initial[name]).abs_() for name, g in grads.items()}
+    values = list(grads.values())
+    if not takes_flat_path(values[0].device):  # CPU: both passes over a layer while it is in the cache
+        return {name: g.mul_(ctx.initial[name]).abs_() for name, g in grads.items()}  # (VGG-19: 19 vs 31 ms)
+    torch._foreach_mul_(values, [ctx.initial[name] for name in grads])  # a GPU: one launch, not one per layer
+    torch._foreach_abs_(values)
+    return grads
 
 
 def squared_gradient(ctx: ScoringContext, masks: Masks) -> Scores:
     """(∇L(θ ⊙ c))²: GraSP-It, the reference code's gradient-norm approximation."""
-    return {name: g.square_() for name, g in masked_gradients(ctx, masks).items()}
+    grads = masked_gradients(ctx, masks)
+    values = list(grads.values())
+    if not takes_flat_path(values[0].device):
+        return {name: g.square_() for name, g in grads.items()}
+    torch._foreach_mul_(values, values)  # g * g, what square_ computes, in one launch
+    return grads
 
 
 def grasp(ctx: ScoringContext, masks: Masks) -> Scores:

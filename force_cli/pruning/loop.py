@@ -13,6 +13,7 @@ from torch import nn
 
 from force_cli import distributed
 from force_cli.errors import ConfigError
+from force_cli.pruning import flat
 from force_cli.pruning.criteria import Batch, ScoringContext, score_function
 from force_cli.pruning.masks import Masks, Scores, count_kept, dense_masks, keep_top_k, kept_for_sparsity, prunable_weights
 from force_cli.pruning.methods import get_method, resolve_objective
@@ -107,6 +108,7 @@ def scoring_context(model: nn.Module, *, stream=None, num_batches: int = 1,
         generator=torch.Generator().manual_seed(seed),
         objective=objective,
         reduce_gradients=distributed.all_reduce_weighted_mean_ if distributed.active() else None,
+        flat_weights=flat.FlatWeights(weights) if flat.takes_flat_path(device) else None,
     )
 
 
@@ -167,21 +169,29 @@ def prune(
     ctx = scoring_context(model, stream=stream, num_batches=num_batches, input_shape=input_shape, seed=seed,
                           objective=objective)
     device = next(iter(ctx.weights.values())).device
-    masks = {n: m.to(device) for n, m in initial_masks.items()}
+    flat_path = flat.takes_flat_path(device)  # a GPU's: few kernels and one read-back per step
+    if flat_path:
+        masks = flat.FlatMasks.dense({n: m.shape for n, m in initial_masks.items()}, device)
+    else:
+        masks = {n: m.to(device) for n, m in initial_masks.items()}
     history = []
     workspace = Workspace()
     score = score_function(spec)
     for t, kt in enumerate(counts, start=1):
         scores = score(ctx, masks)
-        if not spec.revives:
-            for name, s in scores.items():
-                s.masked_fill_(~masks[name], float("-inf"))
-        masks, threshold = keep_top_k(scores, kt, return_threshold=True, workspace=workspace)
+        if flat_path:
+            masks, threshold = flat.keep_top_k(scores, kt, pruned=None if spec.revives else masks,
+                                               weights=ctx.flat_weights)
+        else:
+            if not spec.revives:
+                for name, s in scores.items():
+                    s.masked_fill_(~masks[name], float("-inf"))
+            masks, threshold = keep_top_k(scores, kt, return_threshold=True, workspace=workspace)
         info = StepInfo(step=t, steps=steps, kept=kt, total=total, threshold=threshold)
         history.append(info)
         if on_step is not None:
             on_step(dataclasses.replace(info, masks=masks))
-    masks = {n: m.cpu() for n, m in masks.items()}
+    masks = masks.to_cpu() if flat_path else {n: m.cpu() for n, m in masks.items()}
     distributed.check_identical(list(masks.values()), "pruning masks")
     return PruneResult(masks=masks, total=total, kept=count_kept(masks), steps=steps, history=history,
                        objective=objective)
