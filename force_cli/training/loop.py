@@ -410,8 +410,10 @@ class Trainer:
     # -- running --------------------------------------------------------------------------
 
     def _evaluate(self, split: str, epoch: int) -> EvalMetrics | None:
-        """Loss and accuracy on the val or test split. The loader has its own seeded generator (and
-        fresh workers), so evaluating never moves torch's global RNG and a resumed run matches."""
+        """Loss and accuracy on the val or test split, read back once at its end. An in-memory split
+        is batched on the training device without a loader; another goes through a loader with its
+        own seeded generator (and fresh workers). Evaluating never moves torch's global RNG, so a
+        resumed run matches."""
         dataset = self.eval_data[split]
         if dataset is None or len(dataset) == 0:
             return None
