@@ -45,7 +45,9 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--epochs", type=int, default=None, help="default: digits' 100")
     parser.add_argument("--configs", default=",".join(CONFIGS))
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: steady on a shared machine)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for seed in [int(s) for s in args.seeds.split(",")]:

@@ -362,7 +362,12 @@ def main() -> None:
     parser.add_argument("--tests", default=None, help="pytest arguments (default: tests; quick: tests/test_step_counts.py)")
     parser.add_argument("--test-workers", type=int, default=8, help="pytest -n N where pytest-xdist is installed")
     parser.add_argument("--output", type=Path, default=None, help="also write the JSON document here")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own; quick: 1)")
     args = parser.parse_args()
+    threads = args.threads or (1 if args.quick else None)
+    if threads:
+        torch.set_num_threads(threads)
+        os.environ["FORCE_THREADS"] = str(threads)  # the force commands and tests it starts
     args.train_models = args.train_models or ("lenet300" if args.quick else "vgg19,resnet50")
     if args.paper_workers is None:
         args.paper_workers = 0 if args.quick else 1
