@@ -54,6 +54,7 @@ import train_vs_pytorch  # noqa: E402
 from force_cli.config import TrainSettings  # noqa: E402
 from force_cli.data import load_datasets  # noqa: E402
 from force_cli.models import build_model  # noqa: E402
+from force_cli.pruning import prune  # noqa: E402
 from force_cli.pruning.masks import prunable_weights  # noqa: E402
 from force_cli.training.loop import TrainCallbacks, Trainer, TrainingDiverged  # noqa: E402
 from force_cli.training.settings import complete_settings  # noqa: E402
@@ -128,8 +129,9 @@ def prune_case(name: str, imagenet: bool, batch_size: int, steps: int, repeats: 
         "ratio": round(statistics.median(p / b for p, b in zip(pruning, bare)), 3),
         "repeat_ratios": [round(p / b, 3) for p, b in zip(pruning, bare)],
         "peak_mib_bare_pass": peak_mib_above(lambda: prune_speed.bare_passes(fresh, batch, 1), device),
-        "peak_mib_prune": peak_mib_above(
-            lambda: prune_speed.interleaved(model, batch, 2, SPARSITY, "force"), device),
+        "peak_mib_prune": peak_mib_above(  # 2 steps: the working copy, scores and top-k of a step
+            lambda: prune(model, method="force", sparsity=SPARSITY, steps=2, stream=prune_speed.SameBatch(batch)),
+            device),
     }
 
 
@@ -303,14 +305,15 @@ def cli_section(args, device: torch.device, budget: Budget, tmp: Path) -> list[d
         ["train", str(out / "c.safetensors"), "-o", str(out / "c-trained.safetensors"), "--epochs", "1",
          "--batch-size", "16" if args.quick else "128", *speed, "--quiet", *dev],
         ["eval", str(out / "c-trained.safetensors"), "--json", "--quiet", *dev],
-        ["inspect", str(out / "c-trained.safetensors"), "--json"],
-        ["export", str(out / "c-trained.safetensors"), "--to", "compact", "-o", str(out / "c-compact.safetensors")],
-        ["eval", str(out / "c-compact.safetensors"), "--json", "--quiet", *dev],
+        *([] if args.quick else [  # --quick: fewer process starts (each imports torch)
+            ["inspect", str(out / "c-trained.safetensors"), "--json"],
+            ["export", str(out / "c-trained.safetensors"), "--to", "compact", "-o", str(out / "c-compact.safetensors")],
+            ["eval", str(out / "c-compact.safetensors"), "--json", "--quiet", *dev]]),
         ["prune", "--model", "resnet18", "--dataset", "imagefolder", "--data-dir", str(images), "--no-download",
          "--sparsity", "0.99", "--steps", "2", "--batch-size", "6", "-o", str(out / "i.safetensors"), "--quiet", *dev],
         ["train", str(out / "i.safetensors"), "-o", str(out / "i-trained.safetensors"), "--epochs", "1",
          "--batch-size", "6", "--workers", "2", "--quiet", *dev],
-        ["eval", str(out / "i-trained.safetensors"), "--json", "--quiet", *dev],
+        *([] if args.quick else [["eval", str(out / "i-trained.safetensors"), "--json", "--quiet", *dev]]),
     ]
     results = []
     for argv in plan:
@@ -329,7 +332,8 @@ def cli_section(args, device: torch.device, budget: Budget, tmp: Path) -> list[d
 
 def tests_section(args, budget: Budget) -> dict:
     xdist = importlib.util.find_spec("xdist") is not None
-    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x" if args.quick else "-rf",
+    # pyproject's addopts already has -q; -rf lists the failures
+    command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-rf", *(["-x"] if args.quick else []),
                *(["-n", str(args.test_workers)] if xdist and args.test_workers > 1 else []), *args.tests.split()]
     timeout = budget.left - 5
     if timeout < 20:
@@ -359,7 +363,7 @@ def main() -> None:
     parser.add_argument("--train-models", default=None, help="comma-separated (default vgg19,resnet50; quick: lenet300)")
     parser.add_argument("--images", type=int, default=20000, help="fake CIFAR-10 training images (90 %% trained)")
     parser.add_argument("--paper-workers", type=int, default=None, help="loader workers of the paper-style loop (default: 1, the paper code's; quick: 0)")
-    parser.add_argument("--tests", default=None, help="pytest arguments (default: tests; quick: tests/test_step_counts.py)")
+    parser.add_argument("--tests", default=None, help="pytest arguments (default: tests; quick: two tests of tests/test_step_counts.py)")
     parser.add_argument("--test-workers", type=int, default=8, help="pytest -n N where pytest-xdist is installed")
     parser.add_argument("--output", type=Path, default=None, help="also write the JSON document here")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own; quick: 1)")
@@ -371,7 +375,7 @@ def main() -> None:
     args.train_models = args.train_models or ("lenet300" if args.quick else "vgg19,resnet50")
     if args.paper_workers is None:
         args.paper_workers = 0 if args.quick else 1
-    args.tests = args.tests or ("tests/test_step_counts.py" if args.quick else "tests")
+    args.tests = args.tests or ("tests/test_step_counts.py -k evaluate" if args.quick else "tests")
     if args.quick:
         args.repeats = 1
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
