@@ -202,3 +202,23 @@ def test_a_compiled_run_stopped_inside_an_epoch_resumes_bit_identically():
     second.load_state(saved["structure"], saved["tensors"], saved["history"])
     assert strip(second.run()) == strip(history)
     assert_same_weights(second, straight)
+
+
+def test_under_torchrun_compiled_ranks_train_like_eager_ranks(tmp_path):
+    """DDP around the compiled model (2 CPU processes, gloo): the same weights as the eager ranks'
+    within float noise, and no warning on stderr."""
+    from force_cli.checkpoint import load_checkpoint
+    from tests.test_torchrun import _force, _lenet_checkpoint
+
+    if compiled.unavailable(CPU) is not None:
+        pytest.skip(compiled.unavailable(CPU))
+    init = _lenet_checkpoint(tmp_path / "lenet.safetensors")
+    common = ["train", init, "--epochs", "2", "--device", "cpu", "--batch-size", "16"]
+    run = _force([*common, "--compile", "-o", "compiled.safetensors"], tmp_path, nproc=2)
+    _force([*common, "-o", "eager.safetensors"], tmp_path, nproc=2)
+    for noise in ("--compile", "No CUDA runtime", "Traceback"):  # no fallback warning, no inductor chatter
+        assert noise not in run.stderr, run.stderr[-2000:]
+    a, b = load_checkpoint(tmp_path / "eager.safetensors"), load_checkpoint(tmp_path / "compiled.safetensors")
+    assert b.metadata["training"]["compile"] is True and b.metadata["training"]["world_size"] == 2
+    for name, weight in a.state_dict.items():
+        torch.testing.assert_close(b.state_dict[name], weight, rtol=1e-4, atol=1e-5, msg=name)

@@ -107,7 +107,8 @@ class CompiledModel(nn.Module):
         training, grad = mode
         if training and not (grad and self.trial):  # no safe way back from a failure: let it raise
             self._started.add(mode)
-            return self._run(x)
+            with _quiet_cpp_extension_logger():
+                return self._run(x)
         try:
             with _quiet_cpp_extension_logger():
                 if training:
