@@ -250,7 +250,9 @@ class Trainer:
 
     ``settings`` must be complete (``complete_settings``). ``save(trainer)`` is called to write a
     partial checkpoint: every ``settings.save_every`` epochs and when stopped; ``log`` (a text file)
-    receives one JSON line per epoch.
+    receives one JSON line per epoch. With ``settings.compile`` the steps and the evaluation go
+    through ``compiled.CompiledModel`` (``self.compiled``); ``self.model`` stays the plain model,
+    whose ``state_dict`` is saved.
     """
 
     def __init__(self, model: nn.Module, masks: Mapping[str, Tensor], splits: DataSplits,
