@@ -13,9 +13,10 @@ from torch import nn
 
 from force_cli import distributed
 from force_cli.errors import ConfigError
-from force_cli.pruning.criteria import Batch, Method, ScoringContext, get_method
+from force_cli.pruning.criteria import Batch, ScoringContext, score_function
 from force_cli.pruning.masks import Masks, Scores, count_kept, dense_masks, keep_top_k, kept_for_sparsity, prunable_weights
-from force_cli.pruning.objectives import Objective, make_objective
+from force_cli.pruning.methods import get_method, resolve_objective
+from force_cli.pruning.objectives import Objective
 from force_cli.pruning.schedules import kept_counts
 from force_cli.pruning.topk import Workspace
 
@@ -82,25 +83,6 @@ class _BatchSource:
                 if i % self.world_size == self.rank]
 
 
-def resolve_objective(spec: Method, loss: str | None = None, temperature: float | None = None) -> Objective | None:
-    """The saliency objective of a run: the method's own unless ``loss`` or ``temperature`` is given.
-
-    A temperature alone selects cross-entropy (the only objective it applies to); cross-entropy
-    without a temperature takes the method's default one (200 for GraSP, else 1). A criterion
-    registered without an objective uses cross-entropy. Data-free methods have no objective:
-    None, whatever is asked.
-    """
-    if not spec.needs_data:
-        return None
-    own = spec.objective or Objective("cross-entropy")  # a registered criterion that names none
-    if loss is None and temperature is None:
-        return own
-    loss = loss or "cross-entropy"
-    if temperature is None and loss == "cross-entropy" and own.name == "cross-entropy":
-        temperature = own.temperature
-    return make_objective(loss, temperature)
-
-
 def scoring_context(model: nn.Module, *, stream=None, num_batches: int = 1,
                     input_shape: tuple[int, ...] | None = None, seed: int = 0,
                     objective: Objective | None = None) -> ScoringContext:
@@ -137,7 +119,7 @@ def compute_scores(model: nn.Module, method: str, masks: Masks | None = None, **
     context.setdefault("objective", resolve_objective(spec))
     ctx = scoring_context(model, **context)
     masks = masks if masks is not None else dense_masks(model)
-    return spec.score(ctx, {n: m.to(ctx.initial[n].device) for n, m in masks.items()})
+    return score_function(spec)(ctx, {n: m.to(ctx.initial[n].device) for n, m in masks.items()})
 
 
 def prune(
@@ -188,8 +170,9 @@ def prune(
     masks = {n: m.to(device) for n, m in initial_masks.items()}
     history = []
     workspace = Workspace()
+    score = score_function(spec)
     for t, kt in enumerate(counts, start=1):
-        scores = spec.score(ctx, masks)
+        scores = score(ctx, masks)
         if not spec.revives:
             for name, s in scores.items():
                 s.masked_fill_(~masks[name], float("-inf"))
