@@ -22,7 +22,7 @@ Sections, each a list of JSON records in one document (stdout, and ``--output``)
 The fake data are written by the tests' own writers (``tests/test_data.py``).
 
     python benchmarks/gpu_bench.py --output gpu-bench.json          # on a GPU: about 5 minutes
-    python benchmarks/gpu_bench.py --quick                           # the same code, tiny sizes (CPU: under a minute warm)
+    python benchmarks/gpu_bench.py --quick                           # the same code, tiny sizes (a smoke run)
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,6 +83,18 @@ class Budget:
     @property
     def left(self) -> float:
         return self.end - time.perf_counter()
+
+
+def guarded(fn, *args, **kwargs):
+    """``fn(...)``, or {"error": ...} (traceback on stderr) when it raises: one failed measurement
+    must not cost the rest of a GPU session's run."""
+    try:
+        return fn(*args, **kwargs)
+    except Exception as exc:
+        traceback.print_exc()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        return {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"}
 
 
 def synchronize(device: torch.device) -> None:
@@ -141,8 +154,8 @@ def prune_section(args, device: torch.device, budget: Budget) -> list[dict]:
         if budget.left < 60:
             out.append({"model": name, "skipped": "budget"})
             continue
-        out.append(prune_case(name, imagenet, batch_size, steps, args.repeats, device,
-                              size=32 if args.quick else None))
+        out.append({"model": name} | guarded(prune_case, name, imagenet, batch_size, steps, args.repeats, device,
+                                             size=32 if args.quick else None))
         print(json.dumps(out[-1]), file=sys.stderr, flush=True)
     return out
 
@@ -254,13 +267,13 @@ def train_section(args, device: torch.device, budget: Budget, tmp: Path) -> list
         masks = {n: torch.rand(w.shape, generator=g) >= SPARSITY for n, w in prunable_weights(initial).items()}
         record = {"model": name + " (CIFAR)", "batch_size": batch_size, "train_images": n_train,
                   "eval_images": len(splits.val) + len(splits.test), "sparsity": SPARSITY,
-                  "paper": paper_epochs(initial, masks, paper_train, paper_eval, device, batch_size,
-                                        args.paper_workers)}
-        paper_seconds = record["paper"][-1]["seconds"]
+                  "paper": guarded(paper_epochs, initial, masks, paper_train, paper_eval, device, batch_size,
+                                   args.paper_workers)}
+        paper = record["paper"]
         for config_name, config in TRAIN_CONFIGS.items():
-            result = force_epochs(initial, masks, splits, device, batch_size, config)
-            if "epochs" in result:
-                result["speedup_vs_paper"] = round(paper_seconds / result["epochs"][-1]["seconds"], 3)
+            result = guarded(force_epochs, initial, masks, splits, device, batch_size, config)
+            if "epochs" in result and isinstance(paper, list):
+                result["speedup_vs_paper"] = round(paper[-1]["seconds"] / result["epochs"][-1]["seconds"], 3)
             record[config_name] = result
         fp32 = record["fp32"].get("epochs")
         amp = record["amp_channels_last"].get("epochs")
@@ -361,7 +374,7 @@ def main() -> None:
     parser.add_argument("--sections", default="prune,train,cli,tests")
     parser.add_argument("--repeats", type=int, default=3, help="prune: repeats per network")
     parser.add_argument("--train-models", default=None, help="comma-separated (default vgg19,resnet50; quick: lenet300)")
-    parser.add_argument("--images", type=int, default=20000, help="fake CIFAR-10 training images (90 %% trained)")
+    parser.add_argument("--images", type=int, default=10000, help="fake CIFAR-10 training images (90 %% trained)")
     parser.add_argument("--paper-workers", type=int, default=None, help="loader workers of the paper-style loop (default: 1, the paper code's; quick: 0)")
     parser.add_argument("--tests", default=None, help="pytest arguments (default: tests; quick: two tests of tests/test_step_counts.py)")
     parser.add_argument("--test-workers", type=int, default=8, help="pytest -n N where pytest-xdist is installed")
