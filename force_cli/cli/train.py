@@ -45,6 +45,7 @@ EPILOG = (
     "Examples:\n\n"
     "  force train lenet.safetensors --epochs 30 --log-file lenet.jsonl\n\n"
     "  force train \"$(force prune --model vgg19 --sparsity 0.99 --quiet)\" --amp --workers 8\n\n"
+    "  force train vgg19.safetensors --amp --channels-last --compile\n\n"
     "  force train --resume lenet-trained.partial.safetensors\n\n"
     "  torchrun --standalone --nproc-per-node 4 $(which force) train vgg19.safetensors --batch-size 32 --sync-bn"
 )
@@ -79,6 +80,7 @@ def train(
     workers: Annotated[Optional[int], typer.Option("--workers", help=f"Data-loading worker processes (default: {default(TrainSettings, 'workers')}). With 0, in-memory datasets (CIFAR, MNIST, SVHN, digits, synthetic) are held on the training device and augmented there in whole batches; N > 0 keeps them on the CPU for N workers. Image folders are decoded by the workers.")] = None,
     amp: Annotated[Optional[bool], typer.Option("--amp/--no-amp", metavar="", help=f"Mixed precision (autocast, bfloat16 where supported) on CUDA; no effect on CPU (default: {flag('amp', default(TrainSettings, 'amp'))}).")] = None,
     channels_last: Annotated[Optional[bool], typer.Option("--channels-last/--no-channels-last", metavar="", help=f"channels_last memory format for conv nets (faster on recent GPUs) (default: {flag('channels-last', default(TrainSettings, 'channels_last'))}).")] = None,
+    compile_: Annotated[Optional[bool], typer.Option("--compile/--no-compile", metavar="", help=f"torch.compile the model (CUDA graphs on a GPU) for full batches; the last, smaller batch of an epoch runs eagerly. The first epoch includes the compilation. Where torch.compile cannot run, a warning and eager training (default: {flag('compile', default(TrainSettings, 'compile'))}).")] = None,
     save_every: Annotated[Optional[int], typer.Option("--save-every", help=f"Epochs between partial checkpoints; 0: only when interrupted (default: {default(TrainSettings, 'save_every')}).")] = None,
     sync_bn: Annotated[Optional[bool], typer.Option("--sync-bn/--no-sync-bn", metavar="", help=f"Under torchrun on CUDA: batch-norm statistics over all processes' batches (SyncBatchNorm); refused on CPU under torchrun, no effect in a single process (default: {flag('sync-bn', default(TrainSettings, 'sync_bn'))}).")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Seed of the data order, augmentation and validation split (default: the checkpoint's).")] = None,
@@ -99,7 +101,7 @@ def train(
     flags = dict(epochs=epochs, lr=lr, optimizer=optimizer, momentum=momentum, weight_decay=weight_decay,
                  lr_schedule=lr_schedule, milestones=_milestones(milestones), gamma=gamma, batch_size=batch_size,
                  val_fraction=val_fraction, augment=augment, workers=workers, amp=amp, channels_last=channels_last,
-                 save_every=save_every, sync_bn=sync_bn)
+                 compile=compile_, save_every=save_every, sync_bn=sync_bn)
     common: dict = {}
     if resume is not None:
         if recipe is not None:
