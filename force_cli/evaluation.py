@@ -19,9 +19,8 @@ from torch import nn
 from torch.utils.data import Subset
 
 from force_cli.config import check_int_bounds
+from force_cli.data.names import SPLITS
 from force_cli.errors import CheckpointError, ConfigError, DataError, IncompatibleError
-
-SPLITS = ("test", "val", "train")
 
 
 @dataclass
