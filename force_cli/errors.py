@@ -77,3 +77,7 @@ class OutputError(ForceError):
         error = cls(f"cannot write {what} '{path}': {reason}; {fix}")
         error.errno = exc.errno
         return error
+
+
+class ShrinkError(ConfigError):
+    """A model that `force shrink` cannot rewrite exactly (an operation it does not know), named by layer."""

@@ -22,6 +22,7 @@ from force_cli.atomic import write_atomic
 from force_cli.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from force_cli.errors import ConfigError
 from force_cli.export_formats import FORMATS, check_export  # noqa: F401 - FORMATS re-exported
+from force_cli.shrink.program import is_shrunk  # the shrunk file format only (checkpoint layer)
 
 
 def plain_state_dict(ckpt: Checkpoint) -> dict[str, torch.Tensor]:
@@ -45,8 +46,13 @@ def torch_prune_state_dict(ckpt: Checkpoint) -> dict[str, torch.Tensor]:
 
 def export_checkpoint(source: str | Path, to: str, output: str | Path, *, overwrite: bool = False) -> Path:
     """Write ``source`` in format ``to`` to ``output`` (atomically); return ``output``."""
+    if to == "sparse":  # it times the network: force_cli.shrink.export, a layer above this one
+        raise ConfigError("the sparse export is measured; call force_cli.shrink.export.export_sparse")
     output = Path(output)
     check_export(Path(source), to, output, overwrite)
+    if is_shrunk(source):
+        raise ConfigError(f"'{source}' is a shrunk network, which has no masks to export as '{to}'; export the "
+                          "checkpoint it was made from, or use --to sparse")
     ckpt = load_checkpoint(source)
     if _same_file(Path(source), output):
         raise ConfigError(f"the output '{output}' is the input checkpoint; choose another -o path")

@@ -17,6 +17,8 @@ FORMATS = {
     "dense": "force checkpoint, dense variant (force-ckpt/1)",
     "state-dict": "plain safetensors state_dict, pruned weights zero, no masks (load_state_dict strict=True)",
     "torch-prune": "torch.nn.utils.prune layout: W_orig + W_mask per pruned weight",
+    "sparse": "the shrunk network (force shrink), each conv/linear layer dense or CSR, whichever ran faster here "
+              "(measured; the dense network if that is faster as a whole); load it with the README's loader",
 }
 
 

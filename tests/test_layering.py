@@ -5,9 +5,11 @@ layer below it, never from one above:
 
   0. foundation: the package root, errors, safe_text, atomic, locking, threads, lazy, allocator,
      config, device, distributed, op_counts
-  1. models, data, checkpoint (checkpoint, checkpoint_files, compact, export, export_formats)
+  1. models, data, checkpoint (checkpoint, checkpoint_files, compact, export, export_formats,
+     shrink.program: the shrunk network's file format, which export recognises)
   2. pruning
-  3. evaluation, report, restore (a checkpoint's model), inspection
+  3. evaluation, report, restore (a checkpoint's model), inspection, shrink (it rebuilds a
+     checkpoint's model to rewrite it; evaluation and inspection read its files), shrink_report
   4. training (it evaluates every epoch, so it sits on evaluation)
   5. sweep (sweep, sweep_pool, sweep_report)
   6. cli, and the entry point (__main__)
@@ -32,9 +34,10 @@ LAYERS: list[tuple[str, list[str]]] = [
                     "force_cli.distributed", "force_cli.op_counts"]),
     ("models, data, checkpoint", ["force_cli.models", "force_cli.data", "force_cli.checkpoint",
                                   "force_cli.checkpoint_files", "force_cli.compact", "force_cli.export",
-                                  "force_cli.export_formats"]),
+                                  "force_cli.export_formats", "force_cli.shrink.program"]),
     ("pruning", ["force_cli.pruning"]),
-    ("evaluation, report", ["force_cli.evaluation", "force_cli.report", "force_cli.restore", "force_cli.inspection"]),
+    ("evaluation, report", ["force_cli.evaluation", "force_cli.report", "force_cli.restore", "force_cli.inspection",
+                            "force_cli.shrink", "force_cli.shrink_report"]),
     ("training", ["force_cli.training"]),
     ("sweep", ["force_cli.sweep", "force_cli.sweep_pool", "force_cli.sweep_report"]),
     ("cli", ["force_cli.cli", "force_cli.__main__"]),

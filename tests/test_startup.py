@@ -62,6 +62,7 @@ def test_help_version_and_errors_that_need_no_tensor_do_not_import_torch(tmp_pat
         (["--help"], 0), (["--version"], 0), ([], 2),
         (["prune", "--help"], 0), (["train", "--help"], 0), (["eval", "--help"], 0),
         (["inspect", "--help"], 0), (["export", "--help"], 0), (["sweep", "--help"], 0),
+        (["shrink", "--help"], 0), (["bench", "--help"], 0),
         (["prune", "--model", "nope", "--sparsity", "0.5"], 2),
         (["prune", "--model", "lenet300", "--dataset", "nope", "--sparsity", "0.5"], 2),
         (["prune", "--model", "lenet300", "--method", "nope", "--sparsity", "0.5"], 2),
@@ -71,6 +72,8 @@ def test_help_version_and_errors_that_need_no_tensor_do_not_import_torch(tmp_pat
         (["inspect", missing], 2), (["inspect", missing, "--threads", "2"], 2), (["eval", missing], 2),
         (["train", missing], 2), (["train", "--resume", missing], 2),
         (["export", missing, "--to", "dense", "-o", out], 2), (["export", missing, "--to", "nope", "-o", out], 2),
+        (["export", missing, "--to", "sparse", "-o", out], 2), (["shrink", missing, "-o", out], 2),
+        (["bench", missing], 2), (["bench", missing, "--repeats", "0"], 2),
     ]
     results = run_calls([[args, {}] for args, _ in calls])
     for (args, code), (_, got_code, torch_loaded) in zip(calls, results, strict=True):
@@ -142,5 +145,5 @@ def test_export_help_lists_the_formats():
     from force_cli.export_formats import FORMATS
 
     result = CliRunner().invoke(app, ["export", "--help"], env={"COLUMNS": "400"})
-    assert "Format to write: compact, dense, state-dict or torch-prune (below)." in result.stdout
+    assert "Format to write: compact, dense, state-dict, torch-prune or sparse (below)." in result.stdout
     assert all(name in result.stdout for name in FORMATS)

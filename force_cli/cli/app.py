@@ -18,7 +18,7 @@ from rich.text import Text
 from typer.core import TyperGroup
 
 import force_cli
-from force_cli.cli import evaluate, export, inspect, prune, sweep, train
+from force_cli.cli import bench, evaluate, export, inspect, prune, shrink, sweep, train
 from force_cli.cli.console import stderr, stdout
 from force_cli.cli.status import INTERRUPTED, run_main
 from force_cli.safe_text import one_line
@@ -73,6 +73,8 @@ app.command(epilog=train.EPILOG)(train.train)
 app.command("eval", epilog=evaluate.EPILOG)(evaluate.evaluate)
 app.command(epilog=sweep.EPILOG)(sweep.sweep)
 app.command(epilog=export.EPILOG)(export.export)
+app.command(epilog=shrink.EPILOG)(shrink.shrink)
+app.command(epilog=bench.EPILOG)(bench.bench)
 
 
 def torch_version() -> str:

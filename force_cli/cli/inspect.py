@@ -1,7 +1,8 @@
 """`force inspect`: a checkpoint's per-layer density and effective density, with its metadata.
 
-The report comes from the library (``inspection.inspect_checkpoint``); this module prints it as
-a table or one JSON document.
+The report comes from the library (``inspection.inspect_checkpoint``, or ``inspect_shrunk`` for a
+shrunk network: its widths instead of densities); this module prints it as a table or one JSON
+document.
 """
 
 from __future__ import annotations
@@ -29,9 +30,18 @@ def inspect(
     check_existing(checkpoint)
     apply_threads(threads)
     # torch-free start-up: the library loads torch, so it is imported once the file is known to be there
-    from force_cli.inspection import inspect_checkpoint
+    from force_cli.inspection import inspect_checkpoint, inspect_shrunk
     from force_cli.report import json_document, render
+    from force_cli.shrink import is_shrunk
+    from force_cli.shrink_report import render_layers
 
+    if is_shrunk(checkpoint):  # a shrunk network: its widths instead of densities
+        report = inspect_shrunk(checkpoint)
+        if json_output:
+            print(json_document(report))
+        else:
+            render_layers(report, stdout, f"{checkpoint} (shrunk from {report['metadata'].get('model')})")
+        return
     report = inspect_checkpoint(checkpoint)
     for message in report["warnings"]:
         warn(message)

@@ -115,6 +115,13 @@ def _threads(value: Optional[int]) -> Optional[int]:
     return value
 
 
+def positive(option: str, value: int) -> int:
+    """A count option that must be at least 1 (--batch-size, --repeats), checked before torch loads."""
+    if value < 1:
+        raise ForceError(f"{option} must be at least 1, got {value}")
+    return value
+
+
 RecipeOpt = Annotated[Optional[Path], typer.Option("--recipe", parser=path, metavar="<path>", help="YAML recipe supplying defaults; flags given here win.")]
 DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="auto (CUDA when present), cpu, cuda or cuda:N.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", metavar="", help="No progress bar.")]
