@@ -19,7 +19,7 @@ from pathlib import Path
 
 from force_cli.config import PruneConfig, Recipe, SweepSettings, TrainSettings, resolve
 from force_cli.atomic import write_atomic
-from force_cli.errors import ConfigError, OutputError
+from force_cli.errors import ConfigError, OutputError, TrainingDiverged, TrainingInterrupted
 from force_cli.evaluation import evaluate_checkpoint
 from force_cli.pruning.methods import get_method
 from force_cli.pruning.job import prune_to_checkpoint, validate
@@ -188,7 +188,18 @@ def run_sweep(recipe: Recipe, out_dir: Path, hooks: SweepHooks | None = None, jo
     records of the cells run now.
 
     The caller holds the folder's lock (``locking.hold``) so that two sweeps never share it;
-    `force sweep` does."""
+    `force sweep` does. An interruption or a divergence says that the finished cells are kept
+    and how to continue."""
+    try:
+        return _run_sweep(recipe, out_dir, hooks, jobs)
+    except TrainingInterrupted as exc:
+        raise TrainingInterrupted(f"sweep interrupted ({exc}); run the same command again to continue",
+                                  exc.partial, exc.reason) from None
+    except TrainingDiverged as exc:
+        raise TrainingDiverged(f"{exc}; the finished cells are kept in {out_dir}") from None
+
+
+def _run_sweep(recipe: Recipe, out_dir: Path, hooks: SweepHooks | None, jobs: int) -> list[dict]:
     check_jobs(jobs)
     hooks = hooks or SweepHooks()
     settings = sweep_settings(recipe)

@@ -47,12 +47,12 @@ from force_cli.atomic import remove_stale
 from force_cli.config import TrainSettings, check_int_bounds, check_section
 from force_cli.data import dataset_info, load_datasets
 from force_cli.device import resolve_device
-from force_cli.errors import CheckpointError, ConfigError, OutputError
+from force_cli.errors import CheckpointError, ConfigError, OutputError, TrainingDiverged, TrainingInterrupted
 from force_cli.locking import hold
 from force_cli.evaluation import check_dataset_fits, recorded_data_dir
 from force_cli.restore import model_from_checkpoint
 from force_cli.training import ddp
-from force_cli.training.loop import Interrupted, TrainCallbacks, Trainer, TrainingDiverged, autocast_dtype
+from force_cli.training.loop import Interrupted, TrainCallbacks, Trainer, autocast_dtype
 from force_cli.training.settings import complete_settings
 from force_cli.training.state import StopFlag, stop_on_signals
 
@@ -60,15 +60,6 @@ SUFFIX = ".safetensors"
 PARTIAL_SUFFIX = ".partial.safetensors"
 #: Metadata fields that describe a training run; not carried over from an input checkpoint.
 _RUN_FIELDS = ("format", "stage", "training", "history", "metrics", "created")
-
-
-class TrainingInterrupted(Exception):
-    """Training stopped on Ctrl-C, SIGTERM or a StopFlag after saving a partial checkpoint."""
-
-    def __init__(self, message: str, partial: Path, reason: str):
-        super().__init__(message)
-        self.partial, self.reason = partial, reason
-        self.exit_code = 143 if reason == "SIGTERM" else 130
 
 
 @dataclass
@@ -138,6 +129,26 @@ def _chosen(settings: TrainSettings | Mapping[str, Any] | None) -> dict[str, Any
     return {k: v for k, v in settings.items() if v is not None}
 
 
+@dataclass(frozen=True)
+class TrainPlan:
+    """What a run trains and writes, decided once from the pruned checkpoint or the partial one
+    (``plan_run``) before anything is locked or loaded."""
+
+    ckpt: Checkpoint  # the input: a pruned (or trained) checkpoint, or a partial one to resume
+    source: Path  # its path
+    output: Path  # the trained checkpoint to write
+    partial: Path  # where progress is saved
+    settings: TrainSettings  # chosen and saved ones; None fields: the dataset's defaults
+    seed: int
+    origin: str  # the pruned checkpoint the run started from (recorded in the metadata)
+    state: dict | None  # a partial's training state (``Trainer.state()``); None: a fresh run
+    recorded_world_size: int | None  # the processes that wrote the partial; None: a fresh run
+
+    @property
+    def resuming(self) -> bool:
+        return self.state is not None
+
+
 def _resume_state(ckpt: Checkpoint, path: Path) -> tuple[dict, dict]:
     """(training metadata, resume structure) of a partial checkpoint, or a one-line error."""
     training = ckpt.metadata.get("training")
@@ -158,6 +169,59 @@ def _resume_state(ckpt: Checkpoint, path: Path) -> tuple[dict, dict]:
         raise CheckpointError(f"the partial checkpoint '{path}' records the seed {seed!r}, not an integer in "
                               "[0, 4294967295]; the file is corrupt")
     return training, resume
+
+
+def _saved_settings(training: dict, source: Path, chosen: dict) -> dict:
+    """A partial's training settings, checked; the optimizer cannot change on resume."""
+    saved = {f.name: training[f.name] for f in fields(TrainSettings) if f.name in training}
+    try:
+        saved = check_section(saved, TrainSettings, f"'{source}': training settings")
+    except ConfigError as exc:
+        raise CheckpointError(f"{exc}; the partial checkpoint is corrupt") from None
+    if chosen.get("optimizer", saved.get("optimizer")) != saved.get("optimizer"):
+        raise ConfigError(f"cannot switch the optimizer from '{saved.get('optimizer')}' when resuming; "
+                          f"start a new run from the pruned checkpoint instead")
+    return saved
+
+
+def plan_run(checkpoint: str | Path | None, output: str | Path | None, settings, resume: str | Path | None,
+             seed: int | None) -> TrainPlan:
+    """Load the input and decide the run's settings, seed and files; refuse bad input (one line).
+
+    A fresh run starts from the pruned checkpoint's holdout (``data.holdout``) and seed; a resumed
+    one from the partial's saved ``training`` block. Settings given win over both."""
+    if (checkpoint is None) == (resume is None):
+        raise ConfigError("give either a checkpoint to train or --resume PARTIAL, not both" if checkpoint is not None
+                          else "no checkpoint given; pass the checkpoint to train (made by `force prune`) or --resume PARTIAL")
+    source = Path(resume if resume is not None else checkpoint)
+    ckpt = load_checkpoint(source)
+    chosen = _chosen(settings)
+    if resume is not None:
+        training, state = _resume_state(ckpt, source)
+        saved = _saved_settings(training, source, chosen)
+        recorded_seed = training.get("seed", 0)
+        recorded_world_size = training.get("world_size", 1)  # 1: written before torchrun was supported
+    else:
+        if ckpt.stage == "partial":
+            raise ConfigError(f"'{source}' is the partial checkpoint of an interrupted run; continue it with: "
+                              f"force train --resume {source}")
+        training, state, recorded_world_size = {}, None, None
+        saved = pruning_holdout(ckpt.metadata)
+        recorded_seed = ckpt.metadata.get("seed")
+    run_seed = seed if seed is not None else (recorded_seed if isinstance(recorded_seed, int) else 0)
+    if seed is None and not 0 <= run_seed <= 2**32 - 1:
+        raise CheckpointError(f"'{source}' records the seed {run_seed}, outside [0, 4294967295]; "
+                              "pass --seed N to choose one")
+    check_int_bounds("seed", run_seed)
+    output = Path(output) if output is not None else default_output(source)
+    partial = partial_path(output)
+    for path, what in ((output, "output"), (partial, "partial checkpoint")):
+        if _same_file(path, source) and not (resume is not None and what == "partial checkpoint"):
+            raise ConfigError(f"the {what} '{path}' would overwrite the input checkpoint; choose another -o path")
+    return TrainPlan(ckpt=ckpt, source=source, output=output, partial=partial,
+                     settings=TrainSettings(**(saved | chosen)), seed=run_seed,
+                     origin=str(training.get("source", source)), state=state,
+                     recorded_world_size=recorded_world_size)
 
 
 def train_checkpoint(
@@ -182,57 +246,17 @@ def train_checkpoint(
     its metadata); return where it is and what it reached.
 
     ``settings``: the training settings chosen (None fields: the dataset's defaults,
-    ``training.settings.TRAIN_DEFAULTS``); on resume only the ones given override the saved run's.
+    ``DatasetSpec.train_defaults``); on resume only the ones given override the saved run's.
     ``seed`` defaults to the checkpoint's (pruning) seed. ``data_dir`` defaults to the folder the
     checkpoint was made with, if it exists here. With ``catch_signals`` Ctrl-C and SIGTERM save a
     partial checkpoint and raise ``TrainingInterrupted``; so does setting ``stop``.
     Raises ForceError for bad input (before any training), ``TrainingDiverged`` when the loss
     becomes NaN or infinite (the last good partial checkpoint is kept).
     """
-    if (checkpoint is None) == (resume is None):
-        raise ConfigError("give either a checkpoint to train or --resume PARTIAL, not both" if checkpoint is not None
-                          else "no checkpoint given; pass the checkpoint to train (made by `force prune`) or --resume PARTIAL")
-    source = Path(resume if resume is not None else checkpoint)
-    ckpt = load_checkpoint(source)
-    metadata = ckpt.metadata
-    chosen = _chosen(settings)
-
-    if resume is not None:
-        training, state = _resume_state(ckpt, source)
-        saved = {f.name: training[f.name] for f in fields(TrainSettings) if f.name in training}
-        try:
-            saved = check_section(saved, TrainSettings, f"'{source}': training settings")
-        except ConfigError as exc:
-            raise CheckpointError(f"{exc}; the partial checkpoint is corrupt") from None
-        if chosen.get("optimizer", saved.get("optimizer")) != saved.get("optimizer"):
-            raise ConfigError(f"cannot switch the optimizer from '{saved.get('optimizer')}' when resuming; "
-                              f"start a new run from the pruned checkpoint instead")
-        base = TrainSettings(**(saved | chosen))
-        run_seed = seed if seed is not None else int(training.get("seed", 0))
-        origin = str(training.get("source", source))
-        recorded_world_size = training.get("world_size", 1)  # 1: written before torchrun was supported
-    else:
-        if ckpt.stage == "partial":
-            raise ConfigError(f"'{source}' is the partial checkpoint of an interrupted run; continue it with: "
-                              f"force train --resume {source}")
-        state = None
-        base = TrainSettings(**(pruning_holdout(metadata) | chosen))
-        recorded = metadata.get("seed")
-        run_seed = seed if seed is not None else (recorded if isinstance(recorded, int) else 0)
-        origin = str(source)
-        recorded_world_size = None
-
-    if seed is None and not 0 <= run_seed <= 2**32 - 1:
-        raise CheckpointError(f"'{source}' records the seed {run_seed}, outside [0, 4294967295]; "
-                              "pass --seed N to choose one")
-    check_int_bounds("seed", run_seed)
-    output = Path(output) if output is not None else default_output(source)
-    partial = partial_path(output)
-    for path, what in ((output, "output"), (partial, "partial checkpoint")):
-        if _same_file(path, source) and not (resume is not None and what == "partial checkpoint"):
-            raise ConfigError(f"the {what} '{path}' would overwrite the input checkpoint; choose another -o path")
+    plan = plan_run(checkpoint, output, settings, resume, seed)
+    output, partial, source = plan.output, plan.partial, plan.source
     check_new_output(output, overwrite)
-    check_launch(base, device, recorded_world_size, source)
+    check_launch(plan.settings, device, plan.recorded_world_size, source)
     log_path = check_log(log, {"input checkpoint": source, "output": output, "partial checkpoint": partial})
     # Under torchrun every rank trains, rank 0 alone locks and writes the files (the others wait for it).
     with distributed.session(device) as device:
@@ -246,8 +270,20 @@ def train_checkpoint(
                 remove_stale(output)
                 remove_stale(partial)
             distributed.barrier()
-            return _train(ckpt, source, output, partial, base, state, run_seed, origin, data_dir, download, device,
-                          log_path if main else None, callbacks, stop, catch_signals, compact)
+            options = _RunOptions(data_dir=data_dir, download=download, device=device,
+                                  log=log_path if main else None, compact=compact)
+            return _train(plan, options, callbacks, stop, catch_signals)
+
+
+@dataclass(frozen=True)
+class _RunOptions:
+    """Where a planned run reads its data, runs, logs and how it writes its result."""
+
+    data_dir: str | None
+    download: bool
+    device: str
+    log: Path | None  # the epoch log (rank 0 only)
+    compact: bool
 
 
 def check_launch(settings: TrainSettings, device: str, recorded_world_size, source: Path) -> None:
@@ -322,19 +358,20 @@ class _Log:
             self.file.close()
 
 
-def _train(ckpt, source, output, partial, base, state, run_seed, origin, data_dir, download, device,
-           log_path, callbacks, stop, catch_signals, compact=False) -> TrainResult:
+def _train(plan: TrainPlan, options: _RunOptions, callbacks: TrainCallbacks | None, stop: StopFlag | None,
+           catch_signals: bool) -> TrainResult:
     """The run itself, with the outputs locked (see ``train_checkpoint``)."""
+    ckpt, source, output, partial, state, run_seed = (plan.ckpt, plan.source, plan.output, plan.partial, plan.state,
+                                                      plan.seed)
     metadata = ckpt.metadata
-    dev = resolve_device(device)
+    dev = resolve_device(options.device)
     name = metadata["dataset"]
-    if data_dir is None:
-        data_dir = recorded_data_dir(metadata)
+    data_dir = options.data_dir if options.data_dir is not None else recorded_data_dir(metadata)
     info = dataset_info(name, data_dir)
     check_dataset_fits(info, metadata)
-    run = complete_settings(base, info.name)
+    run = complete_settings(plan.settings, info.name)
     model = model_from_checkpoint(ckpt, "cpu")
-    splits = load_datasets(info.name, data_dir, download=download, val_fraction=run.val_fraction,
+    splits = load_datasets(info.name, data_dir, download=options.download, val_fraction=run.val_fraction,
                            seed=run_seed, augment=run.augment)
     trainer = Trainer(model, ckpt.masks, splits, run, seed=run_seed, device=dev)
     if state is not None:
@@ -357,7 +394,7 @@ def _train(ckpt, source, output, partial, base, state, run_seed, origin, data_di
     def training_metadata(epochs_done: int) -> dict:
         return asdict(run) | {
             "seed": run_seed, "device": str(dev), "amp_dtype": str(amp).removeprefix("torch.") if amp else None,
-            "data_dir": data_dir, "source": origin, "epochs_completed": epochs_done,
+            "data_dir": data_dir, "source": plan.origin, "epochs_completed": epochs_done,
             "world_size": distributed.world_size(),
             "seconds": round(sum(r["seconds"] for r in trainer.history), 3),
         }
@@ -382,7 +419,7 @@ def _train(ckpt, source, output, partial, base, state, run_seed, origin, data_di
         last_good.append((partial, t.epoch))
 
     stop = stop or StopFlag()
-    log_file = _Log(log_path, stop) if log_path is not None else None
+    log_file = _Log(options.log, stop) if options.log is not None else None
     # The signal handlers stay in place until the trained checkpoint is written: a SIGTERM between
     # the last epoch and the final save only sets the flag, and the result is still saved.
     with stop_on_signals(stop) if catch_signals else contextlib.nullcontext():
@@ -396,7 +433,7 @@ def _train(ckpt, source, output, partial, base, state, run_seed, origin, data_di
                                   f"force train --resume {partial} --log-file OTHER.jsonl") from None
             raise TrainingInterrupted(
                 f"interrupted ({exc.reason}) {where}; progress saved to {partial}; continue with: "
-                f"force train --resume {partial}", partial, exc.reason) from None
+                f"force train --resume {partial}", partial, exc.reason, announce=distributed.is_main()) from None
         except TrainingDiverged as exc:
             lower = f"{run.lr / 10:g}"
             if last_good:
@@ -419,7 +456,7 @@ def _train(ckpt, source, output, partial, base, state, run_seed, origin, data_di
             "metrics": metrics,
         }
         if distributed.is_main():
-            _save_final(output, trainer.model.state_dict(), ckpt.masks, meta, compact)
+            _save_final(output, trainer.model.state_dict(), ckpt.masks, meta, options.compact)
             with contextlib.suppress(OSError):
                 partial.unlink(missing_ok=True)
         distributed.barrier()
@@ -427,7 +464,7 @@ def _train(ckpt, source, output, partial, base, state, run_seed, origin, data_di
         raise OutputError(f"{log_file.error}; the trained checkpoint was written to {output} all the same")
     if stop.is_set:
         raise TrainingInterrupted(f"interrupted ({stop.reason}) after the last epoch; the trained checkpoint was "
-                                  f"written completely to {output}", output, stop.reason)
+                                  f"written completely to {output}", output, stop.reason, announce=distributed.is_main())
     return TrainResult(path=output, history=history, metrics=metrics, settings=run, seed=run_seed)
 
 
