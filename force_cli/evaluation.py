@@ -177,7 +177,7 @@ def _evaluate_checkpoint(checkpoint, split, dataset, data_dir, download, device,
     from force_cli import distributed
     from force_cli.data import dataset_info, load_datasets, make_loader
     from force_cli.device import resolve_device
-    from force_cli.training.settings import TRAIN_DEFAULTS
+    from force_cli.data.holdout import checkpoint_fraction
 
     dev = resolve_device(device)
     model, metadata, (kept, total), warnings = _load_network(checkpoint)
@@ -190,9 +190,7 @@ def _evaluate_checkpoint(checkpoint, split, dataset, data_dir, download, device,
     check_dataset_fits(info, metadata)
     model = model.to(dev).eval()
 
-    val_fraction = _recorded(metadata, "val_fraction")
-    if val_fraction is None:
-        val_fraction = TRAIN_DEFAULTS.get(info.name, {}).get("val_fraction", 0.0)
+    val_fraction = checkpoint_fraction(metadata, info.name)
     seed = _recorded(metadata, "seed")
     if seed is None:
         seed = metadata.get("seed") if isinstance(metadata.get("seed"), int) else 0

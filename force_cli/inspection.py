@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from force_cli.checkpoint import load_checkpoint
-from force_cli.report import effective_masks, summary
+from force_cli.pruning.connectivity import effective_masks
+from force_cli.report import summary
 from force_cli.restore import input_shape, model_from_checkpoint
 from force_cli.shrink import FORMAT, load_shrunk
 from force_cli.shrink.summary import layer_rows, totals

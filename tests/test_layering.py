@@ -45,14 +45,7 @@ LAYERS: list[tuple[str, list[str]]] = [
 
 # Known today (issue 18, phase 2 removes them); any other import up the layers fails the test,
 # and so does an entry here that no longer happens (delete it then).
-KNOWN_VIOLATIONS = {
-    # pruning and evaluation read the per-dataset held-out fraction and batch size, which live with
-    # the training defaults instead of the dataset registry
-    ("force_cli.pruning.job", "force_cli.training.settings"),
-    ("force_cli.evaluation", "force_cli.training.settings"),
-    # check_connectivity uses effective_masks, a graph algorithm that lives in the report renderer
-    ("force_cli.pruning.job", "force_cli.report"),
-}
+KNOWN_VIOLATIONS: set[tuple[str, str]] = set()
 # run_sweep starts sweep_pool's workers, which run sweep's cells with sweep's hooks.
 KNOWN_CYCLES = {frozenset({"force_cli.sweep", "force_cli.sweep_pool"})}
 

@@ -19,7 +19,8 @@ from force_cli.cli.options import (CompactOpt, DeviceOpt, OverwriteOpt, QuietOpt
                                    names, path, saliency_loss_help, saliency_temperature_help, steps_help)
 from force_cli.cli.status import run_wrapper
 from force_cli.config import CommonSettings, PruneConfig, PruneSettings, load_recipe, resolve
-from force_cli.data.names import DATASET_NAMES, canonical_name
+from force_cli.data.catalog import DATASET_NAMES
+from force_cli.data.names import canonical_name
 from force_cli.errors import UnknownNameError
 from force_cli.locking import hold
 from force_cli.models.names import INIT_NAMES, MODEL_NAMES

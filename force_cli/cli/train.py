@@ -17,15 +17,17 @@ from force_cli.cli.options import (CompactOpt, DeviceOpt, QuietOpt, RecipeOpt, T
                                    honours_trust, names, path, train_default)
 from force_cli.cli.status import BAD_INPUT, FAILED, INTERRUPTED, SUCCESS, TERMINATED, run_wrapper
 from force_cli.config import TrainSettings, load_recipe, resolve
+from force_cli.data.catalog import DATASETS
 from force_cli.errors import ForceError
 from force_cli.threads import apply_threads
-from force_cli.training.settings import ADAM_DEFAULT_LR, LR_SCHEDULES, OPTIMIZERS, TRAIN_DEFAULTS
+from force_cli.training.settings import ADAM_DEFAULT_LR, LR_SCHEDULES, OPTIMIZERS
 
 
 def _defaults_by_dataset() -> str:
     """The per-dataset training defaults, one line per distinct set, for `force train --help`."""
     groups: dict[str, list[str]] = {}
-    for name, d in TRAIN_DEFAULTS.items():
+    for name, spec in DATASETS.items():
+        d = spec.train.as_dict()
         milestones = ",".join(map(str, d["milestones"]))
         line = (f"{d['optimizer']} lr {d['lr']:g} momentum {d['momentum']:g} weight decay {d['weight_decay']:g}, "
                 f"batch {d['batch_size']}, {d['epochs']} epochs, lr x{d['gamma']:g} after {milestones}, "

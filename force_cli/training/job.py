@@ -45,7 +45,7 @@ from force_cli.checkpoint import (
 )
 from force_cli.atomic import remove_stale
 from force_cli.config import TrainSettings, check_int_bounds, check_section
-from force_cli.data import dataset_info, load_datasets
+from force_cli.data import dataset_info, holdout, load_datasets
 from force_cli.device import resolve_device
 from force_cli.errors import CheckpointError, ConfigError, OutputError, TrainingDiverged, TrainingInterrupted
 from force_cli.locking import hold
@@ -92,29 +92,6 @@ def partial_path(output: str | Path) -> Path:
 
 def _same_file(a: Path, b: Path) -> bool:
     return a.resolve() == b.resolve()
-
-
-def pruning_holdout(metadata: Mapping[str, Any]) -> dict[str, Any]:
-    """The validation fraction pruning kept its batches out of, as a default for training's split.
-
-    With the same seed (the default), training then holds out exactly the images pruning never saw.
-    """
-    pruning = metadata.get("pruning")
-    fraction = pruning.get("val_fraction") if isinstance(pruning, dict) else None
-    if isinstance(fraction, (int, float)) and not isinstance(fraction, bool) and 0 <= fraction < 1:
-        return {"val_fraction": float(fraction)}
-    return {}
-
-
-def holdout_mismatch(metadata: Mapping[str, Any], val_fraction: float, seed: int) -> list[str]:
-    """A warning when this run's validation split is not the one pruning kept its batches out of."""
-    held = pruning_holdout(metadata).get("val_fraction")
-    pruned_seed = metadata.get("seed")
-    if held is None or not val_fraction or (held == val_fraction and pruned_seed == seed):
-        return []
-    return [f"the validation split (fraction {val_fraction:g}, seed {seed}) is not the one pruning held out "
-            f"(fraction {held:g}, seed {pruned_seed}), so pruning may have seen some validation images; "
-            f"keep the defaults, or prune with the same --val-fraction and --seed"]
 
 
 def _chosen(settings: TrainSettings | Mapping[str, Any] | None) -> dict[str, Any]:
@@ -188,7 +165,7 @@ def plan_run(checkpoint: str | Path | None, output: str | Path | None, settings,
              seed: int | None) -> TrainPlan:
     """Load the input and decide the run's settings, seed and files; refuse bad input (one line).
 
-    A fresh run starts from the pruned checkpoint's holdout (``data.holdout``) and seed; a resumed
+    A fresh run starts from the pruned checkpoint's holdout (``data/holdout.py``) and seed; a resumed
     one from the partial's saved ``training`` block. Settings given win over both."""
     if (checkpoint is None) == (resume is None):
         raise ConfigError("give either a checkpoint to train or --resume PARTIAL, not both" if checkpoint is not None
@@ -206,7 +183,8 @@ def plan_run(checkpoint: str | Path | None, output: str | Path | None, settings,
             raise ConfigError(f"'{source}' is the partial checkpoint of an interrupted run; continue it with: "
                               f"force train --resume {source}")
         training, state, recorded_world_size = {}, None, None
-        saved = pruning_holdout(ckpt.metadata)
+        held = holdout.pruned_fraction(ckpt.metadata)
+        saved = {"val_fraction": held} if held is not None else {}
         recorded_seed = ckpt.metadata.get("seed")
     run_seed = seed if seed is not None else (recorded_seed if isinstance(recorded_seed, int) else 0)
     if seed is None and not 0 <= run_seed <= 2**32 - 1:
@@ -384,7 +362,7 @@ def _train(plan: TrainPlan, options: _RunOptions, callbacks: TrainCallbacks | No
     carried = {k: v for k, v in metadata.items() if k not in _RUN_FIELDS}
     warnings = list(ckpt.warnings)
     if state is None:
-        warnings += holdout_mismatch(metadata, run.val_fraction, run_seed)
+        warnings += holdout.mismatch(metadata, run.val_fraction, run_seed)
     for warning in warnings:
         if callbacks is not None and callbacks.on_warning is not None:
             callbacks.on_warning(warning)
