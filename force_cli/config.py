@@ -111,6 +111,16 @@ INT_BOUNDS: dict[str, tuple[int, int]] = {
 }
 
 
+def exact_text(number: float) -> str:
+    """The shortest text that reads back as exactly ``number`` (for names and keys made from settings).
+
+    ``0.9`` stays "0.9" (as ``:g`` printed it, so names made by earlier versions are unchanged),
+    but ``0.9000001``, which ``:g`` prints as "0.9" too, is "0.9000001"; ``-0.0`` is "0"."""
+    number = float(number) + 0.0  # -0.0 + 0.0 is 0.0
+    short = f"{number:g}"
+    return short if float(short) == number else repr(number)
+
+
 def check_int_bounds(key: str, value: Any, where: str = "") -> None:
     """Refuse an integer (or list of integers) outside ``INT_BOUNDS[key]``, naming the key or flag."""
     if key not in INT_BOUNDS or value is None:

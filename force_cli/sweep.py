@@ -23,7 +23,7 @@ from force_cli.errors import ConfigError, OutputError
 from force_cli.evaluation import evaluate_checkpoint
 from force_cli.pruning.criteria import get_method
 from force_cli.pruning.job import prune_to_checkpoint, validate
-from force_cli.sweep_report import RESULTS_FILE, read_results, write_info
+from force_cli.sweep_report import RESULTS_FILE, cell_key, read_results, write_info
 from force_cli.training.job import partial_path, train_checkpoint
 from force_cli.training.loop import TrainCallbacks
 from force_cli.training.settings import complete_settings
@@ -37,7 +37,7 @@ class Cell:
 
     @property
     def key(self) -> str:
-        return f"{self.method}-s{self.sparsity:g}-seed{self.seed}"
+        return cell_key(self.method, self.sparsity, self.seed)
 
 
 def sweep_settings(recipe: Recipe) -> SweepSettings:

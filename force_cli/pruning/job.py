@@ -18,7 +18,7 @@ import torch
 import force_cli
 from force_cli import distributed
 from force_cli.checkpoint import check_new_output, save_checkpoint
-from force_cli.config import PruneConfig
+from force_cli.config import PruneConfig, exact_text
 from force_cli.data import BatchStream, dataset_info, load_datasets
 from force_cli.device import resolve_device
 from force_cli.errors import ConfigError, DisconnectedError, UnknownNameError
@@ -30,7 +30,7 @@ from force_cli.pruning.schedules import SCHEDULES
 
 
 def default_output(cfg: PruneConfig) -> Path:
-    return Path(f"{cfg.model}-{cfg.dataset}-{cfg.method}-s{cfg.sparsity:g}-seed{cfg.seed}.safetensors")
+    return Path(f"{cfg.model}-{cfg.dataset}-{cfg.method}-s{exact_text(cfg.sparsity)}-seed{cfg.seed}.safetensors")
 
 
 def validate(cfg: PruneConfig) -> None:

@@ -1,0 +1,153 @@
+"""Bad input and faults, second pass (issue 21): one case per root cause the second red team found.
+
+Every case checks the exit code, that stderr is one line (or none) without a traceback, that every
+file that was there before is unchanged, and that no lock or temporary file is left behind. The
+resource cases (compact reader, reachability pass, YAML aliases) bound the memory as a count: the
+peak resident size of the `force` process (``ru_maxrss`` from ``wait4``), never a wall-clock time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from force_cli import atomic
+from force_cli.cli import app
+
+runner = CliRunner()
+FORCE = [sys.executable, "-m", "force_cli"]
+REPO = Path(__file__).resolve().parents[1]
+#: What a subprocess may use on top of the interpreter with torch loaded (about 0.5 GB for the CUDA build).
+MEMORY_BOUND_KB = 1_500_000
+#: A cap on the address space of the subprocesses that could run away (protects the shared machine
+#: when a case is run against code without the fix; torch alone reserves about 3.3 GB of addresses).
+ADDRESS_SPACE_CAP = 8 << 30
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers: snapshots, leftovers, one-line errors, subprocesses with their peak memory
+# --------------------------------------------------------------------------------------------
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    """Every file under ``folder`` (hidden ones too) and a hash of its bytes."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+            for p in sorted(folder.rglob("*"))}
+
+
+def leftovers(folder: Path) -> list[str]:
+    """Lock and temporary files under ``folder``: a finished command leaves none."""
+    return [str(p) for p in folder.rglob("*") if p.name.endswith((".lock", atomic.TEMP_SUFFIX))]
+
+
+def unchanged(before: dict[str, str], after: dict[str, str]) -> bool:
+    """Every file of ``before`` is still there with the same bytes (new files are allowed)."""
+    return all(after.get(name) == digest for name, digest in before.items())
+
+
+def assert_one_line_error(code: int, stderr: str, expected_code: int, fragment: str) -> None:
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert code == expected_code, (code, stderr)
+    assert "Traceback" not in stderr, stderr
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("error: ") and fragment in lines[0], lines
+
+
+def invoke(args: list[str]):
+    """`force ARGS` in this process; returns the CliRunner result."""
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def run_force(args: list[str], cwd: Path, env: dict | None = None, stdin=subprocess.DEVNULL,
+              preexec=None, cap_memory: bool = False, timeout: float = 600) -> tuple[int, str, str, int]:
+    """`python -m force_cli ARGS` in a subprocess: (exit code, stdout, stderr, peak RSS in KB).
+
+    The peak resident size comes from ``wait4`` for this child alone (not the maximum over every
+    child this test process ever had, as ``RUSAGE_CHILDREN`` would give)."""
+    out_path, err_path = cwd / ".stdout.txt", cwd / ".stderr.txt"
+
+    def prepare():
+        if cap_memory:
+            resource.setrlimit(resource.RLIMIT_AS, (ADDRESS_SPACE_CAP, ADDRESS_SPACE_CAP))
+        if preexec is not None:
+            preexec()
+
+    full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
+    with open(out_path, "wb") as out, open(err_path, "wb") as err:
+        proc = subprocess.Popen(FORCE + [str(a) for a in args], cwd=cwd, stdin=stdin, stdout=out, stderr=err,
+                                env=full_env, preexec_fn=prepare)
+    deadline = time.monotonic() + timeout
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            break
+        if time.monotonic() > deadline:
+            proc.kill()
+            pid, status, usage = os.wait4(proc.pid, 0)
+            break
+        time.sleep(0.05)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    stdout, stderr = out_path.read_text(errors="replace"), err_path.read_text(errors="replace")
+    out_path.unlink()
+    err_path.unlink()
+    code = proc.returncode if proc.returncode >= 0 else 128 - proc.returncode
+    return code, stdout, stderr, usage.ru_maxrss
+
+
+# --------------------------------------------------------------------------------------------
+# 1. A sweep cell's key identifies its sparsity exactly; an old results folder still resumes
+# --------------------------------------------------------------------------------------------
+
+CLOSE_SPARSITIES = """model: lenet300
+dataset: digits
+train:
+  epochs: 1
+sweep:
+  methods: [magnitude]
+  sparsities: [0.9, 0.9000001]
+  seeds: [0]
+"""
+
+
+def test_1_two_sparsities_that_print_alike_get_their_own_cells(tmp_path):
+    from force_cli.checkpoint import read_metadata
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(CLOSE_SPARSITIES)
+    before = snapshot(tmp_path)
+    result = invoke(["sweep", recipe, "--out", tmp_path / "out", "-q", "--jobs", "2"])
+    assert result.exit_code == 0, (result.stderr, result.exception)
+    assert "Traceback" not in result.stderr
+    records = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
+    assert sorted(r["sparsity"] for r in records) == [0.9, 0.9000001]
+    assert len({r["cell"] for r in records}) == 2
+    for r in records:  # each cell pruned its own checkpoint, at its own sparsity
+        assert read_metadata(tmp_path / "out" / r["pruned"])["target_sparsity"] == r["sparsity"]
+    assert len(list((tmp_path / "out" / "cells").iterdir())) == 2
+    assert unchanged(before, snapshot(tmp_path)) and leftovers(tmp_path) == []
+
+
+def test_1_an_old_results_folder_resumes_and_a_collided_record_is_run_again(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(CLOSE_SPARSITIES)
+    out = tmp_path / "out"
+    out.mkdir()
+    old = {"cell": "magnitude-s0.9-seed0", "method": "magnitude", "seed": 0, "test_acc": 0.5}
+    # an older force ran both sparsities under the one key "s0.9": the second record is not 0.9000001's
+    (out / "results.jsonl").write_text(json.dumps(old | {"sparsity": 0.9}) + "\n"
+                                       + json.dumps(old | {"sparsity": 0.9000001}) + "\n")
+    before = snapshot(tmp_path)
+    result = invoke(["sweep", recipe, "--out", out, "--dry-run"])
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.splitlines() == ["done\tmagnitude-s0.9-seed0", "todo\tmagnitude-s0.9000001-seed0"]
+    assert snapshot(tmp_path) == before and leftovers(tmp_path) == []
