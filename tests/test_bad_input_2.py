@@ -151,3 +151,75 @@ def test_1_an_old_results_folder_resumes_and_a_collided_record_is_run_again(tmp_
     assert result.exit_code == 0, result.stderr
     assert result.stdout.splitlines() == ["done\tmagnitude-s0.9-seed0", "todo\tmagnitude-s0.9000001-seed0"]
     assert snapshot(tmp_path) == before and leftovers(tmp_path) == []
+
+
+# --------------------------------------------------------------------------------------------
+# 2. --log-file appends only to a force training log, and ends a partial last line safely
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pruned(tmp_path_factory) -> Path:
+    """A small pruned checkpoint (LeNet-300-100 on digits, 90 % random), made once."""
+    from force_cli.config import PruneConfig
+    from force_cli.pruning.job import prune_to_checkpoint
+
+    path = tmp_path_factory.mktemp("pruned") / "lenet.safetensors"
+    prune_to_checkpoint(PruneConfig(model="lenet300", dataset="digits", sparsity=0.9, method="random"), path)
+    return path
+
+
+@pytest.fixture
+def work(pruned, tmp_path, monkeypatch) -> Path:
+    """A folder holding a copy of the pruned checkpoint, as the current folder."""
+    (tmp_path / "lenet.safetensors").write_bytes(pruned.read_bytes())
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+TRAIN_ONE = ["train", "lenet.safetensors", "--epochs", "1", "--device", "cpu", "-q", "-o", "t.safetensors"]
+RECORD = {"epoch": 1, "lr": 0.1, "train_loss": 2.0, "train_acc": 0.5, "val_loss": None, "val_acc": None,
+          "test_loss": 2.0, "test_acc": 0.5, "seconds": 0.1}
+
+
+@pytest.mark.parametrize("name, content", [
+    ("sweep.json", b'{"title": "x"}'),  # the issue's case: first byte '{', no newline
+    ("results.jsonl", b'{"cell": "force-s0.9-seed0", "method": "force", "sparsity": 0.9, "test_acc": 0.8}\n'),
+    ("config.json", b'{\n  "lr": 0.1\n}\n'),
+    ("mixed.jsonl", json.dumps(RECORD).encode() + b'\n{"note": "mine"}\n'),
+])
+def test_2_a_file_that_is_not_a_training_log_is_refused_and_kept(work, name, content):
+    (work / name).write_bytes(content)
+    before = snapshot(work)
+    result = invoke(TRAIN_ONE + ["--log-file", name])
+    assert_one_line_error(result.exit_code, result.stderr, 2, "is not a JSON-lines log of `force train`")
+    assert snapshot(work) == before and leftovers(work) == []
+
+
+@pytest.mark.parametrize("tail", [b"", b"\n"], ids=["last-record-without-newline", "complete"])
+def test_2_a_training_log_gets_whole_records_appended(work, tail):
+    log = work / "train.jsonl"
+    first = json.dumps(RECORD).encode()
+    log.write_bytes(first + tail)
+    result = invoke(TRAIN_ONE + ["--log-file", log])
+    assert result.exit_code == 0, result.stderr
+    lines = log.read_bytes().split(b"\n")
+    assert lines[0] == first and lines[-1] == b"" and len(lines) == 3
+    assert json.loads(lines[1])["epoch"] == 1 and leftovers(work) == []
+
+
+def test_2_a_record_cut_short_by_a_killed_run_is_dropped_not_glued_to(work):
+    log = work / "train.jsonl"
+    first = json.dumps(RECORD).encode() + b"\n"
+    log.write_bytes(first + json.dumps(RECORD | {"epoch": 2}).encode()[:30])
+    result = invoke(TRAIN_ONE + ["--log-file", log])
+    assert result.exit_code == 0, result.stderr
+    data = log.read_bytes()
+    assert data.startswith(first) and data.endswith(b"\n")
+    assert [json.loads(line)["epoch"] for line in data.splitlines()] == [1, 1]
+
+
+def test_2_the_fields_a_log_record_must_hold_are_fields_the_loop_writes():
+    from force_cli.training import epoch_log, loop
+
+    assert set(epoch_log.RECORD_FIELDS) <= set(loop.EPOCH_FIELDS) and loop.EPOCH_FIELDS[0] == "epoch"
