@@ -6,7 +6,8 @@ one could delete the other's partial checkpoint). Each output therefore gets a s
 line naming the holder. Creating the lock file is also the first write into the output folder, so
 a folder that cannot be written is reported before any work starts. ``flock`` locks vanish when
 the process dies, so a killed command never leaves a stale lock behind (only, at worst, an empty
-lock file, which the next run reuses).
+lock file, which the next run reuses). A child forked while a lock is held (a DataLoader worker)
+closes its copy of the lock at once, so that it cannot keep the lock of a killed parent alive.
 """
 
 from __future__ import annotations
@@ -20,6 +21,22 @@ from pathlib import Path
 
 from force_cli import atomic
 from force_cli.errors import ConfigError, OutputError
+
+
+#: The lock descriptors this process holds (process-wide, for the fork hook below). A forked child
+#: shares them: were it to outlive this process (killed with -9), it would hold the lock until it exited.
+_held_fds: set[int] = set()
+
+
+def _close_in_forked_child() -> None:
+    for fd in _held_fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)  # only this copy: the parent's lock stays held until the parent closes its own
+    _held_fds.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_in_forked_child)
 
 
 def lock_path(target: Path) -> Path:
@@ -66,6 +83,7 @@ def _acquire(target: Path, what: str) -> int:
             except OSError as exc:
                 os.close(fd)
                 raise OutputError.from_os(exc, target, what) from None
+            _held_fds.add(fd)
             return fd
         os.close(fd)
     raise ConfigError(f"cannot lock {what} '{target}': its lock file keeps changing; retry")
@@ -74,6 +92,7 @@ def _acquire(target: Path, what: str) -> int:
 def _release(target: Path, fd: int) -> None:
     with contextlib.suppress(OSError):
         os.unlink(lock_path(target))  # while still holding the lock, so no one else is holding it
+    _held_fds.discard(fd)
     os.close(fd)
 
 

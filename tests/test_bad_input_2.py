@@ -223,3 +223,133 @@ def test_2_the_fields_a_log_record_must_hold_are_fields_the_loop_writes():
     from force_cli.training import epoch_log, loop
 
     assert set(epoch_log.RECORD_FIELDS) <= set(loop.EPOCH_FIELDS) and loop.EPOCH_FIELDS[0] == "epoch"
+
+
+# --------------------------------------------------------------------------------------------
+# 3. Sweep workers die with their parent; a lock of a dead process never blocks a re-run
+# --------------------------------------------------------------------------------------------
+
+SLOW_MODEL = '''import os, time
+from torch import nn
+
+
+class Slow(nn.Module):
+    """A small MLP for 8x8 digits whose forward sleeps $SLOW seconds (on real tensors)."""
+
+    def __init__(self, num_classes):
+        super().__init__()
+        self.body = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, num_classes))
+
+    def forward(self, x):
+        if x.device.type != "meta":
+            time.sleep(float(os.environ.get("SLOW", "0")))
+        return self.body(x)
+
+
+def net(num_classes):
+    return Slow(num_classes)
+'''
+SLOW_RECIPE = """model: slowmodel:net
+dataset: digits
+train:
+  epochs: 1
+sweep:
+  methods: [magnitude]
+  sparsities: [0.5, 0.9]
+  seeds: [0]
+"""
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie waiting for a reaper that never comes, in a container, is not)."""
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def wait_until(condition, limit: float) -> bool:
+    """Poll ``condition`` until it holds or ``limit`` seconds have passed (a wait, not a speed check)."""
+    deadline = time.monotonic() + limit
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_3_workers_of_a_killed_sweep_die_and_the_same_command_resumes(tmp_path):
+    (tmp_path / "slowmodel.py").write_text(SLOW_MODEL)
+    (tmp_path / "slow.yaml").write_text(SLOW_RECIPE)
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{REPO}"}
+    command = FORCE + ["sweep", "slow.yaml", "--jobs", "2", "-q"]
+    parent = subprocess.Popen(command, cwd=tmp_path, env=env | {"SLOW": "2"}, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    cells = tmp_path / "runs" / "slow" / "cells"
+    try:  # both workers have pruned their cell and are training it
+        assert wait_until(lambda: len(list(cells.glob("*/pruned.safetensors"))) == 2, 300)
+        workers = children_of(parent.pid)
+        assert len(workers) >= 2
+    finally:
+        parent.kill()
+        parent.wait()
+    try:
+        assert wait_until(lambda: not any(alive(pid) for pid in workers), 60), "workers outlived their parent"
+    finally:  # without the fix they would train on: end them here
+        for pid in workers:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    records = [json.loads(line) for line in (tmp_path / "runs" / "slow" / "results.jsonl").read_text().splitlines()]
+    assert sorted(r["sparsity"] for r in records) == [0.5, 0.9]
+    assert leftovers(tmp_path) == []
+
+
+LOCK_THEN_DIE = """
+import os, signal, sys, time
+from pathlib import Path
+from force_cli.locking import hold
+
+with hold((Path(sys.argv[1]), "output")):
+    child = os.fork()
+    if child == 0:  # a forked helper (a DataLoader worker, say) that outlives its parent
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 1)  # not the test's pipe, which it would keep open
+        os.dup2(null, 2)
+        time.sleep(60)
+        os._exit(0)
+    print(child, flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)  # killed outright while holding the lock
+"""
+
+
+def test_3_a_lock_of_a_killed_process_never_blocks_a_re_run_even_with_a_forked_child_alive(tmp_path):
+    from force_cli.locking import hold
+
+    target = tmp_path / "x.safetensors"
+    done = subprocess.run([sys.executable, "-c", LOCK_THEN_DIE, str(target)], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+    child = int(done.stdout.split()[0])
+    try:
+        assert done.returncode == -signal.SIGKILL and alive(child)
+        with hold((target, "output")):  # the lock file is still there; its holder is dead
+            pass
+    finally:
+        os.kill(child, signal.SIGKILL)
+    assert leftovers(tmp_path) == []
