@@ -343,11 +343,10 @@ def inspect(
     threads: ThreadsOpt = None,
 ):
     """Per-layer density and effective density of a checkpoint, with its metadata."""
-    from force_cli.checkpoint import load_checkpoint
     from force_cli.report import effective_masks, json_document, render, summary
-    from force_cli.restore import input_shape, model_from_checkpoint
+    from force_cli.restore import input_shape, load_for_model, model_from_checkpoint
 
-    ckpt = load_checkpoint(checkpoint)
+    ckpt = load_for_model(checkpoint)
     model = model_from_checkpoint(ckpt)
     effective = effective_masks(model, ckpt.masks, input_shape(ckpt.metadata))
     report = summary(ckpt.masks, effective, ckpt.metadata, str(checkpoint)) | {"warnings": ckpt.warnings}

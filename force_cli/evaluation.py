@@ -149,15 +149,14 @@ def evaluate_checkpoint(
 def _evaluate_checkpoint(checkpoint, split, dataset, data_dir, download, device, batch_size, workers,
                          on_start, on_batch, on_warning) -> dict[str, Any]:
     from force_cli import distributed
-    from force_cli.checkpoint import load_checkpoint
     from force_cli.data import dataset_info, load_datasets, make_loader
     from force_cli.device import resolve_device
     from force_cli.pruning.masks import count_kept, count_total
-    from force_cli.restore import model_from_checkpoint
+    from force_cli.restore import load_for_model, model_from_checkpoint
     from force_cli.training.settings import TRAIN_DEFAULTS
 
     dev = resolve_device(device)
-    ckpt = load_checkpoint(checkpoint)
+    ckpt = load_for_model(checkpoint)
     for warning in ckpt.warnings if on_warning is not None else ():
         on_warning(warning)
     metadata = ckpt.metadata

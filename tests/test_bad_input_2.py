@@ -353,3 +353,58 @@ def test_3_a_lock_of_a_killed_process_never_blocks_a_re_run_even_with_a_forked_c
     finally:
         os.kill(child, signal.SIGKILL)
     assert leftovers(tmp_path) == []
+
+
+# --------------------------------------------------------------------------------------------
+# 4. The compact reader compares declared shapes with the model before it allocates anything
+# --------------------------------------------------------------------------------------------
+
+HUGE = 300_000_000  # elements declared by a few KB of gap codes: 2.7 GB as float64 plus a bool mask
+
+
+def compact_declaring(pruned: Path, dest: Path, name: str, shape: list[int]) -> None:
+    """A compact checkpoint whose weight ``name`` is declared with ``shape`` (float64, one kept
+    value, the rest covered by uint16 gap codes): a few KB standing for ``prod(shape)`` elements."""
+    import math
+
+    import torch
+    from safetensors.torch import save_file
+
+    from force_cli import compact
+    from force_cli.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(pruned)
+    tensors = dict(ckpt.state_dict) | {f"mask:{k}": m for k, m in ckpt.masks.items()}
+    raw_meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in ckpt.metadata.items()}
+    tensors, header = compact.encode(tensors, raw_meta)
+    layout = json.loads(header["compact"])
+    n = math.prod(shape)
+    layout[name] = {"shape": shape, "kept": 1, "mask": "gaps"}
+    tensors[f"values:{name}"] = torch.ones(1, dtype=torch.float64)
+    tensors.pop(f"bits:{name}", None)
+    tensors[f"gaps:{name}"] = torch.tensor([0] + [65535] * ((n - 1) // 65535), dtype=torch.int64).to(torch.uint16)
+    save_file(tensors, str(dest), metadata=header | {"compact": json.dumps(layout)})
+
+
+def test_4_a_compact_file_declaring_a_huge_weight_is_refused_before_allocating_it(pruned, tmp_path):
+    crafted = tmp_path / "crafted.safetensors"
+    compact_declaring(pruned, crafted, "fc1.weight", [HUGE])
+    assert crafted.stat().st_size < 100_000
+    before = snapshot(tmp_path)
+    code, out, err, peak_kb = run_force(["inspect", crafted], tmp_path, cap_memory=True)
+    assert_one_line_error(code, err, 2, f"'fc1.weight' has shape ({HUGE},) but model 'lenet300' needs (300, 64)")
+    assert peak_kb < MEMORY_BOUND_KB, f"peak {peak_kb} KB"
+    assert out == "" and snapshot(tmp_path) == before and leftovers(tmp_path) == []
+
+
+def test_4_every_reader_checks_declared_shapes_first(pruned, tmp_path, monkeypatch):
+    """train and eval read through the same check (a zero-size allocation budget proves it: nothing
+    of the declared size is allocated before the refusal)."""
+    from force_cli import compact
+
+    crafted = tmp_path / "crafted.safetensors"
+    compact_declaring(pruned, crafted, "fc1.weight", [HUGE])
+    monkeypatch.setattr(compact, "_memory_bytes", lambda: 0)  # any allocation check would refuse first
+    for args in (["eval", crafted], ["train", crafted, "--epochs", "1"]):
+        result = invoke(args)
+        assert_one_line_error(result.exit_code, result.stderr, 2, "'fc1.weight' has shape")

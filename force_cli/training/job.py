@@ -39,7 +39,6 @@ from force_cli import distributed
 from force_cli.checkpoint import (
     Checkpoint,
     check_new_output,
-    load_checkpoint,
     recomputed_sparsity,
     save_checkpoint,
 )
@@ -50,7 +49,7 @@ from force_cli.device import resolve_device
 from force_cli.errors import CheckpointError, ConfigError, OutputError
 from force_cli.locking import hold
 from force_cli.evaluation import check_dataset_fits, recorded_data_dir
-from force_cli.restore import model_from_checkpoint
+from force_cli.restore import load_for_model, model_from_checkpoint
 from force_cli.training import ddp, epoch_log
 from force_cli.training.loop import Interrupted, TrainCallbacks, Trainer, TrainingDiverged, autocast_dtype
 from force_cli.training.settings import complete_settings
@@ -193,7 +192,7 @@ def train_checkpoint(
         raise ConfigError("give either a checkpoint to train or --resume PARTIAL, not both" if checkpoint is not None
                           else "no checkpoint given; pass the checkpoint to train (made by `force prune`) or --resume PARTIAL")
     source = Path(resume if resume is not None else checkpoint)
-    ckpt = load_checkpoint(source)
+    ckpt = load_for_model(source)
     metadata = ckpt.metadata
     chosen = _chosen(settings)
 
