@@ -343,14 +343,13 @@ def inspect(
     threads: ThreadsOpt = None,
 ):
     """Per-layer density and effective density of a checkpoint, with its metadata."""
-    from force_cli.report import effective_masks, json_document, render, summary
+    from force_cli.report import inspection, json_document, render
     from force_cli.restore import input_shape, load_for_model, model_from_checkpoint
 
     ckpt = load_for_model(checkpoint)
     model = model_from_checkpoint(ckpt)
-    effective = effective_masks(model, ckpt.masks, input_shape(ckpt.metadata))
-    report = summary(ckpt.masks, effective, ckpt.metadata, str(checkpoint)) | {"warnings": ckpt.warnings}
-    for message in ckpt.warnings:
+    report = inspection(model, ckpt.masks, ckpt.metadata, str(checkpoint), input_shape(ckpt.metadata), ckpt.warnings)
+    for message in report["warnings"]:
         warn(message)
     if json_output:
         print(json_document(report))

@@ -408,3 +408,66 @@ def test_4_every_reader_checks_declared_shapes_first(pruned, tmp_path, monkeypat
     for args in (["eval", crafted], ["train", crafted, "--epochs", "1"]):
         result = invoke(args)
         assert_one_line_error(result.exit_code, result.stderr, 2, "'fc1.weight' has shape")
+
+
+# --------------------------------------------------------------------------------------------
+# 5. inspect's reachability pass is bounded, whatever input size the metadata claims
+# --------------------------------------------------------------------------------------------
+
+
+def resnet18_claiming_512_px(path: Path):
+    """A CIFAR ResNet-18 checkpoint (made for 32 px) whose metadata says 512 px images of an imagefolder."""
+    import torch
+
+    from force_cli.checkpoint import save_checkpoint
+    from force_cli.models import build_model
+    from force_cli.pruning.masks import prunable_weights
+
+    torch.manual_seed(0)
+    model = build_model("resnet18", init=None, num_classes=10, in_channels=3, image_size=32)
+    masks = {k: torch.rand(w.shape) < 0.1 for k, w in prunable_weights(model).items()}
+    args = {"num_classes": 10, "in_channels": 3, "image_size": 512}
+    save_checkpoint(path, model.state_dict(), masks, {
+        "stage": "init", "model": "resnet18", "model_args": args, "dataset": "imagefolder"}, compact=True)
+    return model
+
+
+def test_5_the_pass_at_the_claimed_size_is_counted_on_the_meta_device_and_exceeds_the_budget(tmp_path):
+    from force_cli.report import REACHABILITY_BUDGET, reachability_size
+
+    model = resnet18_claiming_512_px(tmp_path / "r18.safetensors")
+    # by hand: 64 channels at 512x512 is 16.8 M elements per layer; the budget holds about 8 such layers
+    assert reachability_size(model, (3, 512, 512)) > REACHABILITY_BUDGET > reachability_size(model, (3, 32, 32))
+    assert reachability_size(model, (3, 32, 32)) > 64 * 32 * 32 * 17  # the 17 convolutions at full size alone
+
+
+def test_5_a_checkpoint_claiming_512_px_inputs_is_inspected_in_bounded_memory(tmp_path):
+    from force_cli.checkpoint import load_checkpoint
+
+    crafted = tmp_path / "r18.safetensors"
+    resnet18_claiming_512_px(crafted)
+    before = snapshot(tmp_path)
+    code, out, err, peak_kb = run_force(["inspect", crafted, "--json"], tmp_path, cap_memory=True)
+    assert code == 0, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("warning: effective density not computed") and "3x512x512" in lines[0]
+    report = json.loads(out)
+    assert report["totals"]["effective_density"] is None and report["disconnected"] is None
+    kept = sum(int(m.sum()) for m in load_checkpoint(crafted).masks.values())
+    assert report["totals"]["kept"] == kept  # the density is still reported, exactly
+    assert peak_kb < MEMORY_BOUND_KB, f"peak {peak_kb} KB"
+    assert snapshot(tmp_path) == before and leftovers(tmp_path) == []
+
+
+def test_5_the_table_shows_the_columns_it_could_not_compute_as_dashes(tmp_path, monkeypatch):
+    from force_cli import report
+
+    monkeypatch.setattr(report, "REACHABILITY_BUDGET", 10)
+    from force_cli.config import PruneConfig
+    from force_cli.pruning.job import prune_to_checkpoint
+
+    path = tmp_path / "l.safetensors"
+    prune_to_checkpoint(PruneConfig(model="lenet300", dataset="digits", sparsity=0.9, method="random"), path)
+    result = invoke(["inspect", path])
+    assert result.exit_code == 0, result.stderr
+    assert "effective density not computed" in result.stderr and "–" in result.stdout
