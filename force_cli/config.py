@@ -4,6 +4,12 @@ A recipe is a YAML file whose top level holds the settings shared by every comma
 dataset, seed, data_dir, download, device) and one section per command (``prune:``, ...). Every
 key is checked against the dataclass of its section: an unknown key or a wrong type is a
 ConfigError naming the key and the file. Precedence: command-line flag > recipe > built-in default.
+
+A recipe is untrusted text. It is read with ``yaml.safe_load`` (plain values only), after its node
+graph (``yaml.compose``, nothing constructed) is checked: YAML aliases may share a value many
+times over ("billion laughs": 600 bytes that stand for gigabytes), so the nodes of the document
+with every alias expanded are counted, and more than ``MAX_RECIPE_NODES`` is refused. Values are
+named in messages by ``safe_text.brief``, bounded whatever their size.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from typing import Any
 import yaml
 
 from force_cli.errors import ConfigError
+from force_cli.safe_text import brief
 
 
 @dataclass
@@ -173,7 +180,7 @@ def check_section(data: Any, cls: type, where: str) -> dict[str, Any]:
             raise ConfigError(f"{where}: unknown key '{key}'; known keys are: {', '.join(sorted(known))}")
         if not _matches(value, hints[key]):
             raise ConfigError(
-                f"{where}: '{key}' must be {_type_name(hints[key])}, got {value!r} ({type(value).__name__})"
+                f"{where}: '{key}' must be {_type_name(hints[key])}, got {brief(value)} ({type(value).__name__})"
             )
         check_int_bounds(key, value, where)
         checked[key] = float(value) if hints[key] in (float, float | None) and isinstance(value, int) else value
@@ -191,6 +198,44 @@ class Recipe:
         return {**self.common, **self.sections.get(section, {})}
 
 
+#: Nodes a recipe may stand for with every alias expanded (the shipped recipes have under 100).
+MAX_RECIPE_NODES = 10_000
+
+
+def expanded_nodes(node: yaml.Node, limit: int = MAX_RECIPE_NODES) -> int:
+    """The nodes of a composed YAML document with every alias expanded, counted up to just past
+    ``limit``: each node is visited once (a shared one's count is remembered), so the count costs
+    the size of the file, not of the expansion. A node that contains itself counts as over the limit."""
+    sizes: dict[int, int] = {}
+
+    def size(n: yaml.Node) -> int:
+        if id(n) in sizes:
+            return sizes[id(n)]
+        sizes[id(n)] = limit + 1  # while counting: a node met again inside itself is unbounded
+        if isinstance(n, yaml.SequenceNode):
+            children = n.value
+        elif isinstance(n, yaml.MappingNode):
+            children = [part for pair in n.value for part in pair]
+        else:
+            children = []
+        total = 1
+        for child in children:
+            total = min(total + size(child), limit + 1)
+        sizes[id(n)] = total
+        return total
+
+    return size(node) if node is not None else 0
+
+
+def _parse(text: str, path: Path) -> Any:
+    """``yaml.safe_load`` of a recipe whose node graph was checked first (see the module docstring)."""
+    node = yaml.compose(text, Loader=yaml.SafeLoader)
+    if expanded_nodes(node) > MAX_RECIPE_NODES:
+        raise ConfigError(f"recipe '{path}' expands, through its YAML aliases (*name), to more than "
+                          f"{MAX_RECIPE_NODES:,} values; write the settings out instead")
+    return yaml.safe_load(text)
+
+
 def load_recipe(path: str | Path) -> Recipe:
     path = Path(path)
     if str(path) == "":
@@ -206,7 +251,7 @@ def load_recipe(path: str | Path) -> Recipe:
     except UnicodeDecodeError as exc:
         raise ConfigError(f"recipe '{path}' is not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
     try:
-        data = yaml.safe_load(text)
+        data = _parse(text, path)
     except yaml.constructor.ConstructorError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""

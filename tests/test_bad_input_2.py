@@ -471,3 +471,58 @@ def test_5_the_table_shows_the_columns_it_could_not_compute_as_dashes(tmp_path, 
     result = invoke(["inspect", path])
     assert result.exit_code == 0, result.stderr
     assert "effective density not computed" in result.stderr and "–" in result.stdout
+
+
+# --------------------------------------------------------------------------------------------
+# 6. A recipe's YAML aliases cannot expand without bound, and no message repr's a huge value
+# --------------------------------------------------------------------------------------------
+
+
+def laughs(levels: int = 9) -> str:
+    """A sweep title of ``levels`` nested lists of 9 aliases each: 9**levels strings from ~600 bytes."""
+    names = "abcdefghijklmnop"
+    parts = ["&a [" + ", ".join(["lol"] * 9) + "]"]
+    for i in range(1, levels):
+        parts.append(f"&{names[i]} [" + ", ".join([f"*{names[i - 1]}"] * 9) + "]")
+    return f"model: lenet300\ndataset: digits\nsweep:\n  sparsities: [0.9]\n  title: [{', '.join(parts)}]\n"
+
+
+def test_6_a_billion_laughs_recipe_is_refused_in_bounded_memory(tmp_path):
+    recipe = tmp_path / "laughs.yaml"
+    recipe.write_text(laughs())
+    assert recipe.stat().st_size < 700
+    before = snapshot(tmp_path)
+    code, out, err, peak_kb = run_force(["sweep", recipe, "--out", tmp_path / "out"], tmp_path, cap_memory=True)
+    assert_one_line_error(code, err, 2, "expands, through its YAML aliases")
+    assert peak_kb < MEMORY_BOUND_KB, f"peak {peak_kb} KB"
+    assert out == "" and snapshot(tmp_path) == before and leftovers(tmp_path) == []
+
+
+def test_6_the_expansion_is_counted_node_by_node_once():
+    import yaml
+
+    from force_cli.config import expanded_nodes
+
+    # by hand: 9 scalars + their list = 10 nodes; each next level is 1 + 9 x the previous one
+    assert expanded_nodes(yaml.compose("[" + ", ".join(["x"] * 9) + "]")) == 10
+    two = yaml.compose("[&a [" + ", ".join(["x"] * 9) + "], [" + ", ".join(["*a"] * 9) + "]]")
+    assert expanded_nodes(two) == 1 + 10 + (1 + 9 * 10)
+    assert expanded_nodes(yaml.compose(laughs()), limit=1000) == 1001  # saturates just past the limit
+    assert expanded_nodes(yaml.compose("&a [*a]")) > 10_000  # a list that contains itself
+
+
+def test_6_a_shared_value_within_the_bound_is_still_fine(tmp_path):
+    from force_cli.config import load_recipe
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model: lenet300\ndataset: digits\nprune:\n  batch_size: &b 64\ntrain:\n  batch_size: *b\n")
+    assert load_recipe(recipe).sections["train"]["batch_size"] == 64
+
+
+def test_6_a_wrong_value_is_named_briefly_whatever_its_size(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model: lenet300\ndataset: digits\nsweep:\n  sparsities: [0.9]\n  title: ["
+                      + ", ".join(["lol"] * 5000) + "]\n")
+    result = invoke(["sweep", recipe, "--out", tmp_path / "out"])
+    assert_one_line_error(result.exit_code, result.stderr, 2, "'title' must be str, got ['lol', 'lol'")
+    assert len(result.stderr) < 400 and not (tmp_path / "out").exists()
