@@ -526,3 +526,21 @@ def test_6_a_wrong_value_is_named_briefly_whatever_its_size(tmp_path):
     result = invoke(["sweep", recipe, "--out", tmp_path / "out"])
     assert_one_line_error(result.exit_code, result.stderr, 2, "'title' must be str, got ['lol', 'lol'")
     assert len(result.stderr) < 400 and not (tmp_path / "out").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# 7. A thread count beyond any machine is refused with one line, from the flag or the environment
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("env, args, fragment", [
+    ({"FORCE_THREADS": "3000000000"}, [], "$FORCE_THREADS must be at most"),
+    ({"FORCE_THREADS": "", "OMP_NUM_THREADS": str(2**31)}, [], "$OMP_NUM_THREADS must be at most"),
+    ({}, ["--threads", str(2**31)], "--threads must be at most"),
+    ({}, ["--threads", str(2**63)], "--threads must be at most"),
+])
+def test_7_a_huge_thread_count_is_one_line_exit_2(work, env, args, fragment):
+    before = snapshot(work)
+    result = runner.invoke(app, ["inspect", "lenet.safetensors", *args], env=env)
+    assert_one_line_error(result.exit_code, result.stderr, 2, fragment)
+    assert result.stdout == "" and snapshot(work) == before and leftovers(work) == []
