@@ -681,11 +681,13 @@ def _write_sweep_report(folder: Path, title: str) -> None:
     "  force export lenet-trained.safetensors --to state-dict -o lenet-weights.safetensors",
 )
 @user_errors
+@honours_trust
 def export(
     checkpoint: CheckpointArg,
     to: Annotated[str, typer.Option("--to", help="Format to write: compact, dense, state-dict or torch-prune (below).")],
     output: Annotated[Path, typer.Option("--output", "-o", parser=_path, metavar="<path>", help="File to write (required).")],
     overwrite: Annotated[bool, typer.Option("--overwrite", metavar="", help="Replace an existing output file.")] = False,
+    trust_model_code: TrustOpt = False,
 ):
     """Convert a checkpoint: compact <-> dense (lossless), or a plain state_dict / torch.nn.utils.prune layout; print the path."""
     from force_cli.export import export_checkpoint

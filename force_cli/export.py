@@ -8,6 +8,10 @@
     into a model on which ``prune.custom_from_mask`` was applied to each pruned weight.
 Only the model's own tensors are exported to the last two; training state (of a partial
 checkpoint) is kept by ``dense`` and ``compact`` only.
+
+The source is validated exactly as `train`, `eval` and `inspect` validate it (every shape against
+its model built on the meta device, the masks, the model arguments), so a file they refuse is not
+exported either; a model that is an import path is rebuilt only under ``trusted_model_code()``.
 """
 
 from __future__ import annotations
@@ -19,8 +23,9 @@ import torch
 from safetensors.torch import save as serialize
 
 from force_cli.atomic import write_atomic
-from force_cli.checkpoint import Checkpoint, check_new_output, load_checkpoint, save_checkpoint
+from force_cli.checkpoint import Checkpoint, check_new_output, save_checkpoint
 from force_cli.errors import ConfigError
+from force_cli.restore import check_shapes, input_shape, load_for_model
 
 FORMATS = {
     "compact": "force checkpoint, compact variant (kept values + bit-packed mask or gap codes)",
@@ -55,7 +60,9 @@ def export_checkpoint(source: str | Path, to: str, output: str | Path, *, overwr
         raise ConfigError(f"unknown export format '{to}'; known formats are: {', '.join(FORMATS)}")
     output = Path(output)
     check_new_output(output, overwrite)
-    ckpt = load_checkpoint(source)
+    ckpt = load_for_model(source)
+    check_shapes(ckpt)  # the masks too, as model_from_checkpoint checks them for the other commands
+    input_shape(ckpt.metadata)  # the model arguments against the dataset, as inspect checks them
     if _same_file(Path(source), output):
         raise ConfigError(f"the output '{output}' is the input checkpoint; choose another -o path")
     if to in ("dense", "compact"):

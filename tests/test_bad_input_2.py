@@ -544,3 +544,52 @@ def test_7_a_huge_thread_count_is_one_line_exit_2(work, env, args, fragment):
     result = runner.invoke(app, ["inspect", "lenet.safetensors", *args], env=env)
     assert_one_line_error(result.exit_code, result.stderr, 2, fragment)
     assert result.stdout == "" and snapshot(work) == before and leftovers(work) == []
+
+
+# --------------------------------------------------------------------------------------------
+# 8. export validates its input exactly as the other readers do
+# --------------------------------------------------------------------------------------------
+
+
+def with_tensors(src: Path, dest: Path, edit) -> Path:
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(src), framework="pt") as f:
+        tensors, meta = {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata())
+    edit(tensors)
+    save_file(tensors, str(dest), metadata=meta)
+    return dest
+
+
+@pytest.mark.parametrize("to", ["dense", "compact", "state-dict", "torch-prune"])
+@pytest.mark.parametrize("edit, fragment", [
+    (lambda t: t.update({"fc9.weight": t["fc1.bias"][:2].clone()}), "holds 'fc9.weight'"),  # inspect refuses it
+    (lambda t: t.update({"fc1:x": t["fc1.bias"].clone()}), "holds 'fc1:x'"),  # crashed save_checkpoint before
+    (lambda t: t.update({"mask:fc1.bias": t["fc1.bias"] > 0}), "mask 'fc1.bias' matches no prunable weight"),
+], ids=["extra-tensor", "corrupt-key-name", "mask-on-a-bias"])
+def test_8_export_refuses_what_the_other_readers_refuse(work, to, edit, fragment):
+    with_tensors(work / "lenet.safetensors", work / "bad.safetensors", edit)
+    inspected = invoke(["inspect", work / "bad.safetensors"])
+    assert_one_line_error(inspected.exit_code, inspected.stderr, 2, fragment)
+    before = snapshot(work)
+    result = invoke(["export", work / "bad.safetensors", "--to", to, "-o", work / "out.safetensors"])
+    assert_one_line_error(result.exit_code, result.stderr, 2, fragment)
+    assert result.stdout == "" and snapshot(work) == before and leftovers(work) == []
+
+
+def test_8_export_rebuilds_an_import_path_model_only_when_trusted(tmp_path, monkeypatch):
+    from force_cli.config import PruneConfig
+    from force_cli.pruning.job import prune_to_checkpoint
+
+    monkeypatch.chdir(tmp_path)
+    src = tmp_path / "mlp.safetensors"
+    prune_to_checkpoint(PruneConfig(model="tests.custom_models:tiny_mlp", dataset="digits", sparsity=0.9,
+                                    method="random"), src)
+    before = snapshot(tmp_path)
+    result = invoke(["export", src, "--to", "state-dict", "-o", "w.safetensors"])
+    assert_one_line_error(result.exit_code, result.stderr, 2, "--trust-model-code")
+    assert snapshot(tmp_path) == before and leftovers(tmp_path) == []
+    result = invoke(["export", src, "--to", "state-dict", "-o", "w.safetensors", "--trust-model-code"])
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.strip() == "w.safetensors" and leftovers(tmp_path) == []
