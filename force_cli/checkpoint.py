@@ -77,7 +77,7 @@ def _decode_metadata(raw: dict[str, str], path: Path) -> dict[str, Any]:
         if key in JSON_FIELDS:
             try:
                 decoded[key] = json.loads(value)
-            except json.JSONDecodeError:
+            except (ValueError, RecursionError):  # bad JSON, an integer of more than 4300 digits, deep nesting
                 raise CheckpointError(f"{path}: metadata field '{key}' is not valid JSON; the file is corrupt") from None
         else:
             decoded[key] = value

@@ -103,7 +103,7 @@ def declared_shapes(raw: dict[str, str], path: Path) -> dict[str, tuple[int, ...
 def _layout(raw: dict[str, str], path: Path) -> dict[str, dict]:
     try:
         layout = json.loads(raw[LAYOUT_FIELD])
-    except (KeyError, json.JSONDecodeError):
+    except (KeyError, ValueError, RecursionError):  # missing, bad JSON, an integer of too many digits, too deep
         raise _corrupt(path, f"the '{LAYOUT_FIELD}' metadata field is missing or not JSON") from None
     if not isinstance(layout, dict):
         raise _corrupt(path, f"the '{LAYOUT_FIELD}' metadata field is not a mapping")

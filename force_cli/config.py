@@ -137,7 +137,7 @@ def check_int_bounds(key: str, value: Any, where: str = "") -> None:
         if isinstance(item, int) and not isinstance(item, bool) and not low <= item <= high:
             name = f"{where}: '{key}'" if where else f"--{key.replace('_', '-')}"
             bound = f"at least {low}" if item < low else f"at most {high}"
-            raise ConfigError(f"{name} must be {bound}, got {item}")
+            raise ConfigError(f"{name} must be {bound}, got {brief(item)}")
 
 
 #: Recipe sections and the dataclass that types each. Other commands add theirs here.
@@ -227,13 +227,44 @@ def expanded_nodes(node: yaml.Node, limit: int = MAX_RECIPE_NODES) -> int:
     return size(node) if node is not None else 0
 
 
+#: Python reads a decimal integer of at most this many digits (``sys.get_int_max_str_digits``).
+MAX_INT_DIGITS = 4300
+_INT_TAG = "tag:yaml.org,2002:int"
+
+
+def _long_integer(node: yaml.Node | None) -> yaml.ScalarNode | None:
+    """The first integer scalar too long for Python to read, if any (each node visited once)."""
+    seen, todo = set(), [node]
+    while todo:
+        n = todo.pop()
+        if n is None or id(n) in seen:
+            continue
+        seen.add(id(n))
+        if isinstance(n, yaml.ScalarNode):
+            if n.tag == _INT_TAG and sum(ch.isdigit() for ch in n.value) > MAX_INT_DIGITS:
+                return n
+        elif isinstance(n, yaml.SequenceNode):
+            todo.extend(n.value)
+        elif isinstance(n, yaml.MappingNode):
+            todo.extend(part for pair in n.value for part in pair)
+    return None
+
+
 def _parse(text: str, path: Path) -> Any:
     """``yaml.safe_load`` of a recipe whose node graph was checked first (see the module docstring)."""
     node = yaml.compose(text, Loader=yaml.SafeLoader)
     if expanded_nodes(node) > MAX_RECIPE_NODES:
         raise ConfigError(f"recipe '{path}' expands, through its YAML aliases (*name), to more than "
                           f"{MAX_RECIPE_NODES:,} values; write the settings out instead")
-    return yaml.safe_load(text)
+    long = _long_integer(node)
+    if long is not None:
+        raise ConfigError(f"recipe '{path}' has an integer of {len(long.value)} characters at line "
+                          f"{long.start_mark.line + 1}; numbers in recipes have at most {MAX_INT_DIGITS} digits")
+    try:
+        return yaml.safe_load(text)
+    except ValueError as exc:  # a value YAML recognises but Python cannot build (a date such as 2024-13-45)
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError(f"recipe '{path}' holds a value that cannot be read ({first}); fix it") from None
 
 
 def load_recipe(path: str | Path) -> Recipe:

@@ -99,7 +99,7 @@ def read_results(path: Path) -> list[dict]:
             continue
         try:
             record = json.loads(line)
-        except (json.JSONDecodeError, RecursionError):
+        except (ValueError, RecursionError):  # ValueError: bad JSON, or an integer of more than 4300 digits
             if number == len(lines):  # interrupted while appending: that cell simply is not finished
                 continue
             raise DataError(f"{path}: line {number} is not valid JSON; delete that line and re-run the sweep") from None

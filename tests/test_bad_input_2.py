@@ -593,3 +593,54 @@ def test_8_export_rebuilds_an_import_path_model_only_when_trusted(tmp_path, monk
     result = invoke(["export", src, "--to", "state-dict", "-o", "w.safetensors", "--trust-model-code"])
     assert result.exit_code == 0, result.stderr
     assert result.stdout.strip() == "w.safetensors" and leftovers(tmp_path) == []
+
+
+# --------------------------------------------------------------------------------------------
+# 9. An integer of more than 4300 digits, in a recipe, a results file or a checkpoint's metadata
+# --------------------------------------------------------------------------------------------
+
+LONG = "1" + "0" * 5000
+
+
+def test_9_a_recipe_integer_of_5001_digits_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "r.yaml").write_text(f"prune:\n  steps: {LONG}\n")
+    before = snapshot(tmp_path)
+    result = invoke(["prune", "-m", "lenet300", "-d", "digits", "-s", "0.9", "--recipe", "r.yaml"])
+    assert_one_line_error(result.exit_code, result.stderr, 2, "an integer of 5001 characters at line 2")
+    assert len(result.stderr) < 400 and snapshot(tmp_path) == before and leftovers(tmp_path) == []
+
+
+def test_9_a_recipe_date_that_does_not_exist_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "r.yaml").write_text("model: lenet300\nprune:\n  sparsity: 2024-13-45\n")
+    result = invoke(["prune", "--recipe", "r.yaml"])
+    assert_one_line_error(result.exit_code, result.stderr, 2, "holds a value that cannot be read")
+
+
+@pytest.mark.parametrize("command", [["sweep", "--report", "{out}"], ["sweep", "{recipe}", "--out", "{out}", "--dry-run"]])
+def test_9_a_results_line_with_an_integer_of_5001_digits_is_one_line(tmp_path, command):
+    out = tmp_path / "out"
+    out.mkdir()
+    good = {"cell": "random-s0.9-seed0", "method": "random", "sparsity": 0.9, "seed": 0, "test_acc": 0.5}
+    (out / "results.jsonl").write_text(json.dumps(good).replace('"seed": 0', f'"seed": {LONG}') + "\n"
+                                       + json.dumps(good) + "\n")
+    (tmp_path / "r.yaml").write_text("model: lenet300\ndataset: digits\nsweep:\n  methods: [random]\n  sparsities: [0.9]\n")
+    before = snapshot(tmp_path)
+    args = [a.replace("{out}", str(out)).replace("{recipe}", str(tmp_path / "r.yaml")) for a in command]
+    result = invoke(args)
+    assert_one_line_error(result.exit_code, result.stderr, 2, "line 1 is not valid JSON")
+    assert snapshot(tmp_path) == before and leftovers(tmp_path) == []
+
+
+def test_9_checkpoint_metadata_with_an_integer_of_5001_digits_is_named(work):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open("lenet.safetensors", framework="pt") as f:
+        tensors, meta = {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata())
+    save_file(tensors, "long.safetensors", metadata=meta | {"seed": LONG})
+    before = snapshot(work)
+    result = invoke(["inspect", "long.safetensors"])
+    assert_one_line_error(result.exit_code, result.stderr, 2, "metadata field 'seed' is not valid JSON")
+    assert snapshot(work) == before and leftovers(work) == []
