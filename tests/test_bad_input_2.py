@@ -644,3 +644,35 @@ def test_9_checkpoint_metadata_with_an_integer_of_5001_digits_is_named(work):
     result = invoke(["inspect", "long.safetensors"])
     assert_one_line_error(result.exit_code, result.stderr, 2, "metadata field 'seed' is not valid JSON")
     assert snapshot(work) == before and leftovers(work) == []
+
+
+# --------------------------------------------------------------------------------------------
+# 10. Started with stdout closed, a command that succeeds exits 0 and its file is intact
+# --------------------------------------------------------------------------------------------
+
+
+def test_10_prune_with_stdout_closed_writes_its_checkpoint_and_exits_0(tmp_path):
+    from force_cli.checkpoint import load_checkpoint
+
+    code, out, err, _ = run_force(["prune", "-m", "lenet300", "-d", "digits", "-s", "0.9", "--method", "random",
+                                   "-o", "x.safetensors"], tmp_path, preexec=lambda: os.close(1))
+    assert code == 0, err
+    assert "Traceback" not in err and "error" not in err
+    assert out == ""  # the output file the helper gave is untouched: fd 1 was closed before the command
+    assert load_checkpoint(tmp_path / "x.safetensors").metadata["method"] == "random"
+    assert leftovers(tmp_path) == []
+
+
+def test_10_every_closed_standard_stream_is_reopened_on_dev_null(tmp_path):
+    script = ("import os, sys\nfrom force_cli import std_streams\n"
+              "opened = std_streams.reopen_closed()\n"
+              "fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT)\n"  # a new file no longer takes fd 0, 1 or 2
+              "print(opened, fd, file=sys.stderr if 'stderr' not in opened else open(sys.argv[2], 'w'))\n"
+              "print('to stdout')\n")
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "f"), str(tmp_path / "report")],
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
+                          preexec_fn=lambda: (os.close(0), os.close(1), os.close(2)), timeout=60)
+    assert done.returncode == 0
+    opened, fd = (tmp_path / "report").read_text().rsplit(" ", 1)
+    assert opened == "['stdin', 'stdout', 'stderr']" and int(fd) > 2
+    assert (tmp_path / "f").read_bytes() == b""
