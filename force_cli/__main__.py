@@ -11,7 +11,7 @@ def main() -> None:
     from force_cli import std_streams
     from force_cli.allocator import keep_freed_memory
 
-    std_streams.reopen_closed()  # before anything opens a file that could take a closed stream's descriptor
+    std_streams.prepare()  # before anything opens a file that could take a closed stream's descriptor
     keep_freed_memory()
     try:
         from force_cli.cli import main as cli_main

@@ -5,6 +5,9 @@
   (in a checkpoint being written). Each closed descriptor is opened on ``/dev/null`` first, so what
   would be printed there is discarded, as with ``>/dev/null``; the command's files and exit code
   are what they would have been.
+* **An encoding that cannot represent the text** (``PYTHONIOENCODING=ascii``, a C locale): the
+  ``×`` of inspect's shapes or a non-ASCII name from a file would raise UnicodeEncodeError. Such
+  characters are written as backslash escapes (``\\xd7``) instead.
 """
 
 from __future__ import annotations
@@ -32,3 +35,19 @@ def reopen_closed() -> list[str]:
         opened.append(name)
     return opened
 
+
+def escape_unencodable() -> None:
+    """Write what stdout's and stderr's encoding cannot represent as backslash escapes."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            try:
+                reconfigure(errors="backslashreplace")
+            except (ValueError, OSError):  # a stream that cannot change now: left as it is
+                pass
+
+
+def prepare() -> None:
+    """Both of the above, first thing in the `force` entry point."""
+    reopen_closed()
+    escape_unencodable()

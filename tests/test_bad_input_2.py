@@ -676,3 +676,19 @@ def test_10_every_closed_standard_stream_is_reopened_on_dev_null(tmp_path):
     opened, fd = (tmp_path / "report").read_text().rsplit(" ", 1)
     assert opened == "['stdin', 'stdout', 'stderr']" and int(fd) > 2
     assert (tmp_path / "f").read_bytes() == b""
+
+
+# --------------------------------------------------------------------------------------------
+# 11. Text the output encoding cannot represent is escaped, not a UnicodeEncodeError
+# --------------------------------------------------------------------------------------------
+
+
+def test_11_inspect_with_an_ascii_stdout_escapes_what_ascii_lacks(work):
+    code, out, err, _ = run_force(["inspect", "lenet.safetensors"], work, env={"PYTHONIOENCODING": "ascii"})
+    assert code == 0, err
+    assert err == "" and "300\\xd764" in out  # 300x64, its sign escaped
+
+
+def test_11_an_error_naming_a_non_ascii_file_is_still_one_line_in_ascii(work):
+    code, out, err, _ = run_force(["inspect", "caf\u00e9.safetensors"], work, env={"PYTHONIOENCODING": "ascii"})
+    assert_one_line_error(code, err, 2, "caf\\xe9.safetensors' does not exist")
