@@ -692,3 +692,24 @@ def test_11_inspect_with_an_ascii_stdout_escapes_what_ascii_lacks(work):
 def test_11_an_error_naming_a_non_ascii_file_is_still_one_line_in_ascii(work):
     code, out, err, _ = run_force(["inspect", "caf\u00e9.safetensors"], work, env={"PYTHONIOENCODING": "ascii"})
     assert_one_line_error(code, err, 2, "caf\\xe9.safetensors' does not exist")
+
+
+# --------------------------------------------------------------------------------------------
+# 12. A learning rate or weight decay beyond float32's range is refused before training
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("flag, value", [("--lr", "1e39"), ("--weight-decay", "1e39"), ("--lr", "inf")])
+def test_12_a_setting_beyond_float32_is_refused_up_front(work, flag, value):
+    before = snapshot(work)
+    result = invoke(TRAIN_ONE + [flag, value])
+    assert_one_line_error(result.exit_code, result.stderr, 2, f"{flag} must be")
+    assert "float32" in result.stderr and snapshot(work) == before and leftovers(work) == []
+
+
+def test_12_float32s_largest_value_itself_is_accepted():
+    from force_cli.config import TrainSettings
+    from force_cli.training.settings import complete_settings
+
+    largest = 3.4028234663852886e38  # (2 - 2**-23) * 2**127, by hand
+    assert complete_settings(TrainSettings(lr=largest, weight_decay=largest), "digits").lr == largest
