@@ -27,7 +27,7 @@ from force_cli.data import DATASETS
 from force_cli.errors import ForceError, UnknownNameError
 from force_cli.atomic import remove_stale
 from force_cli.locking import hold
-from force_cli.safe_text import literal, one_line
+from force_cli.safe_text import brief, literal, one_line
 from force_cli.models import INIT_SCHEMES, MODELS
 from force_cli.pruning import METHODS, SCHEDULES
 from force_cli.pruning.objectives import OBJECTIVES
@@ -173,6 +173,9 @@ def user_errors(command):
                        "check the input's sizes") from None
         except (typer.Exit, typer.Abort):
             raise
+        except SystemExit as exc:  # never force's own (it ends commands with typer.Exit): code it runs, a --model's
+            raise fail(f"code the command ran (a --model module?) called sys.exit({brief(exc.code)}); "
+                       "remove that call from it") from None
         except Exception as exc:  # a bug: still one line, exit 1; FORCE_DEBUG=1 shows the traceback
             if os.environ.get("FORCE_DEBUG"):
                 raise

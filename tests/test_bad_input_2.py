@@ -713,3 +713,42 @@ def test_12_float32s_largest_value_itself_is_accepted():
 
     largest = 3.4028234663852886e38  # (2 - 2**-23) * 2**127, by hand
     assert complete_settings(TrainSettings(lr=largest, weight_decay=largest), "digits").lr == largest
+
+
+# --------------------------------------------------------------------------------------------
+# 13. A --model module or factory that calls sys.exit() is one line, exit 2, not a silent exit
+# --------------------------------------------------------------------------------------------
+
+EXITERS = {
+    "on_import": "import sys\nsys.exit(3)\n",
+    "in_factory": "import sys\n\ndef net(num_classes):\n    sys.exit(3)\n",
+    "in_forward": ("import sys\nfrom torch import nn\n\nclass Net(nn.Module):\n    def __init__(self):\n"
+                   "        super().__init__()\n        self.fc = nn.Linear(64, 10)\n\n"
+                   "    def forward(self, x):\n        sys.exit(3)\n\ndef net():\n    return Net()\n"),
+}
+
+
+@pytest.mark.parametrize("where, fragment", [("on_import", "cannot import 'exiter_on_import'"),
+                                             ("in_factory", "model factory 'exiter_in_factory:net' failed"),
+                                             ("in_forward", "cannot take 1x8x8 images")])
+def test_13_model_code_that_calls_sys_exit_is_one_line_exit_2(tmp_path, monkeypatch, where, fragment):
+    (tmp_path / f"exiter_{where}.py").write_text(EXITERS[where])
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    before = snapshot(tmp_path)
+    result = invoke(["prune", "-m", f"exiter_{where}:net", "-d", "digits", "-s", "0.9", "-o", "x.safetensors"])
+    assert_one_line_error(result.exit_code, result.stderr, 2, fragment)
+    assert "sys.exit(3)" in result.stderr
+    assert unchanged(before, snapshot(tmp_path)) and not (tmp_path / "x.safetensors").exists()
+    assert leftovers(tmp_path) == []
+
+
+def test_13_sys_exit_from_code_run_later_in_a_command_is_one_line_too(work, monkeypatch):
+    import force_cli.training.job as job
+
+    def exits(*args, **kwargs):
+        raise SystemExit(3)
+    monkeypatch.setattr(job, "_train", exits)  # as a model's forward calling sys.exit() mid-training would
+    result = invoke(TRAIN_ONE)
+    assert_one_line_error(result.exit_code, result.stderr, 2, "called sys.exit(3)")
+    assert leftovers(work) == []
