@@ -45,7 +45,7 @@ def lock_path(target: Path) -> Path:
     target = Path(os.path.abspath(target))
     if target.is_dir():
         return target / ".force.lock"
-    return target.parent / f".{target.name}.lock"
+    return atomic.sidecar(target, ".lock")  # shortened when NAME is near the longest a file name may be
 
 
 def _holder(fd: int) -> str:

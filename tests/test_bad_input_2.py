@@ -752,3 +752,35 @@ def test_13_sys_exit_from_code_run_later_in_a_command_is_one_line_too(work, monk
     result = invoke(TRAIN_ONE)
     assert_one_line_error(result.exit_code, result.stderr, 2, "called sys.exit(3)")
     assert leftovers(work) == []
+
+
+# --------------------------------------------------------------------------------------------
+# 14. An output name of 245-255 bytes gets a lock and a temporary file that fit NAME_MAX
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("length", [245, 255])
+def test_14_a_valid_long_output_name_is_written(tmp_path, monkeypatch, length):
+    from force_cli.checkpoint import load_checkpoint
+
+    monkeypatch.chdir(tmp_path)
+    name = "x" * (length - len(".safetensors")) + ".safetensors"
+    assert len(name) == length
+    result = invoke(["prune", "-m", "lenet300", "-d", "digits", "-s", "0.9", "--method", "random", "-q", "-o", name])
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.strip() == name and load_checkpoint(tmp_path / name).metadata["method"] == "random"
+    assert os.listdir(tmp_path) == [name]  # no lock or temporary file left
+
+
+def test_14_sidecars_of_long_names_fit_differ_and_stay_the_same(tmp_path):
+    from force_cli.locking import lock_path
+
+    a, b = tmp_path / ("\u00e9" * 126 + "a"), tmp_path / ("\u00e9" * 126 + "b")  # 253 bytes each
+    for path in (a, b):
+        for side in (atomic.temp_path(path), lock_path(path)):
+            assert len(os.fsencode(side.name)) <= 255 and side.parent == tmp_path
+            side.name.encode("utf-8")  # whole characters only
+    assert atomic.temp_path(a) != atomic.temp_path(b) and lock_path(a) != lock_path(b)
+    assert atomic.temp_path(a) == atomic.temp_path(Path(str(a)))
+    short = tmp_path / "x.safetensors"  # short names keep the names they always had
+    assert atomic.temp_path(short).name == ".x.safetensors.force-tmp" and lock_path(short).name == ".x.safetensors.lock"
