@@ -695,10 +695,7 @@ def export(
     """Convert a checkpoint: compact <-> dense (lossless), or a plain state_dict / torch.nn.utils.prune layout; print the path."""
     from force_cli.export import export_checkpoint
 
-    with hold((output, "output")):
-        remove_stale(output)
-        path = export_checkpoint(checkpoint, to, output, overwrite=overwrite)
-    print(path)
+    print(export_checkpoint(checkpoint, to, output, overwrite=overwrite))  # it validates, then locks the output
 
 
 def main():

@@ -22,9 +22,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import save as serialize
 
-from force_cli.atomic import write_atomic
+from force_cli.atomic import remove_stale, write_atomic
 from force_cli.checkpoint import Checkpoint, check_new_output, save_checkpoint
 from force_cli.errors import ConfigError
+from force_cli.locking import hold
 from force_cli.restore import check_shapes, input_shape, load_for_model
 
 FORMATS = {
@@ -55,24 +56,28 @@ def torch_prune_state_dict(ckpt: Checkpoint) -> dict[str, torch.Tensor]:
 
 
 def export_checkpoint(source: str | Path, to: str, output: str | Path, *, overwrite: bool = False) -> Path:
-    """Write ``source`` in format ``to`` to ``output`` (atomically); return ``output``."""
+    """Write ``source`` in format ``to`` to ``output`` (atomically, the output locked while it is
+    written, as `prune` and `train` lock theirs); return ``output``."""
     if to not in FORMATS:
         raise ConfigError(f"unknown export format '{to}'; known formats are: {', '.join(FORMATS)}")
     output = Path(output)
-    check_new_output(output, overwrite)
-    ckpt = load_for_model(source)
-    check_shapes(ckpt)  # the masks too, as model_from_checkpoint checks them for the other commands
-    input_shape(ckpt.metadata)  # the model arguments against the dataset, as inspect checks them
-    if _same_file(Path(source), output):
-        raise ConfigError(f"the output '{output}' is the input checkpoint; choose another -o path")
-    if to in ("dense", "compact"):
-        return save_checkpoint(output, ckpt.state_dict, ckpt.masks, ckpt.metadata, extra=ckpt.extra,
-                               compact=to == "compact")
-    tensors = plain_state_dict(ckpt) if to == "state-dict" else torch_prune_state_dict(ckpt)
-    # "format": "pt" is what safetensors' own torch helpers write; the model is recorded for humans
-    header = {"format": "pt", "force_model": str(ckpt.metadata["model"]), "force_export": to}
-    _write_atomic(output, tensors, header)
-    return output
+    check_new_output(output, overwrite)  # before the lock: nothing is created beside a bad output
+    with hold((output, "output")):
+        check_new_output(output, overwrite)  # again: another command may have written it meanwhile
+        remove_stale(output)
+        ckpt = load_for_model(source)
+        check_shapes(ckpt)  # the masks too, as model_from_checkpoint checks them for the other commands
+        input_shape(ckpt.metadata)  # the model arguments against the dataset, as inspect checks them
+        if _same_file(Path(source), output):
+            raise ConfigError(f"the output '{output}' is the input checkpoint; choose another -o path")
+        if to in ("dense", "compact"):
+            return save_checkpoint(output, ckpt.state_dict, ckpt.masks, ckpt.metadata, extra=ckpt.extra,
+                                   compact=to == "compact")
+        tensors = plain_state_dict(ckpt) if to == "state-dict" else torch_prune_state_dict(ckpt)
+        # "format": "pt" is what safetensors' own torch helpers write; the model is recorded for humans
+        header = {"format": "pt", "force_model": str(ckpt.metadata["model"]), "force_export": to}
+        _write_atomic(output, tensors, header)
+        return output
 
 
 def _same_file(a: Path, b: Path) -> bool:

@@ -57,6 +57,8 @@ def _holder(fd: int) -> str:
 
 
 def _acquire(target: Path, what: str) -> int:
+    if target.exists() and not (target.is_file() or target.is_dir()):  # /dev/null, a FIFO: no sidecar beside it
+        raise ConfigError(f"{what} '{target}' exists and is not a regular file; choose another path")
     path = lock_path(target)
     for _ in range(10):  # retry if the holder removed the lock file between our open and flock
         try:

@@ -784,3 +784,46 @@ def test_14_sidecars_of_long_names_fit_differ_and_stay_the_same(tmp_path):
     assert atomic.temp_path(a) == atomic.temp_path(Path(str(a)))
     short = tmp_path / "x.safetensors"  # short names keep the names they always had
     assert atomic.temp_path(short).name == ".x.safetensors.force-tmp" and lock_path(short).name == ".x.safetensors.lock"
+
+
+# --------------------------------------------------------------------------------------------
+# 15. An output that is not a regular file is refused before anything is created beside it
+# --------------------------------------------------------------------------------------------
+
+
+def creations(monkeypatch) -> list[str]:
+    """Every file force creates, recorded at the one place it creates files (atomic.create)."""
+    made, real = [], atomic.create
+
+    def create(path, flags):
+        made.append(str(path))
+        return real(path, flags)
+    monkeypatch.setattr(atomic, "create", create)
+    return made
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/null"), reason="needs /dev/null")
+@pytest.mark.parametrize("command", [
+    ["export", "lenet.safetensors", "--to", "dense", "-o", "/dev/null", "--overwrite"],
+    ["prune", "-m", "lenet300", "-d", "digits", "-s", "0.9", "-o", "/dev/null", "--overwrite"],
+    ["train", "lenet.safetensors", "--epochs", "1", "-o", "/dev/null", "--overwrite"],
+])
+def test_15_dev_null_as_output_is_refused_and_nothing_is_created_in_dev(work, monkeypatch, command):
+    made = creations(monkeypatch)
+    before = snapshot(work)
+    result = invoke(command)
+    assert_one_line_error(result.exit_code, result.stderr, 2, "'/dev/null' exists and is not a regular file")
+    assert made == [] and not os.path.exists("/dev/.null.lock")
+    assert snapshot(work) == before and leftovers(work) == []
+
+
+def test_15_a_fifo_as_output_is_refused_by_the_lock_itself(tmp_path):
+    from force_cli.errors import ConfigError
+    from force_cli.locking import hold
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    with pytest.raises(ConfigError, match="is not a regular file"):
+        with hold((fifo, "output")):
+            pass
+    assert os.listdir(tmp_path) == ["pipe"]
