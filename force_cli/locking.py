@@ -82,8 +82,8 @@ def _acquire(target: Path, what: str) -> int:
             try:
                 os.ftruncate(fd, 0)
                 os.pwrite(fd, str(os.getpid()).encode(), 0)
-            except OSError as exc:
-                os.close(fd)
+            except OSError as exc:  # a full disk, a file size limit: take the lock file away again
+                _release(target, fd)
                 raise OutputError.from_os(exc, target, what) from None
             _held_fds.add(fd)
             return fd

@@ -827,3 +827,35 @@ def test_15_a_fifo_as_output_is_refused_by_the_lock_itself(tmp_path):
         with hold((fifo, "output")):
             pass
     assert os.listdir(tmp_path) == ["pipe"]
+
+
+# --------------------------------------------------------------------------------------------
+# 16. A lock whose pid cannot be written (a full disk, ulimit -f 0) is not left behind
+# --------------------------------------------------------------------------------------------
+
+
+def test_16_a_file_size_limit_of_zero_leaves_no_lock_file(tmp_path):
+    def no_file_may_grow():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
+
+    # pipes, not files, for the output: a size limit of 0 applies to every file the command writes
+    done = subprocess.run(FORCE + ["prune", "-m", "lenet300", "-d", "digits", "-s", "0.9", "--method", "random",
+                                   "-o", "x.safetensors"], cwd=tmp_path, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, preexec_fn=no_file_may_grow, timeout=300)
+    assert os.listdir(tmp_path) == [], done.stderr
+    assert_one_line_error(done.returncode, done.stderr, 2, "the file size limit is exceeded")
+
+
+def test_16_a_failed_pid_write_takes_the_new_lock_file_away_again(tmp_path, monkeypatch):
+    import errno
+
+    from force_cli import locking
+    from force_cli.errors import OutputError
+
+    def full(fd, data, offset):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(locking.os, "pwrite", full)
+    with pytest.raises(OutputError, match="no space left"):
+        with locking.hold((tmp_path / "x.safetensors", "output")):
+            pass
+    assert os.listdir(tmp_path) == [] and locking._held_fds == set()
