@@ -231,7 +231,7 @@ def plot(rows: list[Row], stem: Path, title: str = "") -> list[Path]:
 
 
 def write_report(out_dir: Path, console: Console | None = None, title: str = "") -> dict[str, Path]:
-    """Read ``out_dir/results.jsonl``, print the table, write results.md/.csv/.png/.svg beside it."""
+    """Read ``out_dir/results.jsonl``, write results.md/.csv/.png/.svg beside it, then print the table."""
     # One record per cell (the last): a results file written by two sweeps at once, before sweeps
     # locked their folder, could hold a cell twice, which would count its seed twice.
     records = list({r["cell"]: r for r in read_results(out_dir / RESULTS_FILE)}.values())
@@ -242,8 +242,14 @@ def write_report(out_dir: Path, console: Console | None = None, title: str = "")
     written = {"markdown": out_dir / "results.md", "csv": out_dir / "results.csv"}
     write_atomic(written["markdown"], markdown(rows).encode("utf-8"), "results table")
     write_csv(rows, written["csv"])
-    if console is not None:  # after the tables are safely written; the plot may still need matplotlib
+    try:
+        png, svg = plot(rows, out_dir / "results", title=title)
+        written |= {"png": png, "svg": svg}
+        missing_plot = None
+    except ConfigError as exc:  # no matplotlib: the table is still printed, then this is reported
+        missing_plot = exc
+    if console is not None:  # last: a reader that goes away (`| head`, `| true`) cannot cost a file
         render_table(rows, console, title=f"{title} test accuracy (%), mean ± std over seeds".strip())
-    png, svg = plot(rows, out_dir / "results", title=title)
-    written |= {"png": png, "svg": svg}
+    if missing_plot is not None:
+        raise missing_plot
     return written

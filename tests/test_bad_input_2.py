@@ -859,3 +859,24 @@ def test_16_a_failed_pid_write_takes_the_new_lock_file_away_again(tmp_path, monk
         with locking.hold((tmp_path / "x.safetensors", "output")):
             pass
     assert os.listdir(tmp_path) == [] and locking._held_fds == set()
+
+
+# --------------------------------------------------------------------------------------------
+# 17. A sweep report whose stdout reader goes away still writes every file first
+# --------------------------------------------------------------------------------------------
+
+
+def test_17_report_into_a_closed_pipe_writes_the_plots_then_exits_141(tmp_path):
+    pytest.importorskip("matplotlib")
+    good = {"cell": "random-s0.9-seed0", "method": "random", "sparsity": 0.9, "seed": 0, "test_acc": 0.5}
+    (tmp_path / "results.jsonl").write_text(json.dumps(good) + "\n")
+    before = snapshot(tmp_path)
+    proc = subprocess.Popen(FORCE + ["sweep", "--report", str(tmp_path)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO)})
+    proc.stdout.close()  # `| true`: the reader is gone before anything was written
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signal.SIGPIPE, err
+    assert b"Traceback" not in err
+    for name in ("results.md", "results.csv", "results.png", "results.svg"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    assert unchanged(before, snapshot(tmp_path)) and leftovers(tmp_path) == []
