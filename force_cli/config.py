@@ -183,8 +183,18 @@ def check_section(data: Any, cls: type, where: str) -> dict[str, Any]:
                 f"{where}: '{key}' must be {_type_name(hints[key])}, got {brief(value)} ({type(value).__name__})"
             )
         check_int_bounds(key, value, where)
-        checked[key] = float(value) if hints[key] in (float, float | None) and isinstance(value, int) else value
+        checked[key] = _plain_zero(float(value) if hints[key] in (float, float | None) and isinstance(value, int)
+                                   else value)
     return checked
+
+
+def _plain_zero(value: Any) -> Any:
+    """``-0.0`` as ``0.0`` (a sparsity of -0 is 0, and must be named and recorded so), in lists too."""
+    if isinstance(value, float):
+        return value + 0.0  # -0.0 + 0.0 is 0.0; every other float is unchanged
+    if isinstance(value, list):
+        return [_plain_zero(v) for v in value]
+    return value
 
 
 @dataclass
@@ -317,7 +327,7 @@ def resolve(cls: type, recipe: dict[str, Any] | None, flags: dict[str, Any]):
     for name in names:
         if flags.get(name) is not None:
             check_int_bounds(name, flags[name])
-            values[name] = flags[name]
+            values[name] = _plain_zero(flags[name])
         elif recipe and name in recipe:
             values[name] = recipe[name]
     return cls(**values)

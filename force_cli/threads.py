@@ -29,6 +29,8 @@ def requested_threads(flag: int | None, environ: Mapping[str, str] = os.environ)
         return _positive(flag, "--threads")
     for var in (ENV_VAR, "OMP_NUM_THREADS"):
         text = environ.get(var, "").strip()
+        if var == "OMP_NUM_THREADS":  # OpenMP allows a list for nested levels ("4,2"): the first is ours
+            text = text.split(",")[0].strip()
         if text:
             try:
                 return _positive(int(text), f"${var}")

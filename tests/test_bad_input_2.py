@@ -880,3 +880,41 @@ def test_17_report_into_a_closed_pipe_writes_the_plots_then_exits_141(tmp_path):
     for name in ("results.md", "results.csv", "results.png", "results.svg"):
         assert (tmp_path / name).stat().st_size > 0, name
     assert unchanged(before, snapshot(tmp_path)) and leftovers(tmp_path) == []
+
+
+# --------------------------------------------------------------------------------------------
+# 18. One-line messages stay one line at any $COLUMNS; OMP_NUM_THREADS=1,1; --sparsity -0
+# --------------------------------------------------------------------------------------------
+
+
+def test_18_progress_lines_do_not_wrap_at_a_narrow_terminal_width(work):
+    code, _, err, _ = run_force(["prune", "-m", "lenet300", "-d", "digits", "-s", "0.9", "--method", "random",
+                                 "-o", "x.safetensors"], work, env={"COLUMNS": "5"})
+    assert code == 0, err
+    assert err.splitlines() == ["kept 5,020 of 50,200 weights (sparsity 90.0000%)"]  # round(0.1 * 50,200)
+    code, _, err, _ = run_force(["train", "x.safetensors", "--epochs", "2", "--device", "cpu", "-o", "t.safetensors"],
+                                work, env={"COLUMNS": "5"})
+    assert code == 0, err
+    lines = err.splitlines()
+    assert len(lines) == 3 and lines[0].startswith("epoch 1  lr ") and lines[2].startswith("trained 2 epochs: ")
+    assert leftovers(work) == []
+
+
+def test_18_an_openmp_nested_list_takes_its_first_level(work):
+    from force_cli.threads import requested_threads
+
+    assert requested_threads(None, {"OMP_NUM_THREADS": "1,1"}) == 1
+    assert requested_threads(None, {"OMP_NUM_THREADS": " 3 , 2"}) == 3
+    result = runner.invoke(app, ["inspect", "lenet.safetensors", "--json"], env={"FORCE_THREADS": "",
+                                                                                  "OMP_NUM_THREADS": "1,1"})
+    assert result.exit_code == 0, result.stderr
+
+
+def test_18_sparsity_minus_zero_is_zero_in_the_name_and_the_metadata(work):
+    from force_cli.checkpoint import read_metadata
+
+    result = invoke(["prune", "-m", "lenet300", "-d", "digits", "-s", "-0", "--method", "random", "-q"])
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.strip() == "lenet300-digits-random-s0-seed0.safetensors"
+    assert str(read_metadata(result.stdout.strip())["target_sparsity"]) == "0.0"
+    assert leftovers(work) == []
