@@ -34,7 +34,7 @@ def temp_path(path: Path) -> Path:
 def sidecar(path: Path, suffix: str) -> Path:
     """``.NAME<suffix>`` beside ``path`` (a temporary file, a lock). When that is longer than a file
     name may be (NAME_MAX: 255 bytes on most file systems) while NAME itself is not, NAME is cut
-    and a hash of all of it added, ``.NAME-START~HASH<suffix>``: every valid output name has its
+    and 16 hex digits of its hash added, ``.START~HASH<suffix>``: every valid output name has its
     own sidecar, and always the same one."""
     name = f".{path.name}{suffix}"
     limit = _name_max(path.parent)

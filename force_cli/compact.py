@@ -19,7 +19,8 @@ the declared shapes are what bounds the memory. ``declared_shapes`` gives them f
 alone, for the reader to compare with the model built on the meta device before anything is
 allocated (``restore.load_for_model``); every tensor's dtype and length is checked against
 ``compact`` through the safetensors header before it is read; dense weights that would not fit in
-memory, at what decoding really costs per element (``BYTES_PER_ELEMENT``), are refused up front;
+memory, at what decoding really costs per element (the value's bytes plus
+``MASK_BYTES_PER_ELEMENT``), are refused up front;
 a dense weight is allocated only once its mask stream has been shown to account for its declared
 number of elements (to within one gap code).
 """
