@@ -22,18 +22,12 @@ from pathlib import Path
 import torch
 from safetensors.torch import save as serialize
 
-from force_cli.atomic import remove_stale, write_atomic
-from force_cli.checkpoint import Checkpoint, check_new_output, save_checkpoint
+from force_cli.atomic import write_atomic
+from force_cli.checkpoint import Checkpoint, save_checkpoint
 from force_cli.errors import ConfigError
-from force_cli.locking import hold
+from force_cli.export_formats import FORMATS, check_export  # noqa: F401 - FORMATS re-exported
 from force_cli.restore import check_shapes, input_shape, load_for_model
-
-FORMATS = {
-    "compact": "force checkpoint, compact variant (kept values + bit-packed mask or gap codes)",
-    "dense": "force checkpoint, dense variant (force-ckpt/1)",
-    "state-dict": "plain safetensors state_dict, pruned weights zero, no masks (load_state_dict strict=True)",
-    "torch-prune": "torch.nn.utils.prune layout: W_orig + W_mask per pruned weight",
-}
+from force_cli.shrink.program import is_shrunk  # the shrunk file format only (checkpoint layer)
 
 
 def plain_state_dict(ckpt: Checkpoint) -> dict[str, torch.Tensor]:
@@ -56,28 +50,31 @@ def torch_prune_state_dict(ckpt: Checkpoint) -> dict[str, torch.Tensor]:
 
 
 def export_checkpoint(source: str | Path, to: str, output: str | Path, *, overwrite: bool = False) -> Path:
-    """Write ``source`` in format ``to`` to ``output`` (atomically, the output locked while it is
-    written, as `prune` and `train` lock theirs); return ``output``."""
-    if to not in FORMATS:
-        raise ConfigError(f"unknown export format '{to}'; known formats are: {', '.join(FORMATS)}")
+    """Write ``source`` in format ``to`` to ``output`` (atomically); return ``output``.
+
+    The input is validated as every other reader validates it (declared shapes, masks, model
+    arguments), so that export never writes what `inspect`, `train` or `evaluate` would refuse.
+    The caller locks the output (the command line holds it while this runs)."""
+    if to == "sparse":  # it times the network: force_cli.shrink.export, a layer above this one
+        raise ConfigError("the sparse export is measured; call force_cli.shrink.export.export_sparse")
     output = Path(output)
-    check_new_output(output, overwrite)  # before the lock: nothing is created beside a bad output
-    with hold((output, "output")):
-        check_new_output(output, overwrite)  # again: another command may have written it meanwhile
-        remove_stale(output)
-        ckpt = load_for_model(source)
-        check_shapes(ckpt)  # the masks too, as model_from_checkpoint checks them for the other commands
-        input_shape(ckpt.metadata)  # the model arguments against the dataset, as inspect checks them
-        if _same_file(Path(source), output):
-            raise ConfigError(f"the output '{output}' is the input checkpoint; choose another -o path")
-        if to in ("dense", "compact"):
-            return save_checkpoint(output, ckpt.state_dict, ckpt.masks, ckpt.metadata, extra=ckpt.extra,
-                                   compact=to == "compact")
-        tensors = plain_state_dict(ckpt) if to == "state-dict" else torch_prune_state_dict(ckpt)
-        # "format": "pt" is what safetensors' own torch helpers write; the model is recorded for humans
-        header = {"format": "pt", "force_model": str(ckpt.metadata["model"]), "force_export": to}
-        _write_atomic(output, tensors, header)
-        return output
+    check_export(Path(source), to, output, overwrite)
+    if is_shrunk(source):
+        raise ConfigError(f"'{source}' is a shrunk network, which has no masks to export as '{to}'; export the "
+                          "checkpoint it was made from, or use --to sparse")
+    ckpt = load_for_model(source)
+    check_shapes(ckpt)  # the masks too, as model_from_checkpoint checks them for the other commands
+    input_shape(ckpt.metadata)  # the model arguments against the dataset, as inspect checks them
+    if _same_file(Path(source), output):
+        raise ConfigError(f"the output '{output}' is the input checkpoint; choose another -o path")
+    if to in ("dense", "compact"):
+        return save_checkpoint(output, ckpt.state_dict, ckpt.masks, ckpt.metadata, extra=ckpt.extra,
+                               compact=to == "compact")
+    tensors = plain_state_dict(ckpt) if to == "state-dict" else torch_prune_state_dict(ckpt)
+    # "format": "pt" is what safetensors' own torch helpers write; the model is recorded for humans
+    header = {"format": "pt", "force_model": str(ckpt.metadata["model"]), "force_export": to}
+    _write_atomic(output, tensors, header)
+    return output
 
 
 def _same_file(a: Path, b: Path) -> bool:

@@ -109,23 +109,6 @@ def effective_masks(model: nn.Module, masks: Masks, input_shape: tuple[int, ...]
     return {name: masks[name] & (w.grad > 0) for name, w in weights.items()}
 
 
-def inspection(model: nn.Module, masks: Masks, metadata: dict[str, Any], path: str,
-               input_shape: tuple[int, ...], warnings: list[str]) -> dict[str, Any]:
-    """`force inspect`'s document: ``summary`` with the effective density, which is left out (None,
-    and one more warning) when its pass would hold more than ``REACHABILITY_BUDGET`` activations."""
-    warnings = list(warnings)
-    size = reachability_size(model, input_shape)
-    if size is not None and size > REACHABILITY_BUDGET:
-        shape = "x".join(map(str, input_shape))
-        warnings.append(f"effective density not computed: its reachability pass at the {shape} inputs that the "
-                        f"metadata claims would hold {size / 1e6:.0f} M activations (more than the "
-                        f"{REACHABILITY_BUDGET / 1e6:.0f} M allowed); the other columns are exact")
-        effective = None
-    else:
-        effective = effective_masks(model, masks, input_shape)
-    return summary(masks, effective, metadata, path) | {"warnings": warnings}
-
-
 @dataclass
 class LayerRow:
     layer: str
@@ -133,7 +116,7 @@ class LayerRow:
     weights: int
     kept: int
     density: float
-    effective_kept: int | None  # None: not computed (see ``inspection``)
+    effective_kept: int | None  # None: not computed (see ``inspection.inspect_checkpoint``)
     effective_density: float | None
 
 

@@ -21,7 +21,7 @@ from force_cli.config import PruneConfig, Recipe, SweepSettings, TrainSettings, 
 from force_cli.atomic import write_atomic
 from force_cli.errors import ConfigError, OutputError
 from force_cli.evaluation import evaluate_checkpoint
-from force_cli.pruning.criteria import get_method
+from force_cli.pruning.methods import get_method
 from force_cli.pruning.job import prune_to_checkpoint, validate
 from force_cli.sweep_report import RESULTS_FILE, cell_key, read_results, write_info
 from force_cli.training.job import partial_path, train_checkpoint
