@@ -27,6 +27,7 @@ from force_cli.pruning.criteria import get_method
 from force_cli.pruning.loop import PruneResult, StepInfo, prune, resolve_objective
 from force_cli.pruning.masks import prunable_weights
 from force_cli.pruning.schedules import SCHEDULES
+from force_cli.pruning.ties import check_tie_rule
 
 
 def default_output(cfg: PruneConfig) -> Path:
@@ -46,6 +47,7 @@ def validate(cfg: PruneConfig) -> None:
         raise UnknownNameError("schedule", cfg.schedule, SCHEDULES)
     if cfg.init not in INIT_SCHEMES:
         raise UnknownNameError("init", cfg.init, INIT_SCHEMES)
+    check_tie_rule(cfg.ties)
     if cfg.sparsity is None:
         raise ConfigError("no sparsity given; pass --sparsity, the fraction of weights to remove (e.g. 0.99)")
     if not 0.0 <= cfg.sparsity < 1.0:
@@ -103,7 +105,7 @@ def _prune(cfg: PruneConfig, output: Path, device: torch.device, on_step, on_sta
         model, method=cfg.method, sparsity=cfg.sparsity, steps=steps, schedule=cfg.schedule, stream=stream,
         num_batches=cfg.batches, input_shape=(info.in_channels, info.image_size, info.image_size),
         seed=cfg.seed, saliency_loss=cfg.saliency_loss, saliency_temperature=cfg.saliency_temperature,
-        on_step=on_step,
+        ties=cfg.ties, on_step=on_step,
     )
     connectivity = check_connectivity(model, result, (info.in_channels, info.image_size, info.image_size),
                                       allow=cfg.allow_disconnected)

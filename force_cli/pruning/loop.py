@@ -14,9 +14,11 @@ from torch import nn
 from force_cli import distributed
 from force_cli.errors import ConfigError
 from force_cli.pruning.criteria import Batch, Method, ScoringContext, get_method
-from force_cli.pruning.masks import Masks, Scores, count_kept, dense_masks, keep_top_k, kept_for_sparsity, prunable_weights
+from force_cli.pruning.masks import Masks, Scores, count_kept, dense_masks, kept_for_sparsity, prunable_weights
 from force_cli.pruning.objectives import Objective, make_objective
 from force_cli.pruning.schedules import kept_counts
+from force_cli.pruning.select import select
+from force_cli.pruning.ties import check_tie_rule, exclude_pruned_
 from force_cli.pruning.topk import Workspace
 
 
@@ -153,6 +155,7 @@ def prune(
     seed: int = 0,
     saliency_loss: str | None = None,
     saliency_temperature: float | None = None,
+    ties: str = "exact",
     on_step: Callable[[StepInfo], None] | None = None,
 ) -> PruneResult:
     """Compute pruning masks for ``model`` at initialization. Returns masks; never mutates ``model``.
@@ -161,9 +164,11 @@ def prune(
     ``input_shape`` (C, H, W) is needed by SynFlow. ``steps=None`` uses the method's default;
     one-shot methods always take one step. The model's current weights are θ0.
     ``saliency_loss`` / ``saliency_temperature`` override the method's objective
-    (see ``resolve_objective``).
+    (see ``resolve_objective``). ``ties`` is the tie rule of ``ties.py``: ``exact`` keeps exactly
+    each step's count, ``keep`` every weight tied at a step's threshold too (the paper code's).
     """
     spec = get_method(method)
+    check_tie_rule(ties)
     if spec.needs_data and stream is None:
         raise ConfigError(f"method '{method}' needs training data to score weights; pass a dataset")
     if spec.needs_input_shape and not input_shape:
@@ -191,10 +196,10 @@ def prune(
     for t, kt in enumerate(counts, start=1):
         scores = spec.score(ctx, masks)
         if not spec.revives:
-            for name, s in scores.items():
-                s.masked_fill_(~masks[name], float("-inf"))
-        masks, threshold = keep_top_k(scores, kt, return_threshold=True, workspace=workspace)
-        info = StepInfo(step=t, steps=steps, kept=kt, total=total, threshold=threshold)
+            exclude_pruned_(scores, masks, ties)
+        masks, threshold = select(scores, kt, ties=ties, workspace=workspace)
+        kept = kt if ties == "exact" else count_kept(masks)
+        info = StepInfo(step=t, steps=steps, kept=kept, total=total, threshold=threshold)
         history.append(info)
         if on_step is not None:
             on_step(dataclasses.replace(info, masks=masks))
