@@ -51,6 +51,8 @@ class PruneSettings:
     val_fraction: float | None = None
     # Write a network with no input-to-output path (or an empty output layer) instead of failing.
     allow_disconnected: bool = False
+    # Per-layer counts before ranking: global (none), uniform, uniform-plus or erk (pruning/budgets.py).
+    budget: str = "global"
     # Scores tied at a step's threshold: "exact" keeps exactly the step's count, "keep" every tied
     # weight too, as the FORCE paper code does (see pruning/ties.py).
     ties: str = "exact"

@@ -23,6 +23,7 @@ from force_cli.data import BatchStream, dataset_info, load_datasets
 from force_cli.device import resolve_device
 from force_cli.errors import ConfigError, DisconnectedError, UnknownNameError
 from force_cli.models import INIT_SCHEMES, MODELS, build_model, check_compatible
+from force_cli.pruning.budgets import check_budget
 from force_cli.pruning.criteria import get_method
 from force_cli.pruning.loop import PruneResult, StepInfo, prune, resolve_objective
 from force_cli.pruning.masks import prunable_weights
@@ -48,6 +49,7 @@ def validate(cfg: PruneConfig) -> None:
     if cfg.init not in INIT_SCHEMES:
         raise UnknownNameError("init", cfg.init, INIT_SCHEMES)
     check_tie_rule(cfg.ties)
+    check_budget(cfg.budget)
     if cfg.sparsity is None:
         raise ConfigError("no sparsity given; pass --sparsity, the fraction of weights to remove (e.g. 0.99)")
     if not 0.0 <= cfg.sparsity < 1.0:
@@ -105,7 +107,7 @@ def _prune(cfg: PruneConfig, output: Path, device: torch.device, on_step, on_sta
         model, method=cfg.method, sparsity=cfg.sparsity, steps=steps, schedule=cfg.schedule, stream=stream,
         num_batches=cfg.batches, input_shape=(info.in_channels, info.image_size, info.image_size),
         seed=cfg.seed, saliency_loss=cfg.saliency_loss, saliency_temperature=cfg.saliency_temperature,
-        ties=cfg.ties, on_step=on_step,
+        budget=cfg.budget, ties=cfg.ties, on_step=on_step,
     )
     connectivity = check_connectivity(model, result, (info.in_channels, info.image_size, info.image_size),
                                       allow=cfg.allow_disconnected)

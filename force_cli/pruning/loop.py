@@ -13,6 +13,7 @@ from torch import nn
 
 from force_cli import distributed
 from force_cli.errors import ConfigError
+from force_cli.pruning.budgets import check_budget, layer_counts
 from force_cli.pruning.criteria import Batch, Method, ScoringContext, get_method
 from force_cli.pruning.masks import Masks, Scores, count_kept, dense_masks, kept_for_sparsity, prunable_weights
 from force_cli.pruning.objectives import Objective, make_objective
@@ -155,6 +156,7 @@ def prune(
     seed: int = 0,
     saliency_loss: str | None = None,
     saliency_temperature: float | None = None,
+    budget: str = "global",
     ties: str = "exact",
     on_step: Callable[[StepInfo], None] | None = None,
 ) -> PruneResult:
@@ -164,11 +166,13 @@ def prune(
     ``input_shape`` (C, H, W) is needed by SynFlow. ``steps=None`` uses the method's default;
     one-shot methods always take one step. The model's current weights are θ0.
     ``saliency_loss`` / ``saliency_temperature`` override the method's objective
-    (see ``resolve_objective``). ``ties`` is the tie rule of ``ties.py``: ``exact`` keeps exactly
-    each step's count, ``keep`` every weight tied at a step's threshold too (the paper code's).
+    (see ``resolve_objective``). ``budget`` (``budgets.py``) gives each layer its count before the
+    scores rank within it (``global``: no budget). ``ties`` is the tie rule of ``ties.py``:
+    ``exact`` keeps exactly each step's count, ``keep`` every weight tied at a step's threshold too.
     """
     spec = get_method(method)
     check_tie_rule(ties)
+    check_budget(budget)
     if spec.needs_data and stream is None:
         raise ConfigError(f"method '{method}' needs training data to score weights; pass a dataset")
     if spec.needs_input_shape and not input_shape:
@@ -186,6 +190,7 @@ def prune(
         raise ConfigError("the model has no prunable (Conv or Linear) weights")
     k = kept_for_sparsity(total, sparsity)
     counts = kept_counts(schedule, total, k, steps, density=1.0 - sparsity)
+    layer_counts(budget, {n: tuple(m.shape) for n, m in initial_masks.items()}, k)  # refuse an impossible budget now
 
     ctx = scoring_context(model, stream=stream, num_batches=num_batches, input_shape=input_shape, seed=seed,
                           objective=objective)
@@ -197,7 +202,10 @@ def prune(
         scores = spec.score(ctx, masks)
         if not spec.revives:
             exclude_pruned_(scores, masks, ties)
-        masks, threshold = select(scores, kt, ties=ties, workspace=workspace)
+        # pruned weights cannot come back, so no layer may be given more than it still holds
+        held = None if spec.revives or budget == "global" else dict(zip(masks, torch.stack(
+            [m.sum() for m in masks.values()]).tolist()))
+        masks, threshold = select(scores, kt, budget=budget, ties=ties, capacities=held, workspace=workspace)
         kept = kt if ties == "exact" else count_kept(masks)
         info = StepInfo(step=t, steps=steps, kept=kept, total=total, threshold=threshold)
         history.append(info)
