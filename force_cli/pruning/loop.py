@@ -158,6 +158,7 @@ def prune(
     saliency_temperature: float | None = None,
     budget: str = "global",
     ties: str = "exact",
+    invert_scores: bool = False,
     on_step: Callable[[StepInfo], None] | None = None,
 ) -> PruneResult:
     """Compute pruning masks for ``model`` at initialization. Returns masks; never mutates ``model``.
@@ -169,6 +170,7 @@ def prune(
     (see ``resolve_objective``). ``budget`` (``budgets.py``) gives each layer its count before the
     scores rank within it (``global``: no budget). ``ties`` is the tie rule of ``ties.py``:
     ``exact`` keeps exactly each step's count, ``keep`` every weight tied at a step's threshold too.
+    ``invert_scores`` keeps the lowest scores instead, at every step (a sanity check, ``ablation.py``).
     """
     spec = get_method(method)
     check_tie_rule(ties)
@@ -200,6 +202,8 @@ def prune(
     workspace = Workspace()
     for t, kt in enumerate(counts, start=1):
         scores = spec.score(ctx, masks)
+        if invert_scores:
+            torch._foreach_neg_(list(scores.values()))
         if not spec.revives:
             exclude_pruned_(scores, masks, ties)
         # pruned weights cannot come back, so no layer may be given more than it still holds
