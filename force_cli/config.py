@@ -72,6 +72,10 @@ class SweepSettings:
     seeds: list[int] = dataclasses.field(default_factory=lambda: [0])
     title: str = ""  # shown on the results table and plot
     dense: bool = False  # add one unpruned reference cell per seed (method "dense", sparsity 0)
+    # Sanity checks (`force ablate`) run beside each cell of ablated_methods (default: every method):
+    # shuffle-within-layers, reinit, invert-scores. An ablated cell is labelled METHOD+ABLATION.
+    ablations: list[str] = dataclasses.field(default_factory=list)
+    ablated_methods: list[str] = dataclasses.field(default_factory=list)
 
 
 @dataclass

@@ -19,8 +19,9 @@ from pathlib import Path
 
 from force_cli.config import PruneConfig, Recipe, SweepSettings, TrainSettings, resolve
 from force_cli.atomic import write_atomic
-from force_cli.errors import ConfigError, OutputError
+from force_cli.errors import ConfigError, OutputError, UnknownNameError
 from force_cli.evaluation import evaluate_checkpoint
+from force_cli.pruning.ablation import ABLATIONS, ablate_checkpoint
 from force_cli.pruning.criteria import get_method
 from force_cli.pruning.job import prune_to_checkpoint, validate
 from force_cli.sweep_report import RESULTS_FILE, read_results, write_info
@@ -34,10 +35,16 @@ class Cell:
     method: str
     sparsity: float
     seed: int
+    ablation: str | None = None  # a sanity check applied to the method's mask (pruning/ablation.py)
+
+    @property
+    def label(self) -> str:
+        """The method as the results table shows it: ``force``, or ``force+reinit`` for an ablation."""
+        return f"{self.method}+{self.ablation}" if self.ablation else self.method
 
     @property
     def key(self) -> str:
-        return f"{self.method}-s{self.sparsity:g}-seed{self.seed}"
+        return f"{self.label}-s{self.sparsity:g}-seed{self.seed}"
 
 
 def sweep_settings(recipe: Recipe) -> SweepSettings:
@@ -55,12 +62,24 @@ def expand_grid(settings: SweepSettings) -> list[Cell]:
     for s in settings.sparsities:
         if not 0.0 <= s < 1.0:
             raise ConfigError(f"sweep sparsity {s} is outside [0, 1)")
+    for a in settings.ablations:
+        if a not in ABLATIONS:
+            raise UnknownNameError("ablation", a, ABLATIONS)
+    for m in settings.ablated_methods:
+        if m not in settings.methods:
+            raise ConfigError(f"sweep ablated_methods names '{m}', which is not one of the sweep's methods "
+                              f"({', '.join(settings.methods)}); add it to methods or drop it")
     unique = lambda xs: list(dict.fromkeys(xs))  # noqa: E731 - keep the recipe's order, drop repeats
+    ablated = set(settings.ablated_methods or settings.methods)
     cells = []
     for seed in unique(settings.seeds):
         if settings.dense:
             cells.append(Cell(DENSE, 0.0, int(seed)))
-        cells += [Cell(m, float(s), int(seed)) for s in unique(settings.sparsities) for m in unique(settings.methods)]
+        for s in unique(settings.sparsities):
+            for m in unique(settings.methods):
+                cells.append(Cell(m, float(s), int(seed)))
+                if m in ablated:
+                    cells += [Cell(m, float(s), int(seed), a) for a in unique(settings.ablations)]
     return cells
 
 
@@ -123,11 +142,16 @@ def run_cell(recipe: Recipe, cell: Cell, out_dir: Path, hooks: SweepHooks) -> di
     trained = cell_dir / "trained.safetensors"
     partial = partial_path(trained)
     started = time.perf_counter()
-    if not pruned.exists():  # written atomically: if it exists it is complete
-        _, result = prune_to_checkpoint(prune_config(recipe, cell), pruned, on_step=hooks.prune_step)
+    # an ablated cell prunes its method's mask into its own folder first, then applies the check
+    source = cell_dir / "source.safetensors" if cell.ablation else pruned
+    if not pruned.exists() and not source.exists():  # written atomically: if it exists it is complete
+        _, result = prune_to_checkpoint(prune_config(recipe, cell), source, on_step=hooks.prune_step)
         for warning in result.warnings:
             if hooks.on_warning:
                 hooks.on_warning(cell, warning)
+    if not pruned.exists():
+        ablate_checkpoint(source, cell.ablation, pruned, device=common.get("device", "auto"),
+                          data_dir=common.get("data_dir"))
     pruned_at = time.perf_counter()
     if not trained.exists():
         train_checkpoint(
@@ -141,7 +165,8 @@ def run_cell(recipe: Recipe, cell: Cell, out_dir: Path, hooks: SweepHooks) -> di
     metrics = evaluate_checkpoint(trained, split="test", data_dir=common.get("data_dir"),
                                   download=common.get("download", True), device=common.get("device", "auto"))
     return {
-        "cell": cell.key, "method": cell.method, "sparsity": cell.sparsity, "seed": cell.seed,
+        "cell": cell.key, "method": cell.label, "sparsity": cell.sparsity, "seed": cell.seed,
+        **({"base_method": cell.method, "ablation": cell.ablation} if cell.ablation else {}),
         "achieved_sparsity": 1.0 - metrics["density"],
         **_connectivity(pruned),
         "test_acc": metrics["top1"], "test_top5": metrics["top5"], "test_loss": metrics["loss"],
