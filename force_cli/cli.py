@@ -30,7 +30,10 @@ from force_cli.locking import hold
 from force_cli.safe_text import literal, one_line
 from force_cli.models import INIT_SCHEMES, MODELS
 from force_cli.pruning import METHODS, SCHEDULES
+from force_cli.pruning.ablation import ABLATIONS
+from force_cli.pruning.budgets import BUDGET_HELP
 from force_cli.pruning.objectives import OBJECTIVES
+from force_cli.pruning.ties import TIE_RULES
 from force_cli.evaluation import SPLITS
 from force_cli.export import FORMATS as EXPORT_FORMATS
 from force_cli.training.settings import LR_SCHEDULES, OPTIMIZERS, TRAIN_DEFAULTS
@@ -264,7 +267,9 @@ ThreadsOpt = Annotated[Optional[int], typer.Option(
     epilog="Examples:\n\n"
     "  force prune --model resnet50 --sparsity 0.995\n\n"
     "  force prune --model lenet300 --dataset digits --sparsity 0.99 --method iter-snip -o lenet.safetensors\n\n"
-    "  force train \"$(force prune --model vgg19 --sparsity 0.99 --quiet)\"",
+    "  force train \"$(force prune --model vgg19 --sparsity 0.99 --quiet)\"\n\n"
+    "  force prune -m lenet300 -d digits -s 0.99 --method random --budget erk -o erk-random.safetensors\n\n"
+    "  force prune -m vgg19 -s 0.995 --steps 10 --ties keep   # the paper code's masks, bit for bit",
 )
 @user_errors
 def prune(
@@ -272,7 +277,7 @@ def prune(
     dataset: Annotated[Optional[str], typer.Option("--dataset", "-d", help=f"Dataset (default: cifar10): {_names(DATASETS)}.")] = None,
     sparsity: Annotated[Optional[float], typer.Option("--sparsity", "-s", help="Fraction of prunable weights to remove, in [0, 1) (required unless the recipe sets it).")] = None,
     method: Annotated[Optional[str], typer.Option("--method", help=f"Criterion (default: force): {_names(METHODS)}.")] = None,
-    steps: Annotated[Optional[int], typer.Option("--steps", help="Pruning steps of iterative methods (default: 60; synflow 100).")] = None,
+    steps: Annotated[Optional[int], typer.Option("--steps", help="Pruning steps of iterative methods (default: each method's: " + ", ".join(f"{m.name} {m.default_steps}" for m in METHODS.values() if m.iterative) + ").")] = None,
     schedule: Annotated[Optional[str], typer.Option("--schedule", help=f"Density schedule (default: exp): {_names(SCHEDULES)}.")] = None,
     batches: Annotated[Optional[int], typer.Option("--batches", help="Mini-batches averaged per score (default: 1).")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Mini-batch size (default: 128).")] = None,
@@ -281,6 +286,8 @@ def prune(
     saliency_loss: Annotated[Optional[str], typer.Option("--saliency-loss", help=_saliency_loss_help())] = None,
     saliency_temperature: Annotated[Optional[float], typer.Option("--saliency-temperature", help="Temperature T of --saliency-loss cross-entropy (default: the method's, 200 for grasp, else 1); given alone it selects cross-entropy.")] = None,
     val_fraction: Annotated[Optional[float], typer.Option("--val-fraction", help="Fraction of the training set `train` will hold out for validation (same seed); pruning never draws from it (default: the dataset's training default).")] = None,
+    budget: Annotated[Optional[str], typer.Option("--budget", help="Per-layer budget (default: global): " + "; ".join(f"{k}: {v}" for k, v in BUDGET_HELP.items()) + ".")] = None,
+    ties: Annotated[Optional[str], typer.Option("--ties", help="Scores tied at a step's threshold (default: exact): " + "; ".join(f"{k}: {v}" for k, v in TIE_RULES.items()) + ".")] = None,
     allow_disconnected: Annotated[Optional[bool], typer.Option("--allow-disconnected", metavar="", help="Write the checkpoint even if pruning leaves no input-to-output path or an empty output layer (default: fail with exit code 1).")] = None,
     device: DeviceOpt = None,
     data_dir: Annotated[Optional[str], typer.Option("--data-dir", help="Dataset root (default: $FORCE_DATA or the user cache).")] = None,
@@ -298,7 +305,7 @@ def prune(
     flags = dict(model=model, dataset=dataset, sparsity=sparsity, method=method, steps=steps, schedule=schedule,
                  batches=batches, batch_size=batch_size, seed=seed, init=init, device=device, data_dir=data_dir,
                  download=download, saliency_loss=saliency_loss, saliency_temperature=saliency_temperature,
-                 val_fraction=val_fraction, allow_disconnected=allow_disconnected)
+                 val_fraction=val_fraction, allow_disconnected=allow_disconnected, budget=budget, ties=ties)
     defaults = load_recipe(recipe).settings_for("prune") if recipe else None
     cfg = resolve(PruneConfig, defaults, flags)
     output = _prune_output(cfg, output, overwrite)
@@ -326,6 +333,51 @@ def prune(
         warn(warning)
     if not quiet:
         stderr.print(f"kept {result.kept:,} of {result.total:,} weights (sparsity {result.sparsity:.4%})", highlight=False)
+    print(path)
+
+
+@app.command(
+    epilog="Checks (Frankle et al., ICLR 2021, 'Why are we missing the mark?'):\n\n"
+    + "\n\n".join(f"  --{name}: {what}" for name, what in ABLATIONS.items())
+    + "\n\nExamples:\n\n"
+    "  force ablate lenet.safetensors --shuffle-within-layers -o lenet-shuffled.safetensors\n\n"
+    "  force ablate lenet.safetensors --reinit --seed 7 -o lenet-reinit.safetensors\n\n"
+    "  force train \"$(force ablate lenet.safetensors --invert-scores -o lenet-inverted.safetensors -q)\"",
+)
+@user_errors
+@honours_trust
+def ablate(
+    checkpoint: CheckpointArg,
+    output: Annotated[Path, typer.Option("--output", "-o", parser=_path, metavar="<path>", help="Checkpoint to write (required).")],
+    shuffle_within_layers: Annotated[bool, typer.Option("--shuffle-within-layers", metavar="", help="Keep each layer's count of weights, at random positions.")] = False,
+    reinit: Annotated[bool, typer.Option("--reinit", metavar="", help="Keep the mask, draw the weights afresh.")] = False,
+    invert_scores: Annotated[bool, typer.Option("--invert-scores", metavar="", help="Prune again with the same settings, keeping the lowest scores.")] = False,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Seed of the shuffle or of the new weights (default: the checkpoint's seed + 1).")] = None,
+    device: DeviceOpt = None,
+    data_dir: Annotated[Optional[str], typer.Option("--data-dir", help="Dataset root for --invert-scores (default: the checkpoint's).")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", metavar="", help="Replace an existing output file.")] = False,
+    compact: CompactOpt = False,
+    trust_model_code: TrustOpt = False,
+    quiet: QuietOpt = False,
+    threads: ThreadsOpt = None,
+):
+    """Apply one sanity check to a pruned checkpoint and write the result; print its path."""
+    from force_cli.config import check_int_bounds
+    from force_cli.pruning.ablation import ablate_checkpoint
+
+    chosen = [name for name, on in (("shuffle-within-layers", shuffle_within_layers), ("reinit", reinit),
+                                    ("invert-scores", invert_scores)) if on]
+    if len(chosen) != 1:
+        raise ForceError("give exactly one of --shuffle-within-layers, --reinit and --invert-scores "
+                         f"(got {len(chosen)}); run one ablate per check")
+    check_int_bounds("seed", seed)
+    with hold((output, "output")):
+        remove_stale(output)
+        path, record = ablate_checkpoint(checkpoint, chosen[0], output, seed=seed, overwrite=overwrite,
+                                         compact=compact, device=device, data_dir=data_dir)
+    if not quiet:
+        seeded = f" (seed {record['seed']})" if record["seed"] is not None else ""
+        stderr.print(one_line(f"{chosen[0]} of {checkpoint}{seeded}"), highlight=False, markup=False)
     print(path)
 
 
