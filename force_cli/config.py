@@ -67,6 +67,7 @@ class PruneConfig(CommonSettings, PruneSettings):
 class SweepSettings:
     """The ``sweep:`` section of a recipe: the grid that `force sweep` runs, prune -> train -> eval per cell."""
 
+    # METHOD or METHOD@BUDGET: a cell with a --budget of its own (random@erk), shown under that name
     methods: list[str] = dataclasses.field(default_factory=lambda: ["force"])
     sparsities: list[float] = dataclasses.field(default_factory=list)
     seeds: list[int] = dataclasses.field(default_factory=lambda: [0])

@@ -299,3 +299,21 @@ def test_an_unknown_ablation_or_ablated_method_is_refused(tmp_path):
         path.write_text(RECIPE + f"  ablations: [{text}]\n")
         with pytest.raises(error):
             expand_grid(sweep_settings(load_recipe(path)))
+
+
+def test_a_method_may_carry_its_own_budget(tmp_path):
+    from force_cli.sweep import Cell, prune_config
+
+    path = tmp_path / "r.yaml"
+    path.write_text(RECIPE.replace("methods: [force, random]", "methods: [random, random@erk]")
+                    .replace("seeds: [0, 1]", "seeds: [0]\n  ablations: [reinit]\n  ablated_methods: [random@erk]"))
+    recipe = load_recipe(path)
+    cells = expand_grid(sweep_settings(recipe))
+    assert [c.key for c in cells] == ["random-s0.9-seed0", "random@erk-s0.9-seed0", "random@erk+reinit-s0.9-seed0"]
+    assert prune_config(recipe, cells[1]).budget == "erk" and prune_config(recipe, cells[0]).budget == "global"
+    assert cells[2] == Cell("random", 0.9, 0, "reinit", "erk")
+    path.write_text(RECIPE.replace("methods: [force, random]", "methods: [random@erdos]"))
+    from force_cli.errors import UnknownNameError
+
+    with pytest.raises(UnknownNameError, match="budget"):
+        expand_grid(sweep_settings(load_recipe(path)))
