@@ -16,7 +16,14 @@ LeNet-300-100 (MNIST-shaped input), whose passes are so cheap that the pruning b
 ResNet-50 (CIFAR-style) is reported beside them. Synthetic input; the thread count is torch's
 default unless ``--threads`` is given.
 
+``counts`` (unless ``--no-counts``) gives, for one pruning step after the first, the operations
+torch dispatches and the host read-backs among them, beside one bare pass's (issue 17: at most 4
+read-backs and 2 x the bare operations on a GPU's path; ``--flat-path`` takes that path on the CPU
+too). On CUDA, ``peak_mib`` gives the peak memory above the model of one bare pass and of one
+prune (issue 17: the prune's at most 1.2 x the pass's on VGG-19).
+
     python benchmarks/prune_speed.py [--models vgg19,resnet50,lenet300] [--steps 10] [--threads N]
+    python benchmarks/prune_speed.py --device cuda --batch-size 128 --steps 60
 """
 
 from __future__ import annotations
@@ -33,7 +40,8 @@ import torch.nn.functional as F
 
 from force_cli.allocator import keep_freed_memory
 from force_cli.models import build_model
-from force_cli.pruning import prune
+from force_cli.op_counts import OpCounter
+from force_cli.pruning import flat, prune
 from force_cli.pruning.masks import prunable_weights
 
 #: Input shape (C, H, W) per model: LeNet-300-100 is an MNIST network, the others CIFAR ones.
@@ -78,6 +86,41 @@ def interleaved(model, batch, steps, sparsity, method):
     return (wall - bare[0], cpu - bare[1]), tuple(bare)
 
 
+def counts(model, batch, sparsity, method):
+    """Operations and read-backs of one pruning step (the second of three) and of one bare pass."""
+    x, y = batch
+    fresh = copy.deepcopy(model)
+    with OpCounter() as bare:
+        fresh.zero_grad(set_to_none=True)
+        F.cross_entropy(fresh(x), y).backward()
+    del fresh
+    snapshots = []
+    with OpCounter() as counter:
+        prune(model, method=method, sparsity=sparsity, steps=3, stream=SameBatch(batch),
+              on_step=lambda info: snapshots.append(counter.snapshot()))
+    (ops_1, read_backs_1), (ops_2, read_backs_2) = snapshots[:2]
+    return {"step_ops": ops_2 - ops_1, "step_read_backs": read_backs_2 - read_backs_1, "bare_ops": bare.ops,
+            "bare_read_backs": bare.read_backs, "ops_ratio": round((ops_2 - ops_1) / bare.ops, 3)}
+
+
+def peak_mib(run):
+    """Peak CUDA memory allocated above the model (and the batch) while ``run()`` runs, in MiB."""
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    run()
+    torch.cuda.synchronize()
+    return round((torch.cuda.max_memory_allocated() - base) / 2**20, 1)
+
+
+def peak_memory(model, batch, steps, sparsity, method):
+    fresh = copy.deepcopy(model)
+    bare = peak_mib(lambda: bare_passes(fresh, batch, 1))
+    del fresh
+    pruning = peak_mib(lambda: prune(model, method=method, sparsity=sparsity, steps=steps, stream=SameBatch(batch)))
+    return {"bare": bare, "prune": pruning, "ratio": round(pruning / bare, 3)}
+
+
 def measure(name, args, device):
     torch.manual_seed(0)
     shape = SHAPES.get(name, (3, 32, 32))
@@ -110,6 +153,9 @@ def measure(name, args, device):
         "cpu_ratio": round(statistics.median(p / b for p, b in zip(pruning_cpu, bare_cpu)), 4),
         "target_ratio": TARGETS.get(name),
         "load_average": [round(x, 2) for x in os.getloadavg()],
+        "path": "flat" if flat.takes_flat_path(device) else "cpu",
+        "counts": counts(model, batch, args.sparsity, args.method) if args.counts else None,
+        "peak_mib": peak_memory(model, batch, args.steps, args.sparsity, args.method) if device.type == "cuda" else None,
     }
 
 
@@ -123,7 +169,12 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
+    parser.add_argument("--counts", action=argparse.BooleanOptionalAction, default=True,
+                        help="count one step's operations and read-backs (default: on)")
+    parser.add_argument("--flat-path", action="store_true", help="take the GPU's flat path on the CPU too")
     args = parser.parse_args()
+    if args.flat_path:
+        flat.CPU_PATH_DEVICES = frozenset()
     malloc = "kept" if keep_freed_memory() else "system"  # as the force command does
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -103,6 +103,15 @@ def plain_epoch(model, loader, optimizer, device, amp_dtype, scaler, channels_la
     float(loss.detach())  # wait for the device
 
 
+def mask_by_hooks(model, masks, device) -> None:
+    """The paper code's ``apply_prune_mask``: zero the pruned weights once, then mask each weight's
+    gradient in a hook registered on it."""
+    for name, weight in prunable_weights(model).items():
+        mask = masks[name].to(device=device, dtype=weight.dtype)
+        weight.data.mul_(mask)
+        weight.register_hook(lambda grad, mask=mask: grad.mul(mask))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="vgg11")
@@ -141,10 +150,7 @@ def main() -> None:
         enforcer = MaskEnforcer(force_model, masks)
         enforcer.apply_()
         plain_model = copy.deepcopy(initial).to(device=device, memory_format=memory_format)
-        for name, weight in prunable_weights(plain_model).items():  # the paper code's apply_prune_mask
-            mask = masks[name].to(device=device, dtype=weight.dtype)
-            weight.data.mul_(mask)
-            weight.register_hook(lambda grad, mask=mask: grad.mul(mask))
+        mask_by_hooks(plain_model, masks, device)
         sgd = lambda m: torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)  # noqa: E731
         optimizers = {"force": sgd(force_model), "plain": sgd(plain_model)}
         scalers = {k: torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None for k in optimizers}

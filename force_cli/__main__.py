@@ -1,7 +1,7 @@
 """Allow `python -m force_cli`, and the `force` entry point.
 
-The CLI's imports (torch, rich, typer) take a while; a Ctrl-C during them ends the command with
-exit code 130 and one line, not a KeyboardInterrupt traceback.
+The CLI's imports (typer, rich; torch once a command needs it) take a moment; a Ctrl-C during
+them ends the command with exit code 130 and one line, not a KeyboardInterrupt traceback.
 """
 
 import sys
@@ -15,7 +15,7 @@ def main() -> None:
         from force_cli.cli import main as cli_main
     except KeyboardInterrupt:
         sys.stderr.write("interrupted (Ctrl-C) while starting; nothing was done\n")
-        sys.exit(130)
+        sys.exit(130)  # cli.status.INTERRUPTED, which is what was being imported
     cli_main()
 
 

@@ -9,6 +9,12 @@ The rename is the moment the new file replaces the old one. Ctrl-C and SIGTERM a
 during it, so an interruption lands either before (the old file, if any, is untouched) or after
 (the new file is complete); an interruption that lands after is marked on the exception
 (``written``) so the message can say truthfully that the file was written.
+
+They are held back at the level of Python's signal handlers, not by blocking them in the thread
+(``pthread_sigmask``): the kernel delivers a signal sent to the process to any thread that does
+not block it, and Python then runs the handler in the main thread anyway, at its next bytecode.
+So as soon as a second thread exists (a pytest-xdist worker's I/O thread, torch's or CUDA's
+threads), blocking the signal in the committing thread does not hold it back.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -93,15 +100,38 @@ def write_atomic(path: str | Path, chunks: Iterable[bytes | memoryview] | bytes,
 
 def _commit(tmp: Path, path: Path) -> None:
     """Rename ``tmp`` over ``path`` with Ctrl-C and SIGTERM held back until the folder is synced."""
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
     try:
-        os.replace(tmp, path)
-        fsync_folder(path.parent)
-    finally:
-        try:
-            signal.pthread_sigmask(signal.SIG_SETMASK, old)  # a held-back signal is handled here
-        except BaseException as exc:
-            if not path.exists() or tmp.exists():
-                raise
-            exc.written = path  # the new file is complete: let the message say so
+        with _signals_held_back():
+            os.replace(tmp, path)
+            fsync_folder(path.parent)
+    except BaseException as exc:  # a held-back signal is handled as the block ends
+        if not path.exists() or tmp.exists():
             raise
+        exc.written = path  # the new file is complete: let the message say so
+        raise
+
+
+@contextlib.contextmanager
+def _signals_held_back():
+    """Note Ctrl-C and SIGTERM instead of handling them, and handle them when the block ends.
+
+    Only the main thread can set handlers, and only there do Python handlers run, so in any other
+    thread there is nothing to hold back: a signal interrupts the main thread, not this one. An
+    ignored signal stays ignored; a default one (SIGTERM's) still ends the process, afterwards.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    noted: list[int] = []
+    previous = {}
+    for sig in _SIGNALS:
+        handler = signal.getsignal(sig)
+        if handler is not signal.SIG_IGN and handler is not None:  # None: a handler set outside Python
+            previous[sig] = signal.signal(sig, lambda signum, frame: noted.append(signum))
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for sig in dict.fromkeys(noted):
+            signal.raise_signal(sig)  # handled here, by the handler just restored

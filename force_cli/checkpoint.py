@@ -30,7 +30,8 @@ from safetensors.torch import save as serialize
 from force_cli import FORMAT_VERSION
 from force_cli import compact as compact_format
 from force_cli.atomic import write_atomic
-from force_cli.errors import CheckpointError, ConfigError, OutputError
+from force_cli.checkpoint_files import check_existing, check_new_output  # noqa: F401 - re-exported
+from force_cli.errors import CheckpointError, OutputError
 
 MASK_PREFIX = "mask:"
 STATE_PREFIX = "state:"
@@ -81,22 +82,6 @@ def _decode_metadata(raw: dict[str, str], path: Path) -> dict[str, Any]:
         else:
             decoded[key] = value
     return decoded
-
-
-def check_new_output(path: Path, overwrite: bool) -> None:
-    """Refuse, before any work starts, an output that cannot be written or would replace a file."""
-    if str(path) == "" or path.name in ("", ".", ".."):
-        raise ConfigError(f"output '{path}' is not a file name; give one such as checkpoint.safetensors")
-    if not path.parent.is_dir():
-        if path.parent.exists():
-            raise ConfigError(f"output folder '{path.parent}' is a file, not a folder; choose another -o path")
-        raise ConfigError(f"output folder '{path.parent}' does not exist; create it first or choose another -o path")
-    if path.is_dir():
-        raise ConfigError(f"output '{path}' is a folder; give a file name such as {path / 'checkpoint.safetensors'}")
-    if path.exists() and not path.is_file():
-        raise ConfigError(f"output '{path}' exists and is not a regular file; choose another -o path")
-    if path.exists() and not overwrite:
-        raise ConfigError(f"output '{path}' already exists; choose another -o path or pass --overwrite")
 
 
 def save_checkpoint(
@@ -152,10 +137,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
 
 
 def _open(path: Path, tensors: bool) -> Checkpoint:
-    if not path.exists():
-        raise CheckpointError(f"checkpoint '{path}' does not exist; check the path (create one with `force prune`)")
-    if not path.is_file():
-        raise CheckpointError(f"'{path}' is not a file; give the path of a .safetensors checkpoint")
+    check_existing(path)
     try:
         with safe_open(str(path), framework="pt") as f:
             raw = f.metadata() or {}

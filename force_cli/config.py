@@ -102,6 +102,9 @@ class TrainSettings:
     workers: int = 0  # 0: in-memory datasets live on the training device (no DataLoader, no pinning)
     amp: bool = False  # autocast on CUDA; ignored on CPU
     channels_last: bool = False
+    # torch.compile of the model (CUDA graphs on a GPU); see training/compiled.py. Falls back to eager
+    # training, with a warning, where torch.compile cannot run.
+    compile: bool = False
     save_every: int = 1  # epochs between partial checkpoints; 0: only when interrupted
     sync_bn: bool = False  # under torchrun on CUDA: SyncBatchNorm (batch statistics over every rank's batch)
 

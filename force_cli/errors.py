@@ -1,6 +1,7 @@
 """Typed errors raised by the library.
 
-Library code raises these; only ``cli.py`` turns them into a one-line message and exit code 2.
+Library code raises these; only the command line (``cli/status.py``) turns them into a one-line
+message and an exit code: ``exit_code``, 2 for bad input unless a subclass says otherwise.
 Each message names the problem *and* the fix, because it is shown to the user verbatim.
 """
 
@@ -76,3 +77,7 @@ class OutputError(ForceError):
         error = cls(f"cannot write {what} '{path}': {reason}; {fix}")
         error.errno = exc.errno
         return error
+
+
+class ShrinkError(ConfigError):
+    """A model that `force shrink` cannot rewrite exactly (an operation it does not know), named by layer."""

@@ -7,6 +7,7 @@ call: checkpoint in, metrics out (the model rebuilt from the checkpoint's metada
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,9 +19,8 @@ from torch import nn
 from torch.utils.data import Subset
 
 from force_cli.config import check_int_bounds
+from force_cli.data.names import SPLITS
 from force_cli.errors import CheckpointError, ConfigError, DataError, IncompatibleError
-
-SPLITS = ("test", "val", "train")
 
 
 @dataclass
@@ -146,27 +146,49 @@ def evaluate_checkpoint(
                                     on_start, on_batch, on_warning)
 
 
+def _load_network(path) -> tuple[nn.Module, dict, tuple[int, int], list[str]]:
+    """(model on the CPU, metadata, (kept, total) prunable weights, warnings) of a checkpoint or of
+    a shrunk network (``force shrink``), whose metadata is its source checkpoint's."""
+    from force_cli.checkpoint import load_checkpoint
+    from force_cli.pruning.masks import count_kept, count_total
+    from force_cli.restore import input_shape, model_from_checkpoint
+    from force_cli.shrink import is_shrunk, load_shrunk
+
+    if is_shrunk(path):
+        net, metadata = load_shrunk(path)
+        try:
+            if not all(isinstance(metadata.get(k), str) for k in ("model", "dataset", "stage")):
+                raise KeyError
+            shape = input_shape(metadata)
+        except (KeyError, TypeError):
+            raise CheckpointError(f"'{path}': its source metadata is incomplete; re-create it with `force shrink`") from None
+        if tuple(net.program.get("input_shape", ())) != shape:
+            raise CheckpointError(f"'{path}': its program takes {net.program.get('input_shape')} inputs but its "
+                                  f"metadata says {list(shape)}; the file is corrupt, re-create it")
+        ops = [op for op in net.program["ops"] if "original" in op]
+        total = sum(math.prod(op["original"]) for op in ops)
+        return net, metadata, (sum(op["kept_weights"] for op in ops), total), []
+    ckpt = load_checkpoint(path)
+    return model_from_checkpoint(ckpt), ckpt.metadata, (count_kept(ckpt.masks), count_total(ckpt.masks)), ckpt.warnings
+
+
 def _evaluate_checkpoint(checkpoint, split, dataset, data_dir, download, device, batch_size, workers,
                          on_start, on_batch, on_warning) -> dict[str, Any]:
     from force_cli import distributed
-    from force_cli.checkpoint import load_checkpoint
     from force_cli.data import dataset_info, load_datasets, make_loader
     from force_cli.device import resolve_device
-    from force_cli.pruning.masks import count_kept, count_total
-    from force_cli.restore import model_from_checkpoint
     from force_cli.training.settings import TRAIN_DEFAULTS
 
     dev = resolve_device(device)
-    ckpt = load_checkpoint(checkpoint)
-    for warning in ckpt.warnings if on_warning is not None else ():
+    model, metadata, (kept, total), warnings = _load_network(checkpoint)
+    for warning in warnings if on_warning is not None else ():
         on_warning(warning)
-    metadata = ckpt.metadata
     name = dataset or metadata["dataset"]
     if data_dir is None and dataset in (None, metadata["dataset"]):
         data_dir = recorded_data_dir(metadata)
     info = dataset_info(name, data_dir)
     check_dataset_fits(info, metadata)
-    model = model_from_checkpoint(ckpt, dev)
+    model = model.to(dev).eval()
 
     val_fraction = _recorded(metadata, "val_fraction")
     if val_fraction is None:
@@ -196,7 +218,6 @@ def _evaluate_checkpoint(checkpoint, split, dataset, data_dir, download, device,
         sum_over_ranks = distributed.all_reduce_sum_
     loader = make_loader(data, batch_size, shuffle=False, workers=workers, device=dev)
     metrics = evaluate(model, loader, dev, on_batch=on_batch, sum_over_ranks=sum_over_ranks)
-    kept, total = count_kept(ckpt.masks), count_total(ckpt.masks)
     return {
         "checkpoint": str(checkpoint),
         "model": metadata["model"],

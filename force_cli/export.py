@@ -19,15 +19,10 @@ import torch
 from safetensors.torch import save as serialize
 
 from force_cli.atomic import write_atomic
-from force_cli.checkpoint import Checkpoint, check_new_output, load_checkpoint, save_checkpoint
+from force_cli.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from force_cli.errors import ConfigError
-
-FORMATS = {
-    "compact": "force checkpoint, compact variant (kept values + bit-packed mask or gap codes)",
-    "dense": "force checkpoint, dense variant (force-ckpt/1)",
-    "state-dict": "plain safetensors state_dict, pruned weights zero, no masks (load_state_dict strict=True)",
-    "torch-prune": "torch.nn.utils.prune layout: W_orig + W_mask per pruned weight",
-}
+from force_cli.export_formats import FORMATS, check_export  # noqa: F401 - FORMATS re-exported
+from force_cli.shrink.program import is_shrunk  # the shrunk file format only (checkpoint layer)
 
 
 def plain_state_dict(ckpt: Checkpoint) -> dict[str, torch.Tensor]:
@@ -51,10 +46,13 @@ def torch_prune_state_dict(ckpt: Checkpoint) -> dict[str, torch.Tensor]:
 
 def export_checkpoint(source: str | Path, to: str, output: str | Path, *, overwrite: bool = False) -> Path:
     """Write ``source`` in format ``to`` to ``output`` (atomically); return ``output``."""
-    if to not in FORMATS:
-        raise ConfigError(f"unknown export format '{to}'; known formats are: {', '.join(FORMATS)}")
+    if to == "sparse":  # it times the network: force_cli.shrink.export, a layer above this one
+        raise ConfigError("the sparse export is measured; call force_cli.shrink.export.export_sparse")
     output = Path(output)
-    check_new_output(output, overwrite)
+    check_export(Path(source), to, output, overwrite)
+    if is_shrunk(source):
+        raise ConfigError(f"'{source}' is a shrunk network, which has no masks to export as '{to}'; export the "
+                          "checkpoint it was made from, or use --to sparse")
     ckpt = load_checkpoint(source)
     if _same_file(Path(source), output):
         raise ConfigError(f"the output '{output}' is the input checkpoint; choose another -o path")

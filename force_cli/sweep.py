@@ -19,11 +19,12 @@ from pathlib import Path
 
 from force_cli.config import PruneConfig, Recipe, SweepSettings, TrainSettings, resolve
 from force_cli.atomic import write_atomic
-from force_cli.errors import ConfigError, OutputError, UnknownNameError
+from force_cli.errors import ConfigError, OutputError
 from force_cli.evaluation import evaluate_checkpoint
-from force_cli.pruning.ablation import ABLATIONS, ablate_checkpoint
+from force_cli.pruning.ablation import ablate_checkpoint
+from force_cli.pruning.ablation_names import check_ablation
 from force_cli.pruning.budgets import check_budget
-from force_cli.pruning.criteria import get_method
+from force_cli.pruning.methods import get_method
 from force_cli.pruning.job import prune_to_checkpoint, validate
 from force_cli.sweep_report import RESULTS_FILE, read_results, write_info
 from force_cli.training.job import partial_path, train_checkpoint
@@ -66,8 +67,7 @@ def expand_grid(settings: SweepSettings) -> list[Cell]:
         if not 0.0 <= s < 1.0:
             raise ConfigError(f"sweep sparsity {s} is outside [0, 1)")
     for a in settings.ablations:
-        if a not in ABLATIONS:
-            raise UnknownNameError("ablation", a, ABLATIONS)
+        check_ablation(a)
     for m in settings.ablated_methods:
         if m not in settings.methods:
             raise ConfigError(f"sweep ablated_methods names '{m}', which is not one of the sweep's methods "

@@ -34,3 +34,9 @@ def fixed_outputs():
 
 
 NOT_CALLABLE = 3
+
+
+def gelu_mlp(num_classes: int, in_channels: int, image_size: int) -> nn.Module:
+    """A GELU, which `force shrink` does not know: it must refuse, naming the layer ('2')."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(in_channels * image_size * image_size, 16), nn.GELU(),
+                         nn.Linear(16, num_classes))

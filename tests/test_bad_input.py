@@ -21,6 +21,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -484,6 +485,34 @@ def test_ctrl_c_during_the_final_rename_says_truthfully_that_the_file_was_writte
     assert len(lines) == 1 and "written completely" in lines[0] and not lines[0].startswith("error"), lines
     load_checkpoint(out)  # complete, as the message says
     assert sorted(os.listdir(tmp_path)) == ["x.safetensors"]
+
+
+def test_ctrl_c_during_the_final_rename_is_held_back_while_another_thread_runs(tmp_path, monkeypatch):
+    """The kernel hands a signal sent to the process to any thread that does not block it (under
+    pytest -n: the worker's I/O thread), and Python runs the handler in the main thread: blocking it
+    in the committing thread alone let Ctrl-C land before the rename ("no file was written")."""
+    done = threading.Event()
+    other = threading.Thread(target=done.wait, daemon=True)
+    other.start()
+    try:
+        test_ctrl_c_during_the_final_rename_says_truthfully_that_the_file_was_written(tmp_path, monkeypatch)
+    finally:
+        done.set()
+        other.join()
+
+
+def test_sigterm_during_the_final_rename_is_held_back_too(tmp_path, monkeypatch):
+    real_replace = os.replace
+
+    def replace_then_sigterm(src, dst):
+        os.kill(os.getpid(), signal.SIGTERM)
+        real_replace(src, dst)
+    monkeypatch.setattr(atomic.os, "replace", replace_then_sigterm)
+    out = tmp_path / "x.safetensors"
+    result = runner.invoke(app, PRUNE + ["-o", str(out)])
+    assert result.exit_code == 143, (result.stderr, result.exception)
+    assert "written completely" in result.stderr
+    load_checkpoint(out)
 
 
 def test_ctrl_c_before_the_rename_leaves_nothing_and_says_so(tmp_path, monkeypatch):

@@ -140,3 +140,20 @@ def test_iterative_pruning_under_a_budget_never_revives_a_weight():
             assert not (after.masks[name] & ~before.masks[name]).any(), f"step {after.step} revived a weight of {name}"
     # uncapped: 10, 3, 1; capped: the output layer holds none, its weight goes to the next fraction
     assert _per_layer(result.masks) == {"0.weight": 10, "2.weight": 4, "4.weight": 0}
+
+
+@pytest.mark.parametrize("settings", [dict(budget="erk"), dict(ties="keep"), dict(invert_scores=True)])
+def test_off_the_cpu_budgets_ties_and_inversion_give_the_cpu_paths_masks(monkeypatch, settings):
+    """A GPU's flat selection is global and exact; a budget or kept ties select per layer there
+    too, and inversion negates the scores before either. Forced here on the CPU."""
+    from force_cli.pruning import flat
+
+    model = _mlp(3)
+    batches = random_batches(5, 16, 12, 5, seed=6)
+    results = []
+    for devices in (flat.CPU_PATH_DEVICES, frozenset()):
+        monkeypatch.setattr(flat, "CPU_PATH_DEVICES", devices)
+        results.append(prune(model, method="iter-snip", sparsity=0.95, steps=5, stream=FixedStream(batches),
+                             **settings).masks)
+    for name in results[0]:
+        assert torch.equal(results[0][name], results[1][name]), name

@@ -159,3 +159,17 @@ def test_prospr_refuses_torchrun():
     ctx.reduce_gradients = lambda grads, n: None  # what scoring_context sets under torchrun
     with pytest.raises(ConfigError, match="torchrun"):
         prospr(ctx, dense_masks(model))
+
+
+@pytest.mark.parametrize("method", ["ntk-sap", "prospr"])
+def test_the_gpus_flat_path_prunes_the_new_methods_as_the_cpu_path(monkeypatch, method):
+    from force_cli.pruning import flat
+
+    batches = [(torch.randn(8, 3, 8, 8, generator=torch.Generator().manual_seed(i)), torch.tensor([0, 1, 2] * 2 + [0, 1]))
+               for i in range(2)]
+    results = []
+    for devices in (flat.CPU_PATH_DEVICES, frozenset()):
+        monkeypatch.setattr(flat, "CPU_PATH_DEVICES", devices)
+        results.append(prune(tiny_convnet(seed=5), method=method, sparsity=0.8, steps=3, input_shape=(3, 8, 8),
+                             stream=FixedStream(batches)).masks)
+    assert all(torch.equal(results[0][n], results[1][n]) for n in results[0])

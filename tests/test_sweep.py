@@ -185,6 +185,11 @@ def test_workers_take_the_visible_gpus_in_turn(monkeypatch):
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
     monkeypatch.setattr(sweep_pool.torch.cuda, "device_count", lambda: 2)
     assert sweep_pool.worker_gpus(4) == ["0", "1", "0", "1"]
+    monkeypatch.setattr(sweep_pool.torch.cuda, "device_count", lambda: 1)
+    assert sweep_pool.worker_gpus(8) == ["0"] * 8  # more jobs than GPUs: they share it, nothing refused
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
+    assert sweep_pool.worker_gpus(3) == ["1", "1", "1"]
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
     monkeypatch.setattr(sweep_pool.torch.cuda, "device_count", lambda: 0)
     assert sweep_pool.worker_gpus(2) == [None, None]
 

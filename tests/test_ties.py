@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from force_cli.errors import UnknownNameError
-from force_cli.pruning.select import select
-from force_cli.pruning.ties import check_tie_rule, exclude_pruned_
+from force_cli.pruning.select import exclude_pruned_, select
+from force_cli.pruning.ties import check_tie_rule
 
 
 def test_exact_keeps_the_count_and_keep_adds_every_score_tied_at_the_threshold():

@@ -158,3 +158,25 @@ def test_ctrl_c_saves_progress_and_resume_finishes(tmp_path, init_ckpt):
     assert result.exit_code == 0, result.output
     assert result.stdout.strip() == str(out) and not partial.exists()
     assert len(load_checkpoint(out).metadata["history"]) == done + 2
+
+
+def test_compile_flag_and_recipe_key_reach_the_run_and_fall_back_with_one_warning(tmp_path, init_ckpt, monkeypatch):
+    """`--compile` (and `compile: true` in a recipe) is recorded with the settings; where
+    torch.compile cannot run (here: no C++ compiler) train warns in one line and trains eagerly."""
+    monkeypatch.setenv("CXX", "/nonexistent/g++")
+    out = tmp_path / "c.safetensors"
+    result = invoke("train", init_ckpt, "-o", out, "--epochs", "1", "--compile", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.stderr.splitlines() if "--compile" in line]
+    assert len(warnings) == 1 and "needs a C++ compiler" in warnings[0] and "training without it" in warnings[0]
+    assert load_checkpoint(out).metadata["training"]["compile"] is True
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("train:\n  compile: true\n  epochs: 1\n")
+    result = invoke("train", init_ckpt, "-o", tmp_path / "r.safetensors", "--recipe", recipe, "--device", "cpu",
+                    "--quiet")
+    assert result.exit_code == 0, result.output
+    assert load_checkpoint(tmp_path / "r.safetensors").metadata["training"]["compile"] is True
+    result = invoke("train", init_ckpt, "-o", tmp_path / "n.safetensors", "--recipe", recipe, "--no-compile",
+                    "--device", "cpu", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert load_checkpoint(tmp_path / "n.safetensors").metadata["training"]["compile"] is False

@@ -2,6 +2,7 @@
 
 One module per concern, as in ``pruning/`` and ``training/``:
 
+- ``names``: the registry's names and the splits, without torch (for ``--help`` and name errors);
 - ``types``: DatasetInfo, DatasetSpec, DataSplits (no behaviour);
 - ``registry``: the ``DATASETS`` registry, the data directory, ``load_datasets``;
 - ``readers/``: one module per file format (CIFAR binary, MNIST idx, SVHN, image folders, digits,
@@ -14,6 +15,9 @@ One module per concern, as in ``pruning/`` and ``training/``:
 Every dataset lives in its own folder under the data directory (``--data-dir``, default
 ``$FORCE_DATA`` or ``~/.cache/force-cli/data``).
 
+The names below load their submodule on first use (``force_cli.lazy``), so that ``names`` imports
+without torch.
+
 Readers: torchvision's where they do the same job without unpickling anything (MNIST's idx
 reader, the image-folder scan and decoder, every download); force-cli's own where torchvision's
 would not (CIFAR: torchvision reads the pickled python batches, force-cli the binary ones; SVHN:
@@ -21,13 +25,15 @@ torchvision's class hashes the whole file on every load and refuses any other co
 docstring says which and why. Nothing is ever unpickled.
 """
 
-from force_cli.data.loaders import BatchStream, make_loader
-from force_cli.data.readers.synthetic import SYNTHETIC_TEST_SIZE, SYNTHETIC_TRAIN_SIZE, SyntheticDataset
-from force_cli.data.registry import DATASETS, dataset_info, dataset_names, default_data_dir, load_datasets
-from force_cli.data.types import DatasetInfo, DatasetSpec, DataSplits
+from force_cli.lazy import lazy_exports
 
-__all__ = [
-    "BatchStream", "make_loader", "SYNTHETIC_TEST_SIZE", "SYNTHETIC_TRAIN_SIZE", "SyntheticDataset",
-    "DATASETS", "dataset_info", "dataset_names", "default_data_dir", "load_datasets",
-    "DatasetInfo", "DatasetSpec", "DataSplits",
-]
+_EXPORTS = {
+    "BatchStream": "loaders", "make_loader": "loaders",
+    "SYNTHETIC_TEST_SIZE": "readers.synthetic", "SYNTHETIC_TRAIN_SIZE": "readers.synthetic",
+    "SyntheticDataset": "readers.synthetic",
+    "DATASETS": "registry", "dataset_info": "registry", "dataset_names": "registry",
+    "default_data_dir": "registry", "load_datasets": "registry",
+    "DatasetInfo": "types", "DatasetSpec": "types", "DataSplits": "types",
+}
+__all__ = list(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -1,7 +1,7 @@
 """The dataset registry: name -> info and reader, the data directory, and the train/val/test split.
 
 ``DATASETS`` is the single registry; the CLI's choices, help text and "unknown dataset" error all
-come from it.
+come from it (through ``data/names.py``, which lists the same names without importing torch).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from force_cli.data.readers.folders import build_imagefolder, build_tiny_imagene
 from force_cli.data.readers.mnist import mnist_builder
 from force_cli.data.readers.svhn import build_svhn
 from force_cli.data.readers.synthetic import build_synthetic
+from force_cli.data.names import canonical_name
 from force_cli.data.types import DatasetInfo, DatasetSpec, DataSplits
 from force_cli.errors import ConfigError, DataError, UnknownNameError
 
@@ -77,7 +78,7 @@ def dataset_names() -> list[str]:
 
 
 def _spec(name: str) -> DatasetSpec:
-    spec = DATASETS.get(str(name).strip().lower().replace("_", "-"))
+    spec = DATASETS.get(canonical_name(name))
     if spec is None:
         raise UnknownNameError("dataset", name, DATASETS)
     return spec

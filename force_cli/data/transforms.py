@@ -81,15 +81,27 @@ class RandomHorizontalFlip:
 
 
 class Normalize:
-    """uint8 [0, 255] -> float32 [0, 1] -> (x - mean) / std per channel."""
+    """uint8 [0, 255] -> float32 [0, 1] -> (x - mean) / std per channel.
+
+    Every divisor is a tensor on the images' device, never a Python number: CUDA computes a
+    division by a CPU scalar as a multiplication by its reciprocal, which differs from the CPU's
+    true division in the last bit of some pixels.
+    """
 
     def __init__(self, mean, std):
         self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+        self._constants: dict[torch.device, tuple[Tensor, Tensor, Tensor]] = {}  # per device, copied once
 
     def __call__(self, x: Tensor) -> Tensor:
-        mean, std = self.mean.to(x.device), self.std.to(x.device)
-        return x.to(torch.float32).div_(255.0).sub_(mean).div_(std)  # in place: same values
+        if x.device not in self._constants:
+            scale = torch.tensor(255.0, dtype=torch.float32)
+            self._constants[x.device] = tuple(t.to(x.device) for t in (scale, self.mean, self.std))
+        scale, mean, std = self._constants[x.device]
+        return x.to(torch.float32).div_(scale).sub_(mean).div_(std)  # in place: same values
+
+    def __getstate__(self):  # a loader worker makes its own copies (never CUDA tensors in a pickle)
+        return {**self.__dict__, "_constants": {}}
 
     def draw(self, shape) -> None:
         return None

@@ -12,55 +12,21 @@ user's choice; a checkpoint naming one is rebuilt only under ``trusted_model_cod
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import inspect
 import re
-from contextvars import ContextVar
 
 import torch
 from torch import nn
 
-from force_cli.errors import CheckpointError, ConfigError, IncompatibleError
+from force_cli.errors import ConfigError, IncompatibleError
 from force_cli.models.imagenet import torchvision_models
+# the trust setting lives apart so that the CLI can set it without loading torch; re-exported here
+from force_cli.models.trust import TORCHVISION, _trusted, check_trusted, is_reference, runs_code, trusted_model_code  # noqa: F401
 
-TORCHVISION = "torchvision"
 _IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
 _IMPORT_PATH = re.compile(rf"{_IDENT}(\.{_IDENT})*:{_IDENT}(\.{_IDENT})*")
 FACTORY_ARGS = ("num_classes", "in_channels", "image_size")
-
-# True: every import path; a frozenset: only those references
-_trusted: ContextVar[bool | frozenset[str]] = ContextVar("force_cli_trust_model_code", default=False)
-
-
-def is_reference(name: str) -> bool:
-    """Whether ``name`` is meant as a reference rather than a registry name (it contains ':')."""
-    return ":" in name
-
-
-def runs_code(name: str) -> bool:
-    """Whether building ``name`` imports code that a file could choose (any import path)."""
-    return is_reference(name) and not name.startswith(TORCHVISION + ":")
-
-
-@contextlib.contextmanager
-def trusted_model_code(trust: bool = True, *, only: str | None = None):
-    """Within this block, checkpoints that name an import path (or only the reference ``only``) may be rebuilt."""
-    token = _trusted.set(frozenset({only}) if trust and only is not None else trust)
-    try:
-        yield
-    finally:
-        _trusted.reset(token)
-
-
-def check_trusted(name: str) -> None:
-    """Refuse to rebuild a checkpoint's import-path model unless the user opted in."""
-    trusted = _trusted.get()
-    if runs_code(name) and not (trusted is True or (isinstance(trusted, frozenset) and name in trusted)):
-        raise CheckpointError(
-            f"the checkpoint's model is '{name}', Python code that would run when it is loaded; "
-            f"pass --trust-model-code if you trust this file (trusted_model_code() in the library)"
-        )
 
 
 def _syntax_error(name: str) -> ConfigError:

@@ -2,25 +2,20 @@
 
     from force_cli.pruning import prune
     result = prune(model, method="force", sparsity=0.99, stream=batch_stream)
+
+The names below load their submodule on first use (``force_cli.lazy``), so that the torch-free
+modules (``methods``, ``objectives``, ``schedules``, ``checks``) import without torch.
 """
 
-from force_cli.pruning.criteria import METHODS, Method, get_method, register
-from force_cli.pruning.loop import PruneResult, StepInfo, prune
-from force_cli.pruning.masks import (
-    Masks,
-    apply_masks_,
-    count_kept,
-    count_total,
-    dense_masks,
-    keep_top_k,
-    kept_for_sparsity,
-    prunable_weights,
-    validate_masks,
-)
-from force_cli.pruning.schedules import SCHEDULES, kept_counts
+from force_cli.lazy import lazy_exports
 
-__all__ = [
-    "METHODS", "Method", "get_method", "register", "PruneResult", "StepInfo", "prune", "Masks",
-    "apply_masks_", "count_kept", "count_total", "dense_masks", "keep_top_k", "kept_for_sparsity",
-    "prunable_weights", "validate_masks", "SCHEDULES", "kept_counts",
-]
+_EXPORTS = {
+    "METHODS": "methods", "Method": "methods", "get_method": "methods", "register": "methods",
+    "PruneResult": "loop", "StepInfo": "loop", "prune": "loop",
+    "Masks": "masks", "apply_masks_": "masks", "count_kept": "masks", "count_total": "masks",
+    "dense_masks": "masks", "keep_top_k": "masks", "kept_for_sparsity": "masks",
+    "prunable_weights": "masks", "validate_masks": "masks",
+    "SCHEDULES": "schedules", "kept_counts": "schedules",
+}
+__all__ = list(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

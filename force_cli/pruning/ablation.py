@@ -28,19 +28,13 @@ from torch import nn
 import force_cli
 from force_cli.checkpoint import Checkpoint, check_new_output, load_checkpoint, save_checkpoint
 from force_cli.config import PruneConfig, check_section
-from force_cli.errors import CheckpointError, ConfigError, UnknownNameError
+from force_cli.errors import CheckpointError, ConfigError
 from force_cli.models import build_model
-from force_cli.models.refs import check_trusted
+from force_cli.models.trust import check_trusted
+from force_cli.pruning.ablation_names import check_ablation
 from force_cli.pruning.job import build_initial_model, check_connectivity, prune_to_checkpoint
 from force_cli.pruning.loop import PruneResult
 from force_cli.pruning.masks import Masks, count_kept
-
-ABLATIONS: dict[str, str] = {
-    "shuffle-within-layers": "same number of weights per layer, at random positions, initial values there",
-    "reinit": "same mask, weights drawn afresh (same architecture and init, another seed)",
-    "invert-scores": "pruning re-run with the same settings, keeping the lowest scores at every step",
-}
-
 
 def shuffle_within_layers(masks: Masks, generator: torch.Generator) -> Masks:
     """Each layer's mask with its kept positions drawn uniformly at random: same count per layer."""
@@ -93,15 +87,14 @@ def rebuilt_initial(cfg: PruneConfig, ckpt: Checkpoint, where: str) -> nn.Module
 def ablate_checkpoint(source: str | Path, ablation: str, output: str | Path, *, seed: int | None = None,
                       overwrite: bool = False, compact: bool = False, device: str | None = None,
                       data_dir: str | None = None) -> tuple[Path, dict]:
-    """Write ``output``: ``source`` under ``ablation`` (one of ``ABLATIONS``). Returns the path and
-    the ``ablation`` record written to its metadata.
+    """Write ``output``: ``source`` under ``ablation`` (one of ``ablation_names.ABLATIONS``).
+    Returns the path and the ``ablation`` record written to its metadata.
 
     ``seed`` draws the shuffle or the new weights (default: the source's seed + 1; ``reinit``
     refuses the source's own seed, which would draw the same weights). ``device`` and ``data_dir``
     override the recorded ones when ``invert-scores`` prunes again.
     """
-    if ablation not in ABLATIONS:
-        raise UnknownNameError("ablation", ablation, ABLATIONS)
+    check_ablation(ablation)
     source, output = Path(source), Path(output)
     check_new_output(output, overwrite)
     ckpt = load_checkpoint(source)

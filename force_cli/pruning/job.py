@@ -21,44 +21,12 @@ from force_cli.checkpoint import check_new_output, save_checkpoint
 from force_cli.config import PruneConfig
 from force_cli.data import BatchStream, dataset_info, load_datasets
 from force_cli.device import resolve_device
-from force_cli.errors import ConfigError, DisconnectedError, UnknownNameError
-from force_cli.models import INIT_SCHEMES, MODELS, build_model, check_compatible
-from force_cli.pruning.budgets import check_budget
-from force_cli.pruning.criteria import get_method
-from force_cli.pruning.loop import PruneResult, StepInfo, prune, resolve_objective
+from force_cli.errors import DisconnectedError
+from force_cli.models import build_model, check_compatible
+from force_cli.pruning.checks import default_output, validate
+from force_cli.pruning.loop import PruneResult, StepInfo, prune
+from force_cli.pruning.methods import get_method
 from force_cli.pruning.masks import prunable_weights
-from force_cli.pruning.schedules import SCHEDULES
-from force_cli.pruning.ties import check_tie_rule
-
-
-def default_output(cfg: PruneConfig) -> Path:
-    return Path(f"{cfg.model}-{cfg.dataset}-{cfg.method}-s{cfg.sparsity:g}-seed{cfg.seed}.safetensors")
-
-
-def validate(cfg: PruneConfig) -> None:
-    """Every check that needs neither data nor a model."""
-    if cfg.model is None:
-        raise ConfigError(f"no model given; pass --model (known models: {', '.join(sorted(MODELS))})")
-    if cfg.model not in MODELS:
-        raise UnknownNameError("model", cfg.model, MODELS)
-    resolve_objective(get_method(cfg.method), cfg.saliency_loss, cfg.saliency_temperature)
-    if cfg.val_fraction is not None and not 0.0 <= cfg.val_fraction < 1.0:
-        raise ConfigError(f"--val-fraction {cfg.val_fraction} is outside [0, 1); give the fraction `train` holds out, e.g. 0.1")
-    if cfg.schedule not in SCHEDULES:
-        raise UnknownNameError("schedule", cfg.schedule, SCHEDULES)
-    if cfg.init not in INIT_SCHEMES:
-        raise UnknownNameError("init", cfg.init, INIT_SCHEMES)
-    check_tie_rule(cfg.ties)
-    check_budget(cfg.budget)
-    if cfg.sparsity is None:
-        raise ConfigError("no sparsity given; pass --sparsity, the fraction of weights to remove (e.g. 0.99)")
-    if not 0.0 <= cfg.sparsity < 1.0:
-        raise ConfigError(f"sparsity {cfg.sparsity} is outside [0, 1); give the fraction of weights to remove, e.g. 0.99")
-    for name in ("batches", "batch_size"):
-        if getattr(cfg, name) < 1:
-            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
-    if cfg.steps is not None and cfg.steps < 1:
-        raise ConfigError(f"--steps must be at least 1, got {cfg.steps}")
 
 
 def prune_to_checkpoint(

@@ -13,13 +13,15 @@ from torch import nn
 
 from force_cli import distributed
 from force_cli.errors import ConfigError
+from force_cli.pruning import flat
 from force_cli.pruning.budgets import check_budget, layer_counts
-from force_cli.pruning.criteria import Batch, Method, ScoringContext, get_method
+from force_cli.pruning.criteria import Batch, ScoringContext, score_function
 from force_cli.pruning.masks import Masks, Scores, count_kept, dense_masks, kept_for_sparsity, prunable_weights
-from force_cli.pruning.objectives import Objective, make_objective
+from force_cli.pruning.methods import get_method, resolve_objective
+from force_cli.pruning.objectives import Objective
 from force_cli.pruning.schedules import kept_counts
-from force_cli.pruning.select import select
-from force_cli.pruning.ties import check_tie_rule, exclude_pruned_
+from force_cli.pruning.select import exclude_pruned_, select
+from force_cli.pruning.ties import check_tie_rule
 from force_cli.pruning.topk import Workspace
 
 
@@ -85,25 +87,6 @@ class _BatchSource:
                 if i % self.world_size == self.rank]
 
 
-def resolve_objective(spec: Method, loss: str | None = None, temperature: float | None = None) -> Objective | None:
-    """The saliency objective of a run: the method's own unless ``loss`` or ``temperature`` is given.
-
-    A temperature alone selects cross-entropy (the only objective it applies to); cross-entropy
-    without a temperature takes the method's default one (200 for GraSP, else 1). A criterion
-    registered without an objective uses cross-entropy. Data-free methods have no objective:
-    None, whatever is asked.
-    """
-    if not spec.needs_data:
-        return None
-    own = spec.objective or Objective("cross-entropy")  # a registered criterion that names none
-    if loss is None and temperature is None:
-        return own
-    loss = loss or "cross-entropy"
-    if temperature is None and loss == "cross-entropy" and own.name == "cross-entropy":
-        temperature = own.temperature
-    return make_objective(loss, temperature)
-
-
 def scoring_context(model: nn.Module, *, stream=None, num_batches: int = 1,
                     input_shape: tuple[int, ...] | None = None, seed: int = 0,
                     objective: Objective | None = None) -> ScoringContext:
@@ -128,6 +111,7 @@ def scoring_context(model: nn.Module, *, stream=None, num_batches: int = 1,
         generator=torch.Generator().manual_seed(seed),
         objective=objective,
         reduce_gradients=distributed.all_reduce_weighted_mean_ if distributed.active() else None,
+        flat_weights=flat.FlatWeights(weights) if flat.takes_flat_path(device) else None,
     )
 
 
@@ -140,7 +124,7 @@ def compute_scores(model: nn.Module, method: str, masks: Masks | None = None, **
     context.setdefault("objective", resolve_objective(spec))
     ctx = scoring_context(model, **context)
     masks = masks if masks is not None else dense_masks(model)
-    return spec.score(ctx, {n: m.to(ctx.initial[n].device) for n, m in masks.items()})
+    return score_function(spec)(ctx, {n: m.to(ctx.initial[n].device) for n, m in masks.items()})
 
 
 def prune(
@@ -197,25 +181,35 @@ def prune(
     ctx = scoring_context(model, stream=stream, num_batches=num_batches, input_shape=input_shape, seed=seed,
                           objective=objective)
     device = next(iter(ctx.weights.values())).device
-    masks = {n: m.to(device) for n, m in initial_masks.items()}
+    # a GPU's: few kernels and one read-back per step; per-layer budgets and kept ties select per layer
+    flat_path = flat.takes_flat_path(device) and budget == "global" and ties == "exact"
+    if flat_path:
+        masks = flat.FlatMasks.dense({n: m.shape for n, m in initial_masks.items()}, device)
+    else:
+        masks = {n: m.to(device) for n, m in initial_masks.items()}
     history = []
     workspace = Workspace()
+    score = score_function(spec)
     for t, kt in enumerate(counts, start=1):
-        scores = spec.score(ctx, masks)
+        scores = score(ctx, masks)
         if invert_scores:
             torch._foreach_neg_(list(scores.values()))
-        if not spec.revives:
-            exclude_pruned_(scores, masks, ties)
-        # pruned weights cannot come back, so no layer may be given more than it still holds
-        held = None if spec.revives or budget == "global" else dict(zip(masks, torch.stack(
-            [m.sum() for m in masks.values()]).tolist()))
-        masks, threshold = select(scores, kt, budget=budget, ties=ties, capacities=held, workspace=workspace)
+        if flat_path:
+            masks, threshold = flat.keep_top_k(scores, kt, pruned=None if spec.revives else masks,
+                                               weights=ctx.flat_weights)
+        else:
+            if not spec.revives:
+                exclude_pruned_(scores, masks, ties)
+            # pruned weights cannot come back, so no layer may be given more than it still holds
+            held = None if spec.revives or budget == "global" else dict(zip(masks, torch.stack(
+                [m.sum() for m in masks.values()]).tolist()))
+            masks, threshold = select(scores, kt, budget=budget, ties=ties, capacities=held, workspace=workspace)
         kept = kt if ties == "exact" else count_kept(masks)
         info = StepInfo(step=t, steps=steps, kept=kept, total=total, threshold=threshold)
         history.append(info)
         if on_step is not None:
             on_step(dataclasses.replace(info, masks=masks))
-    masks = {n: m.cpu() for n, m in masks.items()}
+    masks = masks.to_cpu() if flat_path else {n: m.cpu() for n, m in masks.items()}
     distributed.check_identical(list(masks.values()), "pruning masks")
     return PruneResult(masks=masks, total=total, kept=count_kept(masks), steps=steps, history=history,
                        objective=objective)

@@ -12,20 +12,21 @@ pruned network can still be trained. Two are offered:
 
 A temperature applies to ``cross-entropy`` only; with ``true-logit`` it would merely scale every
 score by the same factor, which changes no mask.
+
+This module imports no torch (``force prune --help`` lists the objectives and each method's): the
+losses take tensors and import torch's functional API when first computed.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
-
-import torch
-import torch.nn.functional as F
+from typing import TYPE_CHECKING
 
 from force_cli.errors import ConfigError, UnknownNameError
 
-ObjectiveFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (logits, targets) -> scalar loss
+if TYPE_CHECKING:
+    import torch
 
 
 def true_logit(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -35,6 +36,8 @@ def true_logit(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """Cross-entropy of the softmax of ``logits / temperature``."""
+    import torch.nn.functional as F  # torch-free start-up: this module is imported for --help
+
     return F.cross_entropy(logits / temperature if temperature != 1.0 else logits, targets)
 
 

@@ -1,4 +1,5 @@
-"""One pruning step's choice: which weights its scores keep, under the run's budget and tie rule."""
+"""One pruning step's choice: which weights its scores keep, under the run's budget (``budgets.py``)
+and tie rule (``ties.py``, whose meaning the functions at the end apply)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import torch
 
 from force_cli.pruning.budgets import layer_counts
 from force_cli.pruning.masks import Masks, keep_top_k
-from force_cli.pruning.ties import keep_tied_
 from force_cli.pruning.topk import Workspace
 
 
@@ -35,3 +35,31 @@ def select(scores: Mapping[str, torch.Tensor], k: int, *, budget: str = "global"
     if ties == "keep":
         keep_tied_(masks, scores, thresholds)
     return masks, threshold
+
+
+def exclude_pruned_(scores: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor], ties: str) -> None:
+    """Give the pruned weights (``masks`` False) of one step's ``scores`` the lowest rank, in place.
+
+    ``exact``: -inf, so they are never chosen while kept weights remain. ``keep``: the paper code's
+    value, min(0, lowest score of a kept weight), so they tie with the lowest scores.
+    """
+    if ties == "exact":
+        for name, s in scores.items():
+            s.masked_fill_(~masks[name], float("-inf"))
+        return
+    lowest = torch.stack([torch.where(masks[n], s, torch.full((), float("inf"), dtype=s.dtype, device=s.device)).amin()
+                          for n, s in scores.items()]).amin().clamp(max=0)
+    for name, s in scores.items():
+        s.masked_fill_(~masks[name], lowest.to(s.dtype))
+
+
+def keep_tied_(masks: Mapping[str, torch.Tensor], scores: Mapping[str, torch.Tensor],
+               thresholds: Mapping[str, float | None]) -> None:
+    """Add to ``masks``, in place, every weight whose score equals or exceeds its layer's threshold.
+
+    ``thresholds[name]`` is the lowest score kept in that layer's selection (the global one for a
+    global top-k); None keeps the layer as it is (it kept every weight, or none)."""
+    for name, mask in masks.items():
+        threshold = thresholds.get(name)
+        if threshold is not None:
+            mask |= scores[name] >= threshold

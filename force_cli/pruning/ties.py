@@ -12,13 +12,11 @@ it gives it the step's lowest saliency, where a pruned weight's own saliency is 
 its gradient is masked). ``exact`` excludes pruned weights outright (score -inf). ``keep`` uses
 the paper's floor, so a step whose threshold falls on that lowest value (too few informative
 scores) keeps every pruned weight again, exactly as the paper code does.
+
+This module names the rules (it imports no torch, for ``--help``); ``select.py`` applies them.
 """
 
 from __future__ import annotations
-
-from collections.abc import Mapping
-
-import torch
 
 from force_cli.errors import UnknownNameError
 
@@ -32,31 +30,3 @@ def check_tie_rule(name: str) -> str:
     if name not in TIE_RULES:
         raise UnknownNameError("tie rule", name, TIE_RULES)
     return name
-
-
-def exclude_pruned_(scores: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor], ties: str) -> None:
-    """Give the pruned weights (``masks`` False) of one step's ``scores`` the lowest rank, in place.
-
-    ``exact``: -inf, so they are never chosen while kept weights remain. ``keep``: the paper code's
-    value, min(0, lowest score of a kept weight), so they tie with the lowest scores.
-    """
-    if ties == "exact":
-        for name, s in scores.items():
-            s.masked_fill_(~masks[name], float("-inf"))
-        return
-    lowest = torch.stack([torch.where(masks[n], s, torch.full((), float("inf"), dtype=s.dtype, device=s.device)).amin()
-                          for n, s in scores.items()]).amin().clamp(max=0)
-    for name, s in scores.items():
-        s.masked_fill_(~masks[name], lowest.to(s.dtype))
-
-
-def keep_tied_(masks: Mapping[str, torch.Tensor], scores: Mapping[str, torch.Tensor],
-               thresholds: Mapping[str, float | None]) -> None:
-    """Add to ``masks``, in place, every weight whose score equals or exceeds its layer's threshold.
-
-    ``thresholds[name]`` is the lowest score kept in that layer's selection (the global one for a
-    global top-k); None keeps the layer as it is (it kept every weight, or none)."""
-    for name, mask in masks.items():
-        threshold = thresholds.get(name)
-        if threshold is not None:
-            mask |= scores[name] >= threshold

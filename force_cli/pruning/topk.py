@@ -15,12 +15,18 @@ fault per 4 KiB at every use, so a pruning run passes one ``Workspace`` whose bu
 reuses. And a comparison that writes bool is several times slower than the same comparison written
 as 0/1 in the scores' float dtype (vectorised) followed by a conversion to bool; float flags are
 also counted by a plain sum, in float32 while a chunk holds fewer than 2**24 of them.
+
+All of this is for the CPU. On a GPU, where each of these small operations is a kernel launch and
+each count read back a stall, ``flat.top_k`` makes the same selection over one flat copy instead.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
+
+from force_cli.pruning.flat import takes_flat_path
+from force_cli.pruning.flat import top_k as flat_top_k
 
 #: Scores sampled to bracket the threshold (at most one in 16). Inputs of fewer than MIN_SAMPLED
 #: scores, or of mixed or non-float dtypes, take the full selection directly.
@@ -58,8 +64,11 @@ def top_k_masks(parts: list[torch.Tensor], k: int, workspace: Workspace | None =
 def top_k_masks_and_threshold(parts: list[torch.Tensor], k: int,
                               workspace: Workspace | None = None) -> tuple[list[torch.Tensor], float]:
     """``top_k_masks`` and the k-th largest score as a float (NaN counted as -inf), 1 <= k."""
-    workspace = workspace or Workspace()
     sizes = [p.numel() for p in parts]
+    if takes_flat_path(parts[0].device):  # a GPU: one flat copy, a few kernels, one read-back
+        kept, threshold = flat_top_k(torch.cat(parts), k)
+        return [m.clone() for m in kept.split(sizes)], threshold
+    workspace = workspace or Workspace()
     if len(parts) > 1 and sum(sizes) < FLATTEN_BELOW and len({p.dtype for p in parts}) == 1:
         flat = torch.cat(parts, out=workspace.get("flat", parts[0], sum(sizes)))
         (kept,), threshold = _select([flat], k, workspace)

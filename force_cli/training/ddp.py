@@ -25,6 +25,8 @@ this module holds what only training needs.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
@@ -47,16 +49,19 @@ def check_sync_bn(device_type: str) -> None:
                           "drop --sync-bn for a run on CPU")
 
 
-def prepare(model: nn.Module, device: torch.device, *, sync_bn: bool) -> tuple[nn.Module, nn.Module]:
+def prepare(model: nn.Module, device: torch.device, *, sync_bn: bool,
+            wrap: Callable[[nn.Module], nn.Module] | None = None) -> tuple[nn.Module, nn.Module]:
     """(model, stepper): the model (its batch norms made SyncBatchNorm with ``sync_bn`` under
-    torchrun; same parameters and state_dict keys), and the module the training steps go through
-    (the model itself in a plain run, DDP around it under torchrun)."""
+    torchrun; same parameters and state_dict keys), and the module the training steps go through:
+    the model itself in a plain run, DDP around it under torchrun; ``wrap(model)`` instead of the
+    model where given (``--compile``: applied after the batch norms are converted, inside DDP)."""
+    wrap = wrap or (lambda m: m)
     if not distributed.active():
-        return model, model
+        return model, wrap(model)
     if sync_bn:
         check_sync_bn(device.type)
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    return model, DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+    return model, DistributedDataParallel(wrap(model), device_ids=[device] if device.type == "cuda" else None)
 
 
 #: Stop reasons as they travel between ranks (the largest number wins): a rank that did not hear

@@ -411,7 +411,7 @@ def _train(ckpt, source, output, partial, base, state, run_seed, origin, data_di
                 log_file.close()
 
         last = history[-1]
-        metrics = {k: v for k, v in last.items() if k not in ("lr", "seconds")}
+        metrics = {k: v for k, v in last.items() if k not in ("lr", "seconds", "train_seconds", "eval_seconds")}
         meta = carried | versions() | {
             "stage": "trained",
             "training": training_metadata(trainer.epoch),

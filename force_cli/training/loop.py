@@ -42,9 +42,10 @@ from force_cli import distributed
 from force_cli.config import TrainSettings
 from force_cli.data import DataSplits
 from force_cli.data.arrays import to_device
+from force_cli.data.loaders import tensor_batches
 from force_cli.errors import CheckpointError, DataError
 from force_cli.evaluation import EvalMetrics, evaluate
-from force_cli.training import ddp
+from force_cli.training import compiled, ddp
 from force_cli.training.masking import MaskEnforcer
 from force_cli.training.order import _loader, epoch_batches, epoch_seed, shard_size
 from force_cli.training.settings import OPTIMIZERS, lr_at
@@ -93,6 +94,30 @@ def autocast_dtype(amp: bool, device: torch.device) -> torch.dtype | None:
     if not amp or device.type != "cuda":
         return None
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def sync_interval(device: torch.device) -> int:
+    """Steps between read-backs of the running sums: every step on the CPU, where a read-back costs
+    nothing; every 25 on an accelerator, where each one stalls the host until the device is idle."""
+    return 1 if device.type == "cpu" else 25
+
+
+def _synchronize(device: torch.device) -> None:
+    """Wait for the device (CUDA runs asynchronously): called at epoch boundaries only, for timing."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@contextlib.contextmanager
+def _cudnn_autotune(enabled: bool):
+    """cuDNN's benchmark mode (it times the convolution algorithms once per shape and keeps the
+    fastest) for the speed options on CUDA; the global flag is restored afterwards."""
+    previous = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = previous or enabled
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = previous
 
 
 def _autocast(device: torch.device, dtype: torch.dtype | None):
@@ -175,8 +200,8 @@ def train_epoch(
             optimizer.step()
         if enforcer is not None:
             enforcer.apply_()
-        with torch.no_grad():
-            loss_sum.add_(loss.detach().double() * y.shape[0])
+        with torch.no_grad():  # two in-place adds on the device; float64 sum, loss * batch exact in it
+            loss_sum.add_(loss.detach(), alpha=y.shape[0])
             correct.add_((logits.argmax(1) == y).sum())
         totals.seen += y.shape[0]
         totals.batches += 1
@@ -194,7 +219,10 @@ def train_epoch(
 # The trainer: epochs, evaluation, logging, state for partial checkpoints
 # --------------------------------------------------------------------------------------------
 
-EPOCH_FIELDS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "seconds")
+#: ``seconds`` is the whole epoch; ``train_seconds`` its training steps, ``eval_seconds`` the
+#: validation and test passes (on CUDA timed with a synchronisation at these boundaries only).
+EPOCH_FIELDS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "seconds",
+                "train_seconds", "eval_seconds")
 
 
 @dataclass
@@ -222,7 +250,9 @@ class Trainer:
 
     ``settings`` must be complete (``complete_settings``). ``save(trainer)`` is called to write a
     partial checkpoint: every ``settings.save_every`` epochs and when stopped; ``log`` (a text file)
-    receives one JSON line per epoch.
+    receives one JSON line per epoch. With ``settings.compile`` the steps and the evaluation go
+    through ``compiled.CompiledModel`` (``self.compiled``); ``self.model`` stays the plain model,
+    whose ``state_dict`` is saved.
     """
 
     def __init__(self, model: nn.Module, masks: Mapping[str, Tensor], splits: DataSplits,
@@ -231,22 +261,38 @@ class Trainer:
         if len(splits.train) == 0:
             raise DataError("the training set is empty; check the dataset folder")
         self.settings, self.seed, self.device, self.splits = settings, seed, device, splits
-        # An in-memory training set moves to the training device once and is augmented there, batch
-        # by batch; with loader workers it stays on the CPU, where the workers can read it.
-        self.train_data = to_device(splits.train, device) if settings.workers == 0 else splits.train
+        # In-memory sets move to the training device once and are batched there (the training set
+        # augmented batch by batch); with loader workers they stay on the CPU, where workers read them.
+        on_device = (lambda data: to_device(data, device)) if settings.workers == 0 else (lambda data: data)
+        self.train_data = on_device(splits.train)
+        self.eval_data = {"val": on_device(splits.val) if splits.val is not None else None,
+                          "test": on_device(splits.test) if splits.test is not None else None}
         memory_format = torch.channels_last if settings.channels_last else torch.preserve_format
         self.model = model.to(device=device, memory_format=memory_format)
         self.rank, self.world_size = distributed.rank(), distributed.world_size()
+        self.eval_batch_size = eval_batch_size or settings.batch_size
+        # --compile: the steps and evaluation go through a CompiledModel around the model (None
+        # where torch.compile cannot run here; run() then warns and trains eagerly).
+        self.compiled: compiled.CompiledModel | None = None
+        self.compile_unavailable: str | None = None
+
+        def compile_model(m: nn.Module) -> nn.Module:
+            self.compiled, self.compile_unavailable = compiled.compile_model(
+                m, device, train_batch=settings.batch_size, eval_batch=self.eval_batch_size,
+                trial=not distributed.active())
+            return self.compiled or m
+
         # Under torchrun the steps go through DDP (gradients averaged over ranks during backward,
-        # masked after it as in a plain run); evaluation and state_dict use the bare model.
-        self.model, self.stepper = ddp.prepare(self.model, device, sync_bn=settings.sync_bn)
+        # masked after it as in a plain run); evaluation and state_dict use the model without DDP.
+        self.model, self.stepper = ddp.prepare(self.model, device, sync_bn=settings.sync_bn,
+                                               wrap=compile_model if settings.compile else None)
+        self.forward = self.compiled or self.model  # what evaluation calls
         self.enforcer = MaskEnforcer(self.model, masks)
         self.enforcer.apply_()
         self.optimizer = OPTIMIZERS[settings.optimizer][0](self.model.parameters(), settings)
         self.amp_dtype = autocast_dtype(settings.amp, device)
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
         self.batches_per_epoch = math.ceil(shard_size(len(splits.train), self.world_size) / settings.batch_size)
-        self.eval_batch_size = eval_batch_size or settings.batch_size
         self.epoch = 0  # epochs completed
         self.totals = EpochTotals()  # of the epoch in progress (batches > 0 only when stopped inside it)
         self.epoch_seconds = 0.0  # time already spent in the epoch in progress
@@ -366,14 +412,19 @@ class Trainer:
     # -- running --------------------------------------------------------------------------
 
     def _evaluate(self, split: str, epoch: int) -> EvalMetrics | None:
-        """Loss and accuracy on the val or test split. The loader has its own seeded generator (and
-        fresh workers), so evaluating never moves torch's global RNG and a resumed run matches."""
-        dataset = self.splits.val if split == "val" else self.splits.test
+        """Loss and accuracy on the val or test split, read back once at its end. An in-memory split
+        is batched on the training device without a loader; another goes through a loader with its
+        own seeded generator (and fresh workers). Evaluating never moves torch's global RNG, so a
+        resumed run matches."""
+        dataset = self.eval_data[split]
         if dataset is None or len(dataset) == 0:
             return None
-        loader = _loader(dataset, self.eval_batch_size, workers=self.settings.workers, device=self.device,
-                         generator=torch.Generator().manual_seed(epoch_seed(self.seed, epoch)))
-        return evaluate(self.model, loader, self.device, amp_dtype=self.amp_dtype,
+        # in memory: the same batches as a DataLoader's, made on the device without one
+        loader = tensor_batches(dataset, range(len(dataset)), self.eval_batch_size)
+        if loader is None:
+            loader = _loader(dataset, self.eval_batch_size, workers=self.settings.workers, device=self.device,
+                             generator=torch.Generator().manual_seed(epoch_seed(self.seed, epoch)))
+        return evaluate(self.forward, loader, self.device, amp_dtype=self.amp_dtype,
                         channels_last=self.settings.channels_last)
 
     def run(self, *, stop: StopFlag | None = None, save: Callable[[Trainer], None] | None = None,
@@ -385,12 +436,18 @@ class Trainer:
         """
         s, cb = self.settings, callbacks or TrainCallbacks()
         stop = stop or StopFlag()
-        sync_every = 1 if self.device.type == "cpu" else 25
+        sync_every = sync_interval(self.device)
         agreement = ddp.StopAgreement(stop, every=sync_every)
         cuda = [self.device] if self.device.type == "cuda" else []
+        if self.compile_unavailable is not None and cb.on_warning:
+            cb.on_warning(f"--compile: {self.compile_unavailable}; training without it")
+            self.compile_unavailable = None
+        if self.compiled is not None:  # the compile failure, if any, is reported as it happens
+            self.compiled.on_warning = cb.on_warning
         if cb.on_start:
             cb.on_start(self.epoch + 1, s.epochs, self.batches_per_epoch)
-        with torch.random.fork_rng(devices=cuda):
+        speed_options = s.compile or s.amp or s.channels_last
+        with torch.random.fork_rng(devices=cuda), _cudnn_autotune(bool(cuda) and speed_options):
             if self.rng_state is None:
                 torch.manual_seed(ddp.rank_seed(self.seed, self.rank))
             else:
@@ -402,6 +459,7 @@ class Trainer:
                 lr = lr_at(s, epoch - 1)
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
+                _synchronize(self.device)
                 started = time.perf_counter()
                 batches = epoch_batches(self.train_data, s.batch_size, self.seed, epoch,
                                         skip=self.totals.batches, workers=s.workers, device=self.device,
@@ -418,12 +476,17 @@ class Trainer:
                     raise TrainingDiverged(f"the training loss became {exc.value} in epoch {epoch} (lr {lr:g})") from None
                 finally:
                     del batches  # shut down this epoch's loader workers
+                _synchronize(self.device)
+                train_seconds = self.epoch_seconds + time.perf_counter() - started
                 if totals.batches < self.batches_per_epoch:  # stopped inside the epoch
                     self.totals = totals
-                    self.epoch_seconds += time.perf_counter() - started
+                    self.epoch_seconds = train_seconds
                     self._stop(stop, save, cb)
                 totals = _summed_over_ranks(totals)
+                eval_started = time.perf_counter()
                 val, test = self._evaluate("val", epoch), self._evaluate("test", epoch)
+                _synchronize(self.device)
+                eval_seconds = time.perf_counter() - eval_started
                 for name, metrics in (("validation", val), ("test", test)):
                     if metrics is not None and not math.isfinite(metrics.loss):
                         raise TrainingDiverged(f"the {name} loss became {metrics.loss} after epoch {epoch} (lr {lr:g})")
@@ -432,6 +495,7 @@ class Trainer:
                     "val_loss": val.loss if val else None, "val_acc": val.top1 if val else None,
                     "test_loss": test.loss, "test_acc": test.top1,
                     "seconds": round(self.epoch_seconds + time.perf_counter() - started, 4),
+                    "train_seconds": round(train_seconds, 4), "eval_seconds": round(eval_seconds, 4),
                 }
                 self.epoch, self.totals, self.epoch_seconds = epoch, EpochTotals(), 0.0
                 self.history.append(record)

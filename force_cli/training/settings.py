@@ -1,7 +1,8 @@
 """Training settings: the defaults per dataset, the optimizers and the learning-rate schedules.
 
 Kept apart from the loop so that ``evaluation`` and ``pruning`` can read the defaults (the batch
-size, the held-out fraction) without importing the trainer.
+size, the held-out fraction) without importing the trainer, and free of torch at import so that
+``force train --help`` shows them at once (the optimizer builders import it when called).
 """
 
 from __future__ import annotations
@@ -9,12 +10,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import fields
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from force_cli.config import TrainSettings, check_int_bounds
 from force_cli.errors import ConfigError, UnknownNameError
+
+if TYPE_CHECKING:
+    import torch
 
 
 #: The paper's code for CIFAR (naver/force, experiments.py): SGD, lr 0.1, momentum 0.9, weight
@@ -50,10 +52,14 @@ ADAM_DEFAULT_LR = 1e-3
 
 
 def _build_sgd(params, s: TrainSettings) -> torch.optim.Optimizer:
+    import torch  # torch-free start-up: this module is imported for --help
+
     return torch.optim.SGD(params, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay)
 
 
 def _build_adam(params, s: TrainSettings) -> torch.optim.Optimizer:
+    import torch  # torch-free start-up: this module is imported for --help
+
     return torch.optim.Adam(params, lr=s.lr, weight_decay=s.weight_decay)
 
 
