@@ -23,7 +23,7 @@ from force_cli.data.names import DATASET_NAMES, canonical_name
 from force_cli.errors import UnknownNameError
 from force_cli.locking import hold
 from force_cli.models.names import INIT_NAMES, MODEL_NAMES
-from force_cli.pruning.budgets import BUDGET_HELP
+from force_cli.pruning.budgets import BUDGETS
 from force_cli.pruning.checks import default_output, validate
 from force_cli.pruning.methods import METHODS
 from force_cli.pruning.schedules import SCHEDULES
@@ -53,7 +53,7 @@ def prune(
     saliency_loss: Annotated[Optional[str], typer.Option("--saliency-loss", help=saliency_loss_help())] = None,
     saliency_temperature: Annotated[Optional[float], typer.Option("--saliency-temperature", help=saliency_temperature_help())] = None,
     val_fraction: Annotated[Optional[float], typer.Option("--val-fraction", help="Fraction of the training set `train` will hold out for validation (same seed); pruning never draws from it (default: the dataset's training default).")] = None,
-    budget: Annotated[Optional[str], typer.Option("--budget", help=f"Per-layer budget (default: {default(PruneSettings, 'budget')}): " + "; ".join(f"{k}: {v}" for k, v in BUDGET_HELP.items()) + ".")] = None,
+    budget: Annotated[Optional[str], typer.Option("--budget", help=f"Per-layer budget (default: {default(PruneSettings, 'budget')}): " + "; ".join(f"{k}: {v.help}" for k, v in BUDGETS.items()) + ".")] = None,
     ties: Annotated[Optional[str], typer.Option("--ties", help=f"Scores tied at a step's threshold (default: {default(PruneSettings, 'ties')}): " + "; ".join(f"{k}: {v}" for k, v in TIE_RULES.items()) + ".")] = None,
     allow_disconnected: Annotated[Optional[bool], typer.Option("--allow-disconnected", metavar="", help="Write the checkpoint even if pruning leaves no input-to-output path or an empty output layer (default: fail with exit code 1).")] = None,
     device: DeviceOpt = None,

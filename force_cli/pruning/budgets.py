@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
+from typing import NamedTuple
 
 from force_cli.errors import ConfigError, UnknownNameError
 
@@ -84,20 +85,19 @@ def erk_densities(shapes: Shapes, k: int) -> dict[str, float]:
     return {n: 1.0 if n in dense else epsilon * raw[n] for n in shapes}
 
 
-#: Budget name -> per-layer densities for ``k`` kept weights (None: global ranking, no budget).
-BUDGETS: dict[str, Callable[[Shapes, int], dict[str, float]] | None] = {
-    "global": None,
-    "uniform": uniform_densities,
-    "uniform-plus": uniform_plus_densities,
-    "erk": erk_densities,
-}
+class Budget(NamedTuple):
+    densities: Callable[[Shapes, int], dict[str, float]] | None  # None: global ranking, no budget
+    help: str  # one line, for --help
 
-#: One line per budget, for --help and errors.
-BUDGET_HELP: dict[str, str] = {
-    "global": "one top-k over all layers (the scores set each layer's density)",
-    "uniform": "the same density in every layer",
-    "uniform-plus": "first layer dense, last layer at least 20 % dense, the others uniform (Gale et al. 2019)",
-    "erk": "Erdős–Rényi-Kernel densities, layers over 1 made dense and the rest re-solved (Evci et al. 2020)",
+
+#: The budget registry: name -> per-layer densities for ``k`` kept weights, and a line of help.
+BUDGETS: dict[str, Budget] = {
+    "global": Budget(None, "one top-k over all layers (the scores set each layer's density)"),
+    "uniform": Budget(uniform_densities, "the same density in every layer"),
+    "uniform-plus": Budget(uniform_plus_densities,
+                           "first layer dense, last layer at least 20 % dense, the others uniform (Gale et al. 2019)"),
+    "erk": Budget(erk_densities,
+                  "Erdős–Rényi-Kernel densities, layers over 1 made dense and the rest re-solved (Evci et al. 2020)"),
 }
 
 
@@ -139,7 +139,7 @@ def layer_counts(budget: str, shapes: Shapes, k: int, capacities: Mapping[str, i
     ``capacities`` caps each layer (default: its size); the pruning loop passes the weights each
     layer still holds when pruned weights may not come back.
     """
-    densities = BUDGETS[check_budget(budget)]
+    densities = BUDGETS[check_budget(budget)].densities
     if densities is None:
         return None
     sizes = {n: _numel(s) for n, s in shapes.items()}
