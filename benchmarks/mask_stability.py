@@ -22,6 +22,7 @@ import torch
 from force_cli.data import BatchStream, load_datasets
 from force_cli.models import build_model
 from force_cli.pruning import get_method, prune, register
+from force_cli.pruning.criteria import score_function
 from force_cli.pruning.masks import kept_for_sparsity
 from force_cli.pruning.schedules import kept_counts
 
@@ -30,10 +31,11 @@ def tie_once(method: str, step: int, kt: int) -> str:
     """Register ``METHOD-tied``: the method's score, except that at ``step`` the (kt+1)-th best
     eligible score is raised to equal the kt-th. Returns the new method's name."""
     spec = get_method(method)
+    own = score_function(spec)
     calls = {"n": 0}
 
     def score(ctx, masks):
-        scores = spec.score(ctx, masks)
+        scores = own(ctx, masks)
         calls["n"] += 1
         if calls["n"] == step:
             names = list(scores)
