@@ -39,7 +39,7 @@ STATE_PREFIX = "state:"
 #: Metadata fields stored as JSON text (all others are plain strings).
 JSON_FIELDS = frozenset(
     {"model_args", "pruning", "target_sparsity", "achieved_sparsity", "seed", "training", "history", "metrics",
-     "pruning_result"}
+     "pruning_result", "ablation"}
 )
 REQUIRED_FIELDS = ("format", "stage", "model", "model_args", "dataset")
 STAGES = ("init", "trained", "partial")

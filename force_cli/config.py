@@ -58,6 +58,11 @@ class PruneSettings:
     val_fraction: float | None = None
     # Write a network with no input-to-output path (or an empty output layer) instead of failing.
     allow_disconnected: bool = False
+    # Per-layer counts before ranking: global (none), uniform, uniform-plus or erk (pruning/budgets.py).
+    budget: str = "global"
+    # Scores tied at a step's threshold: "exact" keeps exactly the step's count, "keep" every tied
+    # weight too, as the FORCE paper code does (see pruning/ties.py).
+    ties: str = "exact"
 
 
 @dataclass
@@ -69,11 +74,16 @@ class PruneConfig(CommonSettings, PruneSettings):
 class SweepSettings:
     """The ``sweep:`` section of a recipe: the grid that `force sweep` runs, prune -> train -> eval per cell."""
 
+    # METHOD or METHOD@BUDGET: a cell with a --budget of its own (random@erk), shown under that name
     methods: list[str] = dataclasses.field(default_factory=lambda: ["force"])
     sparsities: list[float] = dataclasses.field(default_factory=list)
     seeds: list[int] = dataclasses.field(default_factory=lambda: [0])
     title: str = ""  # shown on the results table and plot
     dense: bool = False  # add one unpruned reference cell per seed (method "dense", sparsity 0)
+    # Sanity checks (`force ablate`) run beside each cell of ablated_methods (default: every method):
+    # shuffle-within-layers, reinit, invert-scores. An ablated cell is labelled METHOD+ABLATION.
+    ablations: list[str] = dataclasses.field(default_factory=list)
+    ablated_methods: list[str] = dataclasses.field(default_factory=list)
 
 
 @dataclass

@@ -117,16 +117,17 @@ def read_results(path: Path) -> list[dict]:
 
 def summarise(records: list[dict], metric: str = "test_acc") -> list[Row]:
     groups: dict[tuple[str, float], list[float]] = defaultdict(list)
-    order: list[str] = []
+    order: list[str] = []  # methods in the order they first appear; an ablated one (force+reinit) after its own
+    base = lambda method: method.split("+")[0]  # noqa: E731
     for r in records:
-        if r["method"] not in order:
-            order.append(r["method"])
+        if base(r["method"]) not in order:
+            order.append(base(r["method"]))
         groups[(r["method"], float(r["sparsity"]))].append(float(r[metric]))
     rows = []
     for (method, sparsity), values in groups.items():
         std = statistics.stdev(values) if len(values) > 1 else 0.0
         rows.append(Row(method, sparsity, len(values), statistics.fmean(values), std, tuple(values)))
-    return sorted(rows, key=lambda r: (order.index(r.method), r.sparsity))
+    return sorted(rows, key=lambda r: (order.index(base(r.method)), r.method != base(r.method), r.method, r.sparsity))
 
 
 def _pivot(rows: list[Row]):
