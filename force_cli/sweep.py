@@ -26,7 +26,7 @@ from force_cli.pruning.ablation_names import check_ablation
 from force_cli.pruning.budgets import check_budget
 from force_cli.pruning.methods import get_method
 from force_cli.pruning.job import prune_to_checkpoint, validate
-from force_cli.sweep_report import RESULTS_FILE, read_results, write_info
+from force_cli.sweep_report import RESULTS_FILE, cell_key, read_results, write_info
 from force_cli.training.job import partial_path, train_checkpoint
 from force_cli.training.loop import TrainCallbacks
 from force_cli.training.settings import complete_settings
@@ -48,7 +48,7 @@ class Cell:
 
     @property
     def key(self) -> str:
-        return f"{self.label}-s{self.sparsity:g}-seed{self.seed}"
+        return cell_key(self.label, self.sparsity, self.seed)  # the label: a results line's 'method'
 
 
 def sweep_settings(recipe: Recipe) -> SweepSettings:
