@@ -8,8 +8,10 @@ import sys
 
 
 def main() -> None:
+    from force_cli import std_streams
     from force_cli.allocator import keep_freed_memory
 
+    std_streams.prepare()  # before anything opens a file that could take a closed stream's descriptor
     keep_freed_memory()
     try:
         from force_cli.cli import main as cli_main

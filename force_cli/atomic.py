@@ -1,7 +1,8 @@
 """Atomic file writes: a file appears under its final name complete, or not at all.
 
 The data goes to one temporary file of our own, ``.NAME.force-tmp`` in the same folder (so the
-rename cannot cross file systems and a stale one is recognisable), is flushed to disk, then
+rename cannot cross file systems and a stale one is recognisable; ``sidecar`` shortens the name
+when NAME is too long for that), is flushed to disk, then
 renamed over the final name and the folder is flushed too. A temporary file left by a killed
 command is removed by the next command that writes the same output (``remove_stale``).
 
@@ -20,6 +21,7 @@ threads), blocking the signal in the committing thread does not hold it back.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import signal
 import threading
@@ -33,7 +35,29 @@ _SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 
 def temp_path(path: Path) -> Path:
-    return path.parent / f".{path.name}{TEMP_SUFFIX}"
+    return sidecar(path, TEMP_SUFFIX)
+
+
+def sidecar(path: Path, suffix: str) -> Path:
+    """``.NAME<suffix>`` beside ``path`` (a temporary file, a lock). When that is longer than a file
+    name may be (NAME_MAX: 255 bytes on most file systems) while NAME itself is not, NAME is cut
+    and 16 hex digits of its hash added, ``.START~HASH<suffix>``: every valid output name has its
+    own sidecar, and always the same one."""
+    name = f".{path.name}{suffix}"
+    limit = _name_max(path.parent)
+    if len(os.fsencode(name)) <= limit:
+        return path.parent / name
+    digest = hashlib.sha256(os.fsencode(path.name)).hexdigest()[:16]
+    room = limit - len(os.fsencode(f".~{digest}{suffix}"))
+    start = os.fsencode(path.name)[:room].decode("utf-8", "ignore")  # never half a character
+    return path.parent / f".{start}~{digest}{suffix}"
+
+
+def _name_max(folder: Path) -> int:
+    try:
+        return os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):  # no such folder (refused later), or not POSIX
+        return 255
 
 
 def create(path: Path, flags: int) -> int:

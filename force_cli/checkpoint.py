@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,14 +32,14 @@ from force_cli import FORMAT_VERSION
 from force_cli import compact as compact_format
 from force_cli.atomic import write_atomic
 from force_cli.checkpoint_files import check_existing, check_new_output  # noqa: F401 - re-exported
-from force_cli.errors import CheckpointError, OutputError
+from force_cli.errors import CheckpointError, ForceError, OutputError
 
 MASK_PREFIX = "mask:"
 STATE_PREFIX = "state:"
 #: Metadata fields stored as JSON text (all others are plain strings).
 JSON_FIELDS = frozenset(
     {"model_args", "pruning", "target_sparsity", "achieved_sparsity", "seed", "training", "history", "metrics",
-     "pruning_result"}
+     "pruning_result", "ablation"}
 )
 REQUIRED_FIELDS = ("format", "stage", "model", "model_args", "dataset")
 STAGES = ("init", "trained", "partial")
@@ -77,7 +78,7 @@ def _decode_metadata(raw: dict[str, str], path: Path) -> dict[str, Any]:
         if key in JSON_FIELDS:
             try:
                 decoded[key] = json.loads(value)
-            except json.JSONDecodeError:
+            except (ValueError, RecursionError):  # bad JSON, an integer of more than 4300 digits, deep nesting
                 raise CheckpointError(f"{path}: metadata field '{key}' is not valid JSON; the file is corrupt") from None
         else:
             decoded[key] = value
@@ -131,12 +132,30 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     return _open(Path(path), tensors=False).metadata
 
 
-def load_checkpoint(path: str | Path) -> Checkpoint:
-    """Read and check a checkpoint. Raises CheckpointError with a one-line reason for any bad file."""
-    return _open(Path(path), tensors=True)
+#: Called with a checkpoint's metadata and the shape of every model tensor it declares (dense
+#: ones from the safetensors header, compact ones from their layout) before any tensor is read.
+ShapeCheck = Callable[[dict[str, Any], dict[str, tuple[int, ...]]], None]
 
 
-def _open(path: Path, tensors: bool) -> Checkpoint:
+def load_checkpoint(path: str | Path, check_declared: ShapeCheck | None = None) -> Checkpoint:
+    """Read and check a checkpoint. Raises CheckpointError with a one-line reason for any bad file.
+
+    ``check_declared`` sees the declared shapes before anything is allocated and raises to refuse
+    them: ``restore.load_for_model`` compares them with the model, so that a small compact file
+    cannot make the reader allocate what no model of its metadata has."""
+    return _open(Path(path), tensors=True, check_declared=check_declared)
+
+
+def _declared_shapes(f, keys: list[str], raw: dict[str, str], path: Path) -> dict[str, tuple[int, ...]]:
+    """The shape of every model tensor the file declares, from its header and metadata alone."""
+    shapes = compact_format.declared_shapes(raw, path) if raw.get("format") == compact_format.FORMAT else {}
+    for key in keys:
+        if not key.startswith((MASK_PREFIX, STATE_PREFIX) + compact_format.PREFIXES):
+            shapes[key] = tuple(f.get_slice(key).get_shape())
+    return shapes
+
+
+def _open(path: Path, tensors: bool, check_declared: ShapeCheck | None = None) -> Checkpoint:
     check_existing(path)
     try:
         with safe_open(str(path), framework="pt") as f:
@@ -157,6 +176,8 @@ def _open(path: Path, tensors: bool) -> Checkpoint:
             state, masks, extra = {}, {}, {}
             if tensors:
                 keys = list(f.keys())
+                if check_declared is not None:
+                    check_declared(metadata, _declared_shapes(f, keys, raw, path))
                 if fmt == compact_format.FORMAT:  # decode the pruned weights; the rest reads as dense
                     state, masks, keys = compact_format.decode(f, raw, path)
                 for key in keys:
@@ -167,7 +188,7 @@ def _open(path: Path, tensors: bool) -> Checkpoint:
                         extra[key[len(STATE_PREFIX):]] = value
                     else:
                         state[key] = value
-    except CheckpointError:
+    except ForceError:  # ours, from the checks above or from check_declared
         raise
     except Exception as exc:  # safetensors raises its own error types, OSError, or ValueError on damage
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__

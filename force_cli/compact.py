@@ -14,10 +14,15 @@ The compact variant stores, for each pruned weight ``NAME`` (each ``mask:NAME`` 
   * the string metadata field ``compact``: JSON ``{NAME: {"shape": [...], "kept": k, "mask": "bits"|"gaps"}}``.
 Everything else (unpruned entries, training state, metadata) is stored as in ``force-ckpt/1``.
 
-Reading an untrusted file: every tensor's dtype and length is checked against ``compact`` through
-the safetensors header before it is read; dense weights that would not fit in memory are refused
-up front; a dense weight is allocated only once its mask stream has been shown to account for its
-declared number of elements (to within one gap code).
+Reading an untrusted file: a few bytes of gap codes may stand for millions of pruned weights, so
+the declared shapes are what bounds the memory. ``declared_shapes`` gives them from the metadata
+alone, for the reader to compare with the model built on the meta device before anything is
+allocated (``restore.load_for_model``); every tensor's dtype and length is checked against
+``compact`` through the safetensors header before it is read; dense weights that would not fit in
+memory, at what decoding really costs per element (the value's bytes plus
+``MASK_BYTES_PER_ELEMENT``), are refused up front;
+a dense weight is allocated only once its mask stream has been shown to account for its declared
+number of elements (to within one gap code).
 """
 
 from __future__ import annotations
@@ -40,7 +45,11 @@ BITS_PREFIX = "bits:"
 GAPS_PREFIX = "gaps:"
 PREFIXES = (VALUES_PREFIX, BITS_PREFIX, GAPS_PREFIX)
 GAP_DTYPES = {"U8": (torch.uint8, 255), "U16": (torch.uint16, 65535)}
-FLOAT_DTYPES = {"F16", "BF16", "F32", "F64"}
+FLOAT_DTYPES = {"F16": 2, "BF16": 2, "F32": 4, "F64": 8}  # safetensors dtype -> bytes per value
+#: What decoding holds per declared element besides the weight's own value: the boolean mask (the
+#: bit-packed one is unpacked in place into it). Kept values go in with masked_scatter, which
+#: needs no index tensor (an int64 position per kept weight cost 8 more bytes).
+MASK_BYTES_PER_ELEMENT = 1
 
 
 def _gap_codes(positions: torch.Tensor, n: int, escape: int) -> torch.Tensor:
@@ -87,10 +96,15 @@ def _corrupt(path: Path, what: str) -> CheckpointError:
     return CheckpointError(f"'{path}': {what}; the file is corrupt, re-create it")
 
 
+def declared_shapes(raw: dict[str, str], path: Path) -> dict[str, tuple[int, ...]]:
+    """The shape of every weight the compact layout declares, from the metadata alone (nothing read)."""
+    return {name: tuple(entry["shape"]) for name, entry in _layout(raw, path).items()}
+
+
 def _layout(raw: dict[str, str], path: Path) -> dict[str, dict]:
     try:
         layout = json.loads(raw[LAYOUT_FIELD])
-    except (KeyError, json.JSONDecodeError):
+    except (KeyError, ValueError, RecursionError):  # missing, bad JSON, an integer of too many digits, too deep
         raise _corrupt(path, f"the '{LAYOUT_FIELD}' metadata field is missing or not JSON") from None
     if not isinstance(layout, dict):
         raise _corrupt(path, f"the '{LAYOUT_FIELD}' metadata field is not a mapping")
@@ -120,13 +134,14 @@ def _memory_bytes() -> int:
         return 1 << 62
 
 
-def _check_memory(layout: dict[str, dict], path: Path) -> None:
+def _check_memory(layout: dict[str, dict], value_bytes: dict[str, int], path: Path) -> None:
     """Refuse, before allocating, dense weights and masks larger than this machine's memory.
 
     A few bytes of gap codes may legitimately stand for millions of pruned weights (an emptied
     layer), so no ratio to the file size can tell a crafted file from a real one; memory can.
     """
-    declared = sum(math.prod(e["shape"]) * 9 for e in layout.values())  # float64 at most, plus a bool mask
+    declared = sum(math.prod(e["shape"]) * (value_bytes[name] + MASK_BYTES_PER_ELEMENT)
+                   for name, e in layout.items())
     available = _memory_bytes()
     if declared > available:
         raise CheckpointError(f"'{path}' declares {declared / 2**30:.1f} GiB of dense weights, more than this machine's "
@@ -138,25 +153,28 @@ def decode(f, raw: dict[str, str], path: Path) -> tuple[dict, dict, list[str]]:
     layout = _layout(raw, path)
     state, masks, used = {}, {}, set()
     keys = set(f.keys())
-    _check_memory(layout, path)
-    for name, entry in layout.items():
+    value_bytes = {}
+    for name, entry in layout.items():  # every header first: nothing is allocated before the memory check
         if ":" in name or name in keys:
             raise _corrupt(path, f"the compact layout names '{name}', a reserved name or one also stored densely")
-        shape, kept, n = entry["shape"], entry["kept"], math.prod(entry["shape"])
         values_key = VALUES_PREFIX + name
         dtype, vshape = _header_of(f, keys, values_key, path)
-        if dtype not in FLOAT_DTYPES or vshape != [kept]:
-            raise _corrupt(path, f"'{values_key}' is {dtype} {vshape}, the layout says {kept} float values")
+        if dtype not in FLOAT_DTYPES or vshape != [entry["kept"]]:
+            raise _corrupt(path, f"'{values_key}' is {dtype} {vshape}, the layout says {entry['kept']} float values")
+        value_bytes[name] = FLOAT_DTYPES[dtype]
+    _check_memory(layout, value_bytes, path)
+    for name, entry in layout.items():
+        shape, kept, n = entry["shape"], entry["kept"], math.prod(entry["shape"])
+        values_key = VALUES_PREFIX + name
         if entry["mask"] == "bits":
             key = BITS_PREFIX + name
             dtype, mshape = _header_of(f, keys, key, path)
             if dtype != "U8" or mshape != [(n + 7) // 8]:
                 raise _corrupt(path, f"'{key}' is {dtype} {mshape}, the layout says {(n + 7) // 8} bytes")
             bits = np.unpackbits(f.get_tensor(key).numpy(), bitorder="little")
-            if bits[n:].any() or int(bits.sum()) != kept:
+            if bits[n:].any() or int(bits.sum(dtype=np.int64)) != kept:
                 raise _corrupt(path, f"the mask of '{name}' does not keep the {kept} weights its layout says")
-            flat_mask = torch.from_numpy(bits[:n].astype(bool))
-            positions = torch.nonzero(flat_mask).flatten()
+            flat_mask = torch.from_numpy(bits[:n].view(np.bool_))  # 0/1 bytes: a bool view, no copy
         else:
             key = GAPS_PREFIX + name
             dtype, mshape = _header_of(f, keys, key, path)
@@ -174,7 +192,7 @@ def decode(f, raw: dict[str, str], path: Path) -> tuple[dict, dict, list[str]]:
             flat_mask[positions] = True
         values = f.get_tensor(values_key)
         weight = torch.zeros(n, dtype=values.dtype)
-        weight[positions] = values
+        weight.masked_scatter_(flat_mask, values)  # the kept values in row-major order, no index tensor
         state[name] = weight.reshape(shape)
         masks[name] = flat_mask.reshape(shape)
         used.update({values_key, key})

@@ -4,6 +4,12 @@ A recipe is a YAML file whose top level holds the settings shared by every comma
 dataset, seed, data_dir, download, device) and one section per command (``prune:``, ...). Every
 key is checked against the dataclass of its section: an unknown key or a wrong type is a
 ConfigError naming the key and the file. Precedence: command-line flag > recipe > built-in default.
+
+A recipe is untrusted text. It is read with ``yaml.safe_load`` (plain values only), after its node
+graph (``yaml.compose``, nothing constructed) is checked: YAML aliases may share a value many
+times over ("billion laughs": 600 bytes that stand for gigabytes), so the nodes of the document
+with every alias expanded are counted, and more than ``MAX_RECIPE_NODES`` is refused. Values are
+named in messages by ``safe_text.brief``, bounded whatever their size.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from typing import Any
 import yaml
 
 from force_cli.errors import ConfigError
+from force_cli.safe_text import brief
 
 
 @dataclass
@@ -51,6 +58,11 @@ class PruneSettings:
     val_fraction: float | None = None
     # Write a network with no input-to-output path (or an empty output layer) instead of failing.
     allow_disconnected: bool = False
+    # Per-layer counts before ranking: global (none), uniform, uniform-plus or erk (pruning/budgets.py).
+    budget: str = "global"
+    # Scores tied at a step's threshold: "exact" keeps exactly the step's count, "keep" every tied
+    # weight too, as the FORCE paper code does (see pruning/ties.py).
+    ties: str = "exact"
 
 
 @dataclass
@@ -62,11 +74,16 @@ class PruneConfig(CommonSettings, PruneSettings):
 class SweepSettings:
     """The ``sweep:`` section of a recipe: the grid that `force sweep` runs, prune -> train -> eval per cell."""
 
+    # METHOD or METHOD@BUDGET: a cell with a --budget of its own (random@erk), shown under that name
     methods: list[str] = dataclasses.field(default_factory=lambda: ["force"])
     sparsities: list[float] = dataclasses.field(default_factory=list)
     seeds: list[int] = dataclasses.field(default_factory=lambda: [0])
     title: str = ""  # shown on the results table and plot
     dense: bool = False  # add one unpruned reference cell per seed (method "dense", sparsity 0)
+    # Sanity checks (`force ablate`) run beside each cell of ablated_methods (default: every method):
+    # shuffle-within-layers, reinit, invert-scores. An ablated cell is labelled METHOD+ABLATION.
+    ablations: list[str] = dataclasses.field(default_factory=list)
+    ablated_methods: list[str] = dataclasses.field(default_factory=list)
 
 
 @dataclass
@@ -114,6 +131,16 @@ INT_BOUNDS: dict[str, tuple[int, int]] = {
 }
 
 
+def exact_text(number: float) -> str:
+    """The shortest text that reads back as exactly ``number`` (for names and keys made from settings).
+
+    ``0.9`` stays "0.9" (as ``:g`` printed it, so names made by earlier versions are unchanged),
+    but ``0.9000001``, which ``:g`` prints as "0.9" too, is "0.9000001"; ``-0.0`` is "0"."""
+    number = float(number) + 0.0  # -0.0 + 0.0 is 0.0
+    short = f"{number:g}"
+    return short if float(short) == number else repr(number)
+
+
 def check_int_bounds(key: str, value: Any, where: str = "") -> None:
     """Refuse an integer (or list of integers) outside ``INT_BOUNDS[key]``, naming the key or flag."""
     if key not in INT_BOUNDS or value is None:
@@ -123,7 +150,7 @@ def check_int_bounds(key: str, value: Any, where: str = "") -> None:
         if isinstance(item, int) and not isinstance(item, bool) and not low <= item <= high:
             name = f"{where}: '{key}'" if where else f"--{key.replace('_', '-')}"
             bound = f"at least {low}" if item < low else f"at most {high}"
-            raise ConfigError(f"{name} must be {bound}, got {item}")
+            raise ConfigError(f"{name} must be {bound}, got {brief(item)}")
 
 
 #: Recipe sections and the dataclass that types each. Other commands add theirs here.
@@ -166,11 +193,21 @@ def check_section(data: Any, cls: type, where: str) -> dict[str, Any]:
             raise ConfigError(f"{where}: unknown key '{key}'; known keys are: {', '.join(sorted(known))}")
         if not _matches(value, hints[key]):
             raise ConfigError(
-                f"{where}: '{key}' must be {_type_name(hints[key])}, got {value!r} ({type(value).__name__})"
+                f"{where}: '{key}' must be {_type_name(hints[key])}, got {brief(value)} ({type(value).__name__})"
             )
         check_int_bounds(key, value, where)
-        checked[key] = float(value) if hints[key] in (float, float | None) and isinstance(value, int) else value
+        checked[key] = _plain_zero(float(value) if hints[key] in (float, float | None) and isinstance(value, int)
+                                   else value)
     return checked
+
+
+def _plain_zero(value: Any) -> Any:
+    """``-0.0`` as ``0.0`` (a sparsity of -0 is 0, and must be named and recorded so), in lists too."""
+    if isinstance(value, float):
+        return value + 0.0  # -0.0 + 0.0 is 0.0; every other float is unchanged
+    if isinstance(value, list):
+        return [_plain_zero(v) for v in value]
+    return value
 
 
 @dataclass
@@ -182,6 +219,75 @@ class Recipe:
     def settings_for(self, section: str) -> dict[str, Any]:
         """The shared settings plus one section's, as a flat dict of the keys the recipe gives."""
         return {**self.common, **self.sections.get(section, {})}
+
+
+#: Nodes a recipe may stand for with every alias expanded (the shipped recipes have under 100).
+MAX_RECIPE_NODES = 10_000
+
+
+def expanded_nodes(node: yaml.Node, limit: int = MAX_RECIPE_NODES) -> int:
+    """The nodes of a composed YAML document with every alias expanded, counted up to just past
+    ``limit``: each node is visited once (a shared one's count is remembered), so the count costs
+    the size of the file, not of the expansion. A node that contains itself counts as over the limit."""
+    sizes: dict[int, int] = {}
+
+    def size(n: yaml.Node) -> int:
+        if id(n) in sizes:
+            return sizes[id(n)]
+        sizes[id(n)] = limit + 1  # while counting: a node met again inside itself is unbounded
+        if isinstance(n, yaml.SequenceNode):
+            children = n.value
+        elif isinstance(n, yaml.MappingNode):
+            children = [part for pair in n.value for part in pair]
+        else:
+            children = []
+        total = 1
+        for child in children:
+            total = min(total + size(child), limit + 1)
+        sizes[id(n)] = total
+        return total
+
+    return size(node) if node is not None else 0
+
+
+#: Python reads a decimal integer of at most this many digits (``sys.get_int_max_str_digits``).
+MAX_INT_DIGITS = 4300
+_INT_TAG = "tag:yaml.org,2002:int"
+
+
+def _long_integer(node: yaml.Node | None) -> yaml.ScalarNode | None:
+    """The first integer scalar too long for Python to read, if any (each node visited once)."""
+    seen, todo = set(), [node]
+    while todo:
+        n = todo.pop()
+        if n is None or id(n) in seen:
+            continue
+        seen.add(id(n))
+        if isinstance(n, yaml.ScalarNode):
+            if n.tag == _INT_TAG and sum(ch.isdigit() for ch in n.value) > MAX_INT_DIGITS:
+                return n
+        elif isinstance(n, yaml.SequenceNode):
+            todo.extend(n.value)
+        elif isinstance(n, yaml.MappingNode):
+            todo.extend(part for pair in n.value for part in pair)
+    return None
+
+
+def _parse(text: str, path: Path) -> Any:
+    """``yaml.safe_load`` of a recipe whose node graph was checked first (see the module docstring)."""
+    node = yaml.compose(text, Loader=yaml.SafeLoader)
+    if expanded_nodes(node) > MAX_RECIPE_NODES:
+        raise ConfigError(f"recipe '{path}' expands, through its YAML aliases (*name), to more than "
+                          f"{MAX_RECIPE_NODES:,} values; write the settings out instead")
+    long = _long_integer(node)
+    if long is not None:
+        raise ConfigError(f"recipe '{path}' has an integer of {len(long.value)} characters at line "
+                          f"{long.start_mark.line + 1}; numbers in recipes have at most {MAX_INT_DIGITS} digits")
+    try:
+        return yaml.safe_load(text)
+    except ValueError as exc:  # a value YAML recognises but Python cannot build (a date such as 2024-13-45)
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError(f"recipe '{path}' holds a value that cannot be read ({first}); fix it") from None
 
 
 def load_recipe(path: str | Path) -> Recipe:
@@ -199,7 +305,7 @@ def load_recipe(path: str | Path) -> Recipe:
     except UnicodeDecodeError as exc:
         raise ConfigError(f"recipe '{path}' is not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
     try:
-        data = yaml.safe_load(text)
+        data = _parse(text, path)
     except yaml.constructor.ConstructorError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
@@ -234,7 +340,7 @@ def resolve(cls: type, recipe: dict[str, Any] | None, flags: dict[str, Any]):
     for name in names:
         if flags.get(name) is not None:
             check_int_bounds(name, flags[name])
-            values[name] = flags[name]
+            values[name] = _plain_zero(flags[name])
         elif recipe and name in recipe:
             values[name] = recipe[name]
     return cls(**values)

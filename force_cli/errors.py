@@ -109,6 +109,7 @@ class OutputError(ForceError):
         errno.ENOTDIR: ("a part of its path is a file, not a folder", "check the path"),
         errno.ENOENT: ("its folder does not exist", "create the folder first or choose another path"),
         errno.ENAMETOOLONG: ("the name is too long", "choose a shorter name"),
+        errno.EFBIG: ("the file size limit is exceeded", "raise the limit (ulimit -f) or free the space it guards"),
     }
 
     @classmethod

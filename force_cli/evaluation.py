@@ -149,9 +149,8 @@ def evaluate_checkpoint(
 def _load_network(path) -> tuple[nn.Module, dict, tuple[int, int], list[str]]:
     """(model on the CPU, metadata, (kept, total) prunable weights, warnings) of a checkpoint or of
     a shrunk network (``force shrink``), whose metadata is its source checkpoint's."""
-    from force_cli.checkpoint import load_checkpoint
     from force_cli.pruning.masks import count_kept, count_total
-    from force_cli.restore import input_shape, model_from_checkpoint
+    from force_cli.restore import input_shape, load_for_model, model_from_checkpoint
     from force_cli.shrink import is_shrunk, load_shrunk
 
     if is_shrunk(path):
@@ -168,7 +167,7 @@ def _load_network(path) -> tuple[nn.Module, dict, tuple[int, int], list[str]]:
         ops = [op for op in net.program["ops"] if "original" in op]
         total = sum(math.prod(op["original"]) for op in ops)
         return net, metadata, (sum(op["kept_weights"] for op in ops), total), []
-    ckpt = load_checkpoint(path)
+    ckpt = load_for_model(path)
     return model_from_checkpoint(ckpt), ckpt.metadata, (count_kept(ckpt.masks), count_total(ckpt.masks)), ckpt.warnings
 
 

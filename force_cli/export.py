@@ -8,6 +8,10 @@
     into a model on which ``prune.custom_from_mask`` was applied to each pruned weight.
 Only the model's own tensors are exported to the last two; training state (of a partial
 checkpoint) is kept by ``dense`` and ``compact`` only.
+
+The source is validated exactly as `train`, `eval` and `inspect` validate it (every shape against
+its model built on the meta device, the masks, the model arguments), so a file they refuse is not
+exported either; a model that is an import path is rebuilt only under ``trusted_model_code()``.
 """
 
 from __future__ import annotations
@@ -19,9 +23,10 @@ import torch
 from safetensors.torch import save as serialize
 
 from force_cli.atomic import write_atomic
-from force_cli.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from force_cli.checkpoint import Checkpoint, save_checkpoint
 from force_cli.errors import ConfigError
 from force_cli.export_formats import FORMATS, check_export  # noqa: F401 - FORMATS re-exported
+from force_cli.restore import check_shapes, input_shape, load_for_model
 from force_cli.shrink.program import is_shrunk  # the shrunk file format only (checkpoint layer)
 
 
@@ -45,7 +50,11 @@ def torch_prune_state_dict(ckpt: Checkpoint) -> dict[str, torch.Tensor]:
 
 
 def export_checkpoint(source: str | Path, to: str, output: str | Path, *, overwrite: bool = False) -> Path:
-    """Write ``source`` in format ``to`` to ``output`` (atomically); return ``output``."""
+    """Write ``source`` in format ``to`` to ``output`` (atomically); return ``output``.
+
+    The input is validated as every other reader validates it (declared shapes, masks, model
+    arguments), so that export never writes what `inspect`, `train` or `evaluate` would refuse.
+    The caller locks the output (the command line holds it while this runs)."""
     if to == "sparse":  # it times the network: force_cli.shrink.export, a layer above this one
         raise ConfigError("the sparse export is measured; call force_cli.shrink.export.export_sparse")
     output = Path(output)
@@ -53,7 +62,9 @@ def export_checkpoint(source: str | Path, to: str, output: str | Path, *, overwr
     if is_shrunk(source):
         raise ConfigError(f"'{source}' is a shrunk network, which has no masks to export as '{to}'; export the "
                           "checkpoint it was made from, or use --to sparse")
-    ckpt = load_checkpoint(source)
+    ckpt = load_for_model(source)
+    check_shapes(ckpt)  # the masks too, as model_from_checkpoint checks them for the other commands
+    input_shape(ckpt.metadata)  # the model arguments against the dataset, as inspect checks them
     if _same_file(Path(source), output):
         raise ConfigError(f"the output '{output}' is the input checkpoint; choose another -o path")
     if to in ("dense", "compact"):

@@ -6,7 +6,8 @@ one could delete the other's partial checkpoint). Each output therefore gets a s
 line naming the holder. Creating the lock file is also the first write into the output folder, so
 a folder that cannot be written is reported before any work starts. ``flock`` locks vanish when
 the process dies, so a killed command never leaves a stale lock behind (only, at worst, an empty
-lock file, which the next run reuses).
+lock file, which the next run reuses). A child forked while a lock is held (a DataLoader worker)
+closes its copy of the lock at once, so that it cannot keep the lock of a killed parent alive.
 """
 
 from __future__ import annotations
@@ -22,13 +23,29 @@ from force_cli import atomic
 from force_cli.errors import ConfigError, OutputError
 
 
+#: The lock descriptors this process holds (process-wide, for the fork hook below). A forked child
+#: shares them: were it to outlive this process (killed with -9), it would hold the lock until it exited.
+_held_fds: set[int] = set()
+
+
+def _close_in_forked_child() -> None:
+    for fd in _held_fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)  # only this copy: the parent's lock stays held until the parent closes its own
+    _held_fds.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_in_forked_child)
+
+
 def lock_path(target: Path) -> Path:
     """The lock file of ``target``: ``.NAME.lock`` beside a file, ``.force.lock`` inside a folder
     (so that locking a sweep's folder needs only that folder to be writable)."""
     target = Path(os.path.abspath(target))
     if target.is_dir():
         return target / ".force.lock"
-    return target.parent / f".{target.name}.lock"
+    return atomic.sidecar(target, ".lock")  # shortened when NAME is near the longest a file name may be
 
 
 def _holder(fd: int) -> str:
@@ -40,6 +57,8 @@ def _holder(fd: int) -> str:
 
 
 def _acquire(target: Path, what: str) -> int:
+    if target.exists() and not (target.is_file() or target.is_dir()):  # /dev/null, a FIFO: no sidecar beside it
+        raise ConfigError(f"{what} '{target}' exists and is not a regular file; choose another path")
     path = lock_path(target)
     for _ in range(10):  # retry if the holder removed the lock file between our open and flock
         try:
@@ -63,9 +82,10 @@ def _acquire(target: Path, what: str) -> int:
             try:
                 os.ftruncate(fd, 0)
                 os.pwrite(fd, str(os.getpid()).encode(), 0)
-            except OSError as exc:
-                os.close(fd)
+            except OSError as exc:  # a full disk, a file size limit: take the lock file away again
+                _release(target, fd)
                 raise OutputError.from_os(exc, target, what) from None
+            _held_fds.add(fd)
             return fd
         os.close(fd)
     raise ConfigError(f"cannot lock {what} '{target}': its lock file keeps changing; retry")
@@ -74,6 +94,7 @@ def _acquire(target: Path, what: str) -> int:
 def _release(target: Path, fd: int) -> None:
     with contextlib.suppress(OSError):
         os.unlink(lock_path(target))  # while still holding the lock, so no one else is holding it
+    _held_fds.discard(fd)
     os.close(fd)
 
 

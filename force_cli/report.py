@@ -23,24 +23,26 @@ class LayerRow:
     weights: int
     kept: int
     density: float
-    effective_kept: int
-    effective_density: float
+    effective_kept: int | None  # None: not computed (see ``inspection.inspect_checkpoint``)
+    effective_density: float | None
 
 
-def layer_rows(masks: Masks, effective: Masks) -> list[LayerRow]:
+def layer_rows(masks: Masks, effective: Masks | None) -> list[LayerRow]:
     rows = []
     for name, mask in masks.items():
-        n, kept, eff = mask.numel(), int(mask.sum()), int(effective[name].sum())
-        rows.append(LayerRow(name, list(mask.shape), n, kept, kept / n, eff, eff / n))
+        n, kept = mask.numel(), int(mask.sum())
+        eff = int(effective[name].sum()) if effective is not None else None
+        rows.append(LayerRow(name, list(mask.shape), n, kept, kept / n, eff, eff / n if eff is not None else None))
     return rows
 
 
-def summary(masks: Masks, effective: Masks, metadata: dict[str, Any], path: str) -> dict[str, Any]:
-    """Everything `force inspect` shows, as one JSON-ready document."""
+def summary(masks: Masks, effective: Masks | None, metadata: dict[str, Any], path: str) -> dict[str, Any]:
+    """Everything `force inspect` shows, as one JSON-ready document (``effective`` None: the
+    effective counts are None, and so is ``disconnected``)."""
     rows = layer_rows(masks, effective)
     total = sum(r.weights for r in rows)
     kept = sum(r.kept for r in rows)
-    eff = sum(r.effective_kept for r in rows)
+    eff = sum(r.effective_kept for r in rows) if effective is not None else None
     return {
         "path": path,
         "metadata": metadata,
@@ -51,15 +53,23 @@ def summary(masks: Masks, effective: Masks, metadata: dict[str, Any], path: str)
             "density": kept / total if total else 0.0,
             "sparsity": 1 - kept / total if total else 1.0,
             "effective_kept": eff,
-            "effective_density": eff / total if total else 0.0,
+            "effective_density": None if eff is None else eff / total if total else 0.0,
         },
         "empty_layers": [r.layer for r in rows if r.kept == 0],
-        "disconnected": eff == 0,
+        "disconnected": None if eff is None else eff == 0,
     }
 
 
 def _shape(shape: list[int]) -> str:
     return "×".join(map(str, shape))
+
+
+def _count(value: int | None) -> str:
+    return "–" if value is None else f"{value:,}"
+
+
+def _percent(value: float | None) -> str:
+    return "–" if value is None else f"{value:.4%}"
 
 
 def render(report: dict[str, Any], console: Console) -> None:
@@ -82,12 +92,13 @@ def render(report: dict[str, Any], console: Console) -> None:
     table.add_column("weights", justify="right", footer=f"{t['weights']:,}")
     table.add_column("kept", justify="right", footer=f"{t['kept']:,}")
     table.add_column("density", justify="right", footer=f"{t['density']:.4%}")
-    table.add_column("effective", justify="right", footer=f"{t['effective_kept']:,}")
-    table.add_column("eff. density", justify="right", footer=f"{t['effective_density']:.4%}")
+    table.add_column("effective", justify="right", footer=_count(t["effective_kept"]))
+    table.add_column("eff. density", justify="right", footer=_percent(t["effective_density"]))
     for row in report["layers"]:
-        style = "red" if row["kept"] == 0 else ("yellow" if row["effective_kept"] < row["kept"] else None)
+        fewer = row["effective_kept"] is not None and row["effective_kept"] < row["kept"]
+        style = "red" if row["kept"] == 0 else ("yellow" if fewer else None)
         table.add_row(literal(row["layer"]), _shape(row["shape"]), f"{row['weights']:,}", f"{row['kept']:,}",
-                      f"{row['density']:.4%}", f"{row['effective_kept']:,}", f"{row['effective_density']:.4%}",
+                      f"{row['density']:.4%}", _count(row["effective_kept"]), _percent(row["effective_density"]),
                       style=style)
     console.print(table)
     if report["empty_layers"]:

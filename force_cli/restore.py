@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from force_cli.checkpoint import Checkpoint
+from force_cli.checkpoint import Checkpoint, load_checkpoint
 from force_cli.data import dataset_info
 from force_cli.errors import CheckpointError, ForceError
 from force_cli.models import build_model
@@ -53,23 +53,37 @@ def build_from_metadata(metadata: dict, device: torch.device | str | None = None
         raise CheckpointError(f"the checkpoint's model arguments do not fit model '{name}' ({exc}); re-create it") from None
 
 
-def check_shapes(ckpt: Checkpoint) -> None:
-    """Compare the file's tensors and masks with the model's, key by key, before anything is allocated."""
-    skeleton = build_from_metadata(ckpt.metadata, "meta")
+def check_declared_shapes(metadata: dict, shapes: dict[str, tuple[int, ...]]) -> nn.Module:
+    """Compare the shapes a file declares with its model's, built on the meta device (no memory),
+    key by key; return that skeleton. Used before the tensors are read (``load_for_model``) and after."""
+    skeleton = build_from_metadata(metadata, "meta")
     expected = skeleton.state_dict()
-    model = ckpt.metadata["model"]
+    model = metadata["model"]
     for key, tensor in expected.items():
-        if key not in ckpt.state_dict:
+        if key not in shapes:
             raise CheckpointError(f"the checkpoint lacks the weight '{key}' of model '{model}'; the file is corrupt or "
                                   "was made by other code, re-create it with `force prune`")
-        if tuple(ckpt.state_dict[key].shape) != tuple(tensor.shape):
-            raise CheckpointError(f"the checkpoint's '{key}' has shape {tuple(ckpt.state_dict[key].shape)} but model "
+        if tuple(shapes[key]) != tuple(tensor.shape):
+            raise CheckpointError(f"the checkpoint's '{key}' has shape {tuple(shapes[key])} but model "
                                   f"'{model}' needs {tuple(tensor.shape)}; the file was made for a different model or is corrupt, re-create it")
-    for key in ckpt.state_dict:
+    for key in shapes:
         if key not in expected:
             raise CheckpointError(f"the checkpoint holds '{key}', which model '{model}' has no place for; "
                                   "the file is corrupt or was made by other code, re-create it")
+    return skeleton
+
+
+def check_shapes(ckpt: Checkpoint) -> None:
+    """Compare the file's tensors and masks with the model's, key by key."""
+    skeleton = check_declared_shapes(ckpt.metadata, {k: tuple(v.shape) for k, v in ckpt.state_dict.items()})
     validate_masks(ckpt.masks, skeleton)
+
+
+def load_for_model(path) -> Checkpoint:
+    """Read a checkpoint whose every declared shape was first compared with its model (built on the
+    meta device from its metadata), so that nothing is allocated for a file that does not fit its
+    model. What every command that reads a checkpoint uses."""
+    return load_checkpoint(path, check_declared=check_declared_shapes)
 
 
 def model_from_checkpoint(ckpt: Checkpoint, device: torch.device | str = "cpu") -> nn.Module:

@@ -8,6 +8,7 @@ visible (``\\x1b``) and ``escape`` also neutralises markup, so the user sees the
 
 from __future__ import annotations
 
+import reprlib
 import unicodedata
 
 from rich.markup import escape as _escape_markup
@@ -38,3 +39,25 @@ def escape(text: object) -> str:
 def literal(text: object) -> Text:
     """A rich ``Text`` that is never parsed as markup (for table cells and titles)."""
     return Text(visible(text))
+
+
+class _Brief(reprlib.Repr):
+    """reprlib's bounded repr (a few items per level, a few levels), also for huge integers, whose
+    full text Python refuses to make beyond 4300 digits (and which would be useless in a message)."""
+
+    def repr_int(self, x: int, level: int) -> str:
+        if x.bit_length() > 128:
+            return f"<an integer of about {int(x.bit_length() * 0.30103) + 1} digits>"
+        return super().repr_int(x, level)
+
+
+_brief = _Brief()
+_brief.maxlevel = 3  # at most 6 items per level: a few hundred items in all, whatever the nesting
+_brief.maxstring = _brief.maxother = 60
+
+
+def brief(value: object, limit: int = 80) -> str:
+    """``repr(value)`` for an error message, in time and length bounded whatever the value (a YAML
+    alias bomb, a list of millions, an integer of 5000 digits), on one line and control characters visible."""
+    text = one_line(_brief.repr(value))
+    return text if len(text) <= limit else text[: limit - 3] + "..."

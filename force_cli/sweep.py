@@ -21,9 +21,12 @@ from force_cli.config import PruneConfig, Recipe, SweepSettings, TrainSettings, 
 from force_cli.atomic import write_atomic
 from force_cli.errors import ConfigError, OutputError, TrainingDiverged, TrainingInterrupted
 from force_cli.evaluation import evaluate_checkpoint
+from force_cli.pruning.ablation import ablate_checkpoint
+from force_cli.pruning.ablation_names import check_ablation
+from force_cli.pruning.budgets import check_budget
 from force_cli.pruning.methods import get_method
 from force_cli.pruning.job import prune_to_checkpoint, validate
-from force_cli.sweep_report import RESULTS_FILE, read_results, write_info
+from force_cli.sweep_report import RESULTS_FILE, cell_key, read_results, write_info
 from force_cli.training.job import partial_path, train_checkpoint
 from force_cli.training.loop import TrainCallbacks
 from force_cli.training.settings import complete_settings
@@ -34,10 +37,18 @@ class Cell:
     method: str
     sparsity: float
     seed: int
+    ablation: str | None = None  # a sanity check applied to the method's mask (pruning/ablation.py)
+    budget: str | None = None  # this cell's --budget, from METHOD@BUDGET in the recipe (None: the prune: one)
+
+    @property
+    def label(self) -> str:
+        """The method as the results table shows it: ``force``, ``random@erk`` with a budget of its
+        own, ``force+reinit`` for an ablation."""
+        return self.method + (f"@{self.budget}" if self.budget else "") + (f"+{self.ablation}" if self.ablation else "")
 
     @property
     def key(self) -> str:
-        return f"{self.method}-s{self.sparsity:g}-seed{self.seed}"
+        return cell_key(self.label, self.sparsity, self.seed)  # the label: a results line's 'method'
 
 
 def sweep_settings(recipe: Recipe) -> SweepSettings:
@@ -50,18 +61,37 @@ def expand_grid(settings: SweepSettings) -> list[Cell]:
     """All cells, seed-major: after the first seed's pass every method and sparsity has a result."""
     if not settings.methods or not settings.sparsities or not settings.seeds:
         raise ConfigError("a sweep needs at least one method, one sparsity and one seed")
-    for m in settings.methods:
-        get_method(m)
+    unique = lambda xs: list(dict.fromkeys(xs))  # noqa: E731 - keep the recipe's order, drop repeats
+    methods = {entry: _method_and_budget(entry) for entry in unique(settings.methods)}
     for s in settings.sparsities:
         if not 0.0 <= s < 1.0:
             raise ConfigError(f"sweep sparsity {s} is outside [0, 1)")
-    unique = lambda xs: list(dict.fromkeys(xs))  # noqa: E731 - keep the recipe's order, drop repeats
+    for a in settings.ablations:
+        check_ablation(a)
+    for m in settings.ablated_methods:
+        if m not in settings.methods:
+            raise ConfigError(f"sweep ablated_methods names '{m}', which is not one of the sweep's methods "
+                              f"({', '.join(settings.methods)}); add it to methods or drop it")
+    ablated = set(settings.ablated_methods or settings.methods)
     cells = []
     for seed in unique(settings.seeds):
         if settings.dense:
             cells.append(Cell(DENSE, 0.0, int(seed)))
-        cells += [Cell(m, float(s), int(seed)) for s in unique(settings.sparsities) for m in unique(settings.methods)]
+        for s in unique(settings.sparsities):
+            for entry, (m, budget) in methods.items():
+                cells.append(Cell(m, float(s), int(seed), budget=budget))
+                if entry in ablated:
+                    cells += [Cell(m, float(s), int(seed), a, budget) for a in unique(settings.ablations)]
     return cells
+
+
+def _method_and_budget(entry: str) -> tuple[str, str | None]:
+    """``force`` -> (force, None); ``random@erk`` -> (random, erk): a method with a budget of its own."""
+    method, _, budget = entry.partition("@")
+    get_method(method)
+    if budget:
+        check_budget(budget)
+    return method, budget or None
 
 
 DENSE = "dense"  # the reference cell of `dense: true`: nothing pruned, trained like the others
@@ -74,7 +104,8 @@ def prune_config(recipe: Recipe, cell: Cell) -> PruneConfig:
     train_val = recipe.sections.get("train", {}).get("val_fraction")
     if settings.get("val_fraction") is None and train_val is not None:
         settings["val_fraction"] = train_val
-    flags = {"method": cell.method, "sparsity": cell.sparsity, "seed": cell.seed, "allow_disconnected": True}
+    flags = {"method": cell.method, "sparsity": cell.sparsity, "seed": cell.seed, "allow_disconnected": True,
+             "budget": cell.budget}
     if cell.method == DENSE:  # sparsity 0 keeps every weight; a data-free one-shot method needs no batch
         flags["method"] = "magnitude"
     return resolve(PruneConfig, settings, flags)
@@ -123,11 +154,16 @@ def run_cell(recipe: Recipe, cell: Cell, out_dir: Path, hooks: SweepHooks) -> di
     trained = cell_dir / "trained.safetensors"
     partial = partial_path(trained)
     started = time.perf_counter()
-    if not pruned.exists():  # written atomically: if it exists it is complete
-        _, result = prune_to_checkpoint(prune_config(recipe, cell), pruned, on_step=hooks.prune_step)
+    # an ablated cell prunes its method's mask into its own folder first, then applies the check
+    source = cell_dir / "source.safetensors" if cell.ablation else pruned
+    if not pruned.exists() and not source.exists():  # written atomically: if it exists it is complete
+        _, result = prune_to_checkpoint(prune_config(recipe, cell), source, on_step=hooks.prune_step)
         for warning in result.warnings:
             if hooks.on_warning:
                 hooks.on_warning(cell, warning)
+    if not pruned.exists():
+        ablate_checkpoint(source, cell.ablation, pruned, device=common.get("device", "auto"),
+                          data_dir=common.get("data_dir"))
     pruned_at = time.perf_counter()
     if not trained.exists():
         train_checkpoint(
@@ -141,7 +177,8 @@ def run_cell(recipe: Recipe, cell: Cell, out_dir: Path, hooks: SweepHooks) -> di
     metrics = evaluate_checkpoint(trained, split="test", data_dir=common.get("data_dir"),
                                   download=common.get("download", True), device=common.get("device", "auto"))
     return {
-        "cell": cell.key, "method": cell.method, "sparsity": cell.sparsity, "seed": cell.seed,
+        "cell": cell.key, "method": cell.label, "sparsity": cell.sparsity, "seed": cell.seed,
+        **({"base_method": cell.label.split("+")[0], "ablation": cell.ablation} if cell.ablation else {}),
         "achieved_sparsity": 1.0 - metrics["density"],
         **_connectivity(pruned),
         "test_acc": metrics["top1"], "test_top5": metrics["top5"], "test_loss": metrics["loss"],

@@ -13,6 +13,9 @@ Why it is safe:
   parent then sends each worker SIGTERM: a training cell saves its partial checkpoint (as
   ``force train`` does), any other work stops at once; the parent waits for them, records every
   cell that finished, and re-raises. Re-running the sweep resumes as after a serial interruption.
+- **No orphans.** A worker dies with its parent (``parent_death``: SIGKILL from the kernel when
+  the parent ends), so a parent killed outright (``kill -9``, the OOM killer) leaves no worker
+  training and holding its cell's locks; the same command run again resumes.
 - **spawn, not fork**: a forked copy of a process that has started torch's thread pools can hang.
 - **One GPU per worker**: worker i sees only GPU ``i mod G`` of the G this process sees (its own
   ``CUDA_VISIBLE_DEVICES``), so ``--jobs G`` on a G-GPU node runs one cell per GPU. A cell's
@@ -78,7 +81,7 @@ def run_parallel(recipe: Recipe, cells: list, out_dir: Path, jobs: int, hooks, f
     count = min(jobs, len(cells))
     for _ in range(count):
         tasks.put(None)  # one "no more cells" per worker
-    args = (recipe, out_dir, worker_threads(jobs), refs._trusted.get(), tasks, events)
+    args = (os.getpid(), recipe, out_dir, worker_threads(jobs), refs._trusted.get(), tasks, events)
     workers = [ctx.Process(target=_worker, args=(*args, gpu), daemon=True, name=f"force-sweep-{i}")
                for i, gpu in enumerate(worker_gpus(count))]
     by_key = {cell.key: cell for cell in cells}
@@ -199,14 +202,17 @@ def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def _worker(recipe, out_dir, threads, trusted, tasks, events, gpu) -> None:
+def _worker(parent_pid, recipe, out_dir, threads, trusted, tasks, events, gpu) -> None:
     """Run cells from ``tasks`` until told to stop; report every start, warning, record and error."""
+    from force_cli.parent_death import die_with_parent
+
+    die_with_parent(parent_pid)  # a parent killed outright (kill -9, OOM) must not leave us training
     if gpu is not None:  # before anything initialises CUDA in this process
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu
     from force_cli.allocator import keep_freed_memory
     from force_cli.models import refs
     from force_cli.sweep import SweepHooks, run_cell
-    from force_cli.training.job import TrainingInterrupted
+    from force_cli.errors import TrainingInterrupted
 
     signal.signal(signal.SIGTERM, _raise_interrupt)  # outside training; training saves a partial instead
     torch.set_num_threads(threads)

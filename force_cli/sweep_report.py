@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from force_cli.atomic import write_atomic
+from force_cli.config import exact_text
 from force_cli.errors import ConfigError, DataError
 from force_cli.safe_text import literal
 
@@ -52,6 +53,24 @@ class Row:
         return 1.0 - self.sparsity
 
 
+def cell_key(method: str, sparsity: float, seed: int) -> str:
+    """A cell's key (its line's ``cell`` and its folder under ``cells/``): the method, the sparsity
+    exactly (``config.exact_text``: two sparsities never share a key) and the seed."""
+    return f"{method}-s{exact_text(sparsity)}-seed{seed}"
+
+
+def filed_under_another_key(record: dict) -> bool:
+    """Whether a results line's ``cell`` is not the key of its own method, sparsity and seed.
+
+    Sweeps before keys were exact printed the sparsity to 6 digits, so 0.9 and 0.9000001 shared
+    one key and one folder, and the second cell reused the first one's checkpoints: its line may
+    hold the other cell's result. Such a line is not used, and its cell runs again."""
+    seed = record.get("seed")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        return False  # a line without its seed cannot be checked (hand-made): trusted as before
+    return cell_key(record["method"], record["sparsity"], seed) != record["cell"]
+
+
 #: Fields every results line must hold, with their types (what the table and the resume logic read).
 RECORD_FIELDS = {"cell": str, "method": str, "sparsity": (int, float), "test_acc": (int, float)}
 
@@ -60,7 +79,8 @@ def read_results(path: Path) -> list[dict]:
     """The finished cells of a results file; a last line cut short by an interruption is ignored.
 
     Every other line must be a JSON object with ``RECORD_FIELDS``; anything else is a DataError
-    naming the line, so a damaged file is reported rather than half-used.
+    naming the line, so a damaged file is reported rather than half-used. A line filed under
+    another cell's key by an older version (``filed_under_another_key``) is left out.
     """
     if not path.exists():
         return []
@@ -79,7 +99,7 @@ def read_results(path: Path) -> list[dict]:
             continue
         try:
             record = json.loads(line)
-        except (json.JSONDecodeError, RecursionError):
+        except (ValueError, RecursionError):  # ValueError: bad JSON, or an integer of more than 4300 digits
             if number == len(lines):  # interrupted while appending: that cell simply is not finished
                 continue
             raise DataError(f"{path}: line {number} is not valid JSON; delete that line and re-run the sweep") from None
@@ -90,22 +110,24 @@ def read_results(path: Path) -> list[dict]:
             if isinstance(value, bool) or not isinstance(value, kind) or (
                     isinstance(value, float) and not math.isfinite(value) and key != "test_acc"):
                 raise DataError(f"{path}: line {number} lacks a valid '{key}'; delete that line and re-run the sweep")
-        records.append(record)
+        if not filed_under_another_key(record):
+            records.append(record)
     return records
 
 
 def summarise(records: list[dict], metric: str = "test_acc") -> list[Row]:
     groups: dict[tuple[str, float], list[float]] = defaultdict(list)
-    order: list[str] = []
+    order: list[str] = []  # methods in the order they first appear; an ablated one (force+reinit) after its own
+    base = lambda method: method.split("+")[0]  # noqa: E731
     for r in records:
-        if r["method"] not in order:
-            order.append(r["method"])
+        if base(r["method"]) not in order:
+            order.append(base(r["method"]))
         groups[(r["method"], float(r["sparsity"]))].append(float(r[metric]))
     rows = []
     for (method, sparsity), values in groups.items():
         std = statistics.stdev(values) if len(values) > 1 else 0.0
         rows.append(Row(method, sparsity, len(values), statistics.fmean(values), std, tuple(values)))
-    return sorted(rows, key=lambda r: (order.index(r.method), r.sparsity))
+    return sorted(rows, key=lambda r: (order.index(base(r.method)), r.method != base(r.method), r.method, r.sparsity))
 
 
 def _pivot(rows: list[Row]):
@@ -210,7 +232,7 @@ def plot(rows: list[Row], stem: Path, title: str = "") -> list[Path]:
 
 
 def write_report(out_dir: Path, console: Console | None = None, title: str = "") -> dict[str, Path]:
-    """Read ``out_dir/results.jsonl``, print the table, write results.md/.csv/.png/.svg beside it."""
+    """Read ``out_dir/results.jsonl``, write results.md/.csv/.png/.svg beside it, then print the table."""
     # One record per cell (the last): a results file written by two sweeps at once, before sweeps
     # locked their folder, could hold a cell twice, which would count its seed twice.
     records = list({r["cell"]: r for r in read_results(out_dir / RESULTS_FILE)}.values())
@@ -221,8 +243,14 @@ def write_report(out_dir: Path, console: Console | None = None, title: str = "")
     written = {"markdown": out_dir / "results.md", "csv": out_dir / "results.csv"}
     write_atomic(written["markdown"], markdown(rows).encode("utf-8"), "results table")
     write_csv(rows, written["csv"])
-    if console is not None:  # after the tables are safely written; the plot may still need matplotlib
+    try:
+        png, svg = plot(rows, out_dir / "results", title=title)
+        written |= {"png": png, "svg": svg}
+        missing_plot = None
+    except ConfigError as exc:  # no matplotlib: the table is still printed, then this is reported
+        missing_plot = exc
+    if console is not None:  # last: a reader that goes away (`| head`, `| true`) cannot cost a file
         render_table(rows, console, title=f"{title} test accuracy (%), mean ± std over seeds".strip())
-    png, svg = plot(rows, out_dir / "results", title=title)
-    written |= {"png": png, "svg": svg}
+    if missing_plot is not None:
+        raise missing_plot
     return written

@@ -18,6 +18,9 @@ from pathlib import Path
 from force_cli.errors import ConfigError
 
 ENV_VAR = "FORCE_THREADS"
+#: More threads than any machine has cores; beyond it torch fails (2**31 overflows its int) or
+#: would try to start that many.
+MAX_THREADS = 4096
 
 
 def requested_threads(flag: int | None, environ: Mapping[str, str] = os.environ) -> int | None:
@@ -26,6 +29,8 @@ def requested_threads(flag: int | None, environ: Mapping[str, str] = os.environ)
         return _positive(flag, "--threads")
     for var in (ENV_VAR, "OMP_NUM_THREADS"):
         text = environ.get(var, "").strip()
+        if var == "OMP_NUM_THREADS":  # OpenMP allows a list for nested levels ("4,2"): the first is ours
+            text = text.split(",")[0].strip()
         if text:
             try:
                 return _positive(int(text), f"${var}")
@@ -37,6 +42,8 @@ def requested_threads(flag: int | None, environ: Mapping[str, str] = os.environ)
 def _positive(value: int, source: str) -> int:
     if value < 1:
         raise ConfigError(f"{source} must be at least 1, got {value}")
+    if value > MAX_THREADS:
+        raise ConfigError(f"{source} must be at most {MAX_THREADS} threads, got {value}; give the cores to use")
     return value
 
 
@@ -52,7 +59,11 @@ def apply_threads(flag: int | None = None) -> int:
 
     n = resolve_threads(flag)
     if torch.get_num_threads() != n:
-        torch.set_num_threads(n)
+        try:
+            torch.set_num_threads(n)
+        except (RuntimeError, ValueError, OverflowError) as exc:  # a count this torch cannot take
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ConfigError(f"torch cannot use {n} threads ({first}); give fewer with --threads") from None
     return n
 
 

@@ -38,7 +38,8 @@ from force_cli.cli import app
 from force_cli.config import PruneConfig
 from force_cli.locking import hold
 from force_cli.pruning.job import prune_to_checkpoint
-from force_cli.training.job import TrainingInterrupted, train_checkpoint
+from force_cli.errors import TrainingInterrupted
+from force_cli.training.job import train_checkpoint
 from force_cli.training.loop import TrainCallbacks
 from force_cli.training.state import StopFlag
 

@@ -4,12 +4,13 @@ The layers, lowest first (docs/architecture.md); a module may import from its ow
 layer below it, never from one above:
 
   0. foundation: the package root, errors, safe_text, atomic, locking, threads, lazy, allocator,
-     config, device, distributed, op_counts
-  1. models, data, checkpoint (checkpoint, checkpoint_files, compact, export, export_formats,
+     config, device, distributed, op_counts, parent_death, std_streams
+  1. models, data, checkpoint (checkpoint, checkpoint_files, compact, export_formats,
      shrink.program: the shrunk network's file format, which export recognises)
   2. pruning
-  3. evaluation, report, restore (a checkpoint's model), inspection, shrink (it rebuilds a
-     checkpoint's model to rewrite it; evaluation and inspection read its files), shrink_report
+  3. evaluation, report, restore (a checkpoint's model), inspection, export (it validates its input
+     against the model, as every reader does), shrink (it rebuilds a checkpoint's model to rewrite
+     it; evaluation and inspection read its files), shrink_report
   4. training (it evaluates every epoch, so it sits on evaluation)
   5. sweep (sweep, sweep_pool, sweep_report)
   6. cli, and the entry point (__main__)
@@ -31,13 +32,14 @@ PACKAGE_ROOT = Path(__file__).resolve().parent.parent / "force_cli"
 LAYERS: list[tuple[str, list[str]]] = [
     ("foundation", ["force_cli", "force_cli.errors", "force_cli.safe_text", "force_cli.atomic", "force_cli.locking",
                     "force_cli.threads", "force_cli.lazy", "force_cli.allocator", "force_cli.config", "force_cli.device",
-                    "force_cli.distributed", "force_cli.op_counts"]),
+                    "force_cli.distributed", "force_cli.op_counts", "force_cli.parent_death",
+                    "force_cli.std_streams"]),
     ("models, data, checkpoint", ["force_cli.models", "force_cli.data", "force_cli.checkpoint",
-                                  "force_cli.checkpoint_files", "force_cli.compact", "force_cli.export",
-                                  "force_cli.export_formats", "force_cli.shrink.program"]),
+                                  "force_cli.checkpoint_files", "force_cli.compact", "force_cli.export_formats",
+                                  "force_cli.shrink.program"]),
     ("pruning", ["force_cli.pruning"]),
     ("evaluation, report", ["force_cli.evaluation", "force_cli.report", "force_cli.restore", "force_cli.inspection",
-                            "force_cli.shrink", "force_cli.shrink_report"]),
+                            "force_cli.export", "force_cli.shrink", "force_cli.shrink_report"]),
     ("training", ["force_cli.training"]),
     ("sweep", ["force_cli.sweep", "force_cli.sweep_pool", "force_cli.sweep_report"]),
     ("cli", ["force_cli.cli", "force_cli.__main__"]),

@@ -7,6 +7,10 @@ schedules with ``int(N · ρ_t)`` weights kept at each intermediate step, and, f
 never revive a weight, pruned weights' saliency pinned at the global minimum. Given the same
 initial weights and the same batch at each step, the masks must be identical (the network is
 smooth, so no two scores tie at a threshold; the reference checks that it kept exactly k_t).
+
+Where two scores do tie exactly at a threshold (a network with two identical hidden units), the
+masks are the paper code's under ``ties="keep"`` (its ``get_mask`` keeps every score ``>=`` the
+threshold) and the position-ranked exact-count ones under the default ``ties="exact"``.
 """
 
 from __future__ import annotations
@@ -57,10 +61,14 @@ def paper_schedule(mode: str, pruning_factor: float, steps: int) -> list[float]:
 
 
 def reference_masks(model: nn.Sequential, method: str, sparsity: float, steps: int, batches, mode="exp",
-                    count=int):
+                    count=int, ties=None, kept=None):
     """The paper's iterative pruning, re-computed plainly. Returns one 0/1 tensor per layer.
 
-    ``count`` turns N · ρ_t into a number of weights: ``int`` as the paper's code does."""
+    ``count`` turns N · ρ_t into a number of weights: ``int`` as the paper's code does.
+    ``ties``: None requires that no two scores tie at a threshold; ``"keep"`` keeps every score
+    ``>=`` the threshold (the paper code's ``get_mask``); ``"exact"`` keeps exactly k_t, equal
+    scores ranked by position (layer order, then row-major), pruned weights never chosen again
+    by the methods that do not revive them. ``kept``, a list, receives each step's count."""
     linears = [m for m in model if isinstance(m, nn.Linear)]
     theta0 = [m.weight.detach().clone() for m in linears]
     biases = [m.bias.detach().clone() for m in linears]
@@ -83,15 +91,27 @@ def reference_masks(model: nn.Sequential, method: str, sparsity: float, steps: i
                 s = (g * masks[layer]) ** 2
             saliency.append(s)
         if method != "force" and t > 0:
-            lowest = min(float(s.min()) for s in saliency)
+            lowest = float("-inf") if ties == "exact" else min(float(s.min()) for s in saliency)
             for layer in range(len(saliency)):
                 saliency[layer] = torch.where(masks[layer] == 0, torch.full_like(saliency[layer], lowest),
                                               saliency[layer])
-        flat = sorted((float(v) for s in saliency for v in s.flatten()), reverse=True)
-        threshold = flat[keep - 1]
-        assert flat[keep] < threshold, "tie at the threshold: choose another seed"
-        masks = [(s >= threshold).double() for s in saliency]
-        assert sum(int(m.sum()) for m in masks) == keep
+        values = [float(v) for s in saliency for v in s.flatten()]
+        if ties == "exact":
+            order = sorted(range(len(values)), key=lambda i: (-values[i], i))
+            chosen = torch.zeros(len(values), dtype=torch.float64)
+            chosen[order[:keep]] = 1.0
+            masks = list(chosen.split([s.numel() for s in saliency]))
+            masks = [m.view_as(s) for m, s in zip(masks, saliency)]
+        else:
+            flat = sorted(values, reverse=True)
+            threshold = flat[keep - 1]
+            if ties is None:
+                assert flat[keep] < threshold, "tie at the threshold: choose another seed"
+            masks = [(s >= threshold).double() for s in saliency]
+        if kept is not None:
+            kept.append(sum(int(m.sum()) for m in masks))
+        if ties is None:
+            assert sum(int(m.sum()) for m in masks) == keep
     return masks
 
 
@@ -128,3 +148,45 @@ def test_rounding_instead_of_flooring_would_change_the_masks():
     assert any(not torch.equal(a, b) for a, b in zip(floored, rounded))
     ours = prune(model, method="iter-snip", sparsity=0.97, steps=10, stream=FixedStream(batches)).masks
     assert all(torch.equal(a, b.bool()) for a, b in zip(ours.values(), floored))
+
+
+def build_twin_mlp(seed: int) -> nn.Sequential:
+    """``build_mlp`` whose first two hidden units are identical: same incoming weights and bias,
+    same outgoing weights. Their weights' scores are then equal in pairs, bit for bit."""
+    model = build_mlp(seed)
+    first, second = (m for m in model if isinstance(m, nn.Linear) and m.out_features != SIZES[-1])
+    with torch.no_grad():
+        first.weight[1] = first.weight[0]
+        first.bias[1] = first.bias[0]
+        second.weight[:, 1] = second.weight[:, 0]
+    return model
+
+
+# Seed 6, 10 steps: two twin weights' FORCE scores tie exactly at the threshold of step 3 (of 10),
+# and nowhere else; seed 15, 10 steps: at step 2 for Iterative SNIP. Found by search.
+TIED = {"force": (6, 10, 3), "iter-snip": (15, 10, 2)}
+
+
+@pytest.mark.parametrize("method", sorted(TIED))
+def test_a_tie_at_an_intermediate_step_follows_the_tie_rule(method):
+    seed, steps, tied_step = TIED[method]
+    model = build_twin_mlp(seed)
+    batches = random_batches(steps, 32, SIZES[0], SIZES[-1], seed=100 + seed, dtype=torch.float64)
+    total = sum(m.weight.numel() for m in model if isinstance(m, nn.Linear))
+    counts = [int(total * r) for r in paper_schedule("exp", 0.03, steps)[:-1]] + [kept_for_sparsity(total, 0.97)]
+    masks, kept = {}, {}
+    for ties in ("keep", "exact"):
+        kept[ties] = []
+        expected = reference_masks(model, method, 0.97, steps, batches, ties=ties, kept=kept[ties])
+        ours = []
+        result = prune(model, method=method, sparsity=0.97, steps=steps, stream=FixedStream(batches), ties=ties,
+                       on_step=lambda info: ours.append(info.kept))
+        for layer, (got, theirs) in enumerate(zip(result.masks.values(), expected)):
+            assert torch.equal(got, theirs.bool()), f"ties={ties}, layer {layer}: {int((got != theirs.bool()).sum())} differ"
+        assert ours == kept[ties]
+        masks[ties] = result.masks
+    # the construction really ties at that step: the paper's rule keeps the twin too, once
+    assert [k - c for k, c in zip(kept["keep"], counts)] == [int(t == tied_step) for t in range(1, steps + 1)]
+    assert kept["exact"] == counts
+    # and that one weight changes the final mask
+    assert any(not torch.equal(masks["keep"][n], masks["exact"][n]) for n in masks["exact"])

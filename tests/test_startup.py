@@ -72,6 +72,10 @@ def test_help_version_and_errors_that_need_no_tensor_do_not_import_torch(tmp_pat
         (["export", missing, "--to", "dense", "-o", out], 2), (["export", missing, "--to", "nope", "-o", out], 2),
         (["export", missing, "--to", "sparse", "-o", out], 2), (["shrink", missing, "-o", out], 2),
         (["bench", missing], 2), (["bench", missing, "--repeats", "0"], 2),
+        (["ablate", "--help"], 0), (["ablate", missing, "--reinit", "-o", out], 2),
+        (["ablate", missing, "-o", out], 2), (["ablate", missing, "--reinit", "--seed", "-1", "-o", out], 2),
+        (["prune", "--model", "lenet300", "--sparsity", "0.5", "--budget", "nope"], 2),
+        (["prune", "--model", "lenet300", "--sparsity", "0.5", "--ties", "nope"], 2),
     ]
     results = run_calls([[args, {}] for args, _ in calls])
     for (args, code), (_, got_code, torch_loaded) in zip(calls, results, strict=True):
@@ -111,11 +115,11 @@ def test_version_reads_torchs_own_version_without_importing_it(monkeypatch):
 
 
 def test_help_texts_follow_the_registries(monkeypatch):
-    assert steps_help() == "Pruning steps of iterative methods (default: 60; synflow 100)."
+    assert steps_help() == "Pruning steps of iterative methods (default: 60; synflow 100; ntk-sap 20)."
     assert "(default: the method's, 200 for grasp, else 1)" in saliency_temperature_help()
     monkeypatch.setitem(METHODS, "slow-test", Method("slow-test", "magnitude", "a test method", iterative=True,
                                                      default_steps=7))
-    assert steps_help() == "Pruning steps of iterative methods (default: 60; synflow 100; slow-test 7)."
+    assert steps_help() == "Pruning steps of iterative methods (default: 60; synflow 100; ntk-sap 20; slow-test 7)."
 
 
 def test_a_training_default_that_differs_by_dataset_is_not_shown_as_one(monkeypatch):
@@ -138,7 +142,7 @@ def test_help_lists_a_newly_registered_method():
             "from force_cli.cli import app; from typer.testing import CliRunner; "
             "print(CliRunner().invoke(app, ['prune', '--help'], env={'COLUMNS': '400'}).stdout)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True).stdout
-    assert "magnitude, random, plug-in-test." in out
+    assert "prospr, prospr-full, plug-in-test." in out
 
 
 def test_export_help_lists_the_formats():

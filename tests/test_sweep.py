@@ -8,13 +8,14 @@ import signal
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from force_cli.cli import app
 from force_cli.config import load_recipe
 from force_cli.sweep import SweepHooks, append_result, expand_grid, run_sweep, sweep_settings
 from force_cli.sweep_report import read_results
-from force_cli.training.job import TrainingInterrupted
+from force_cli.errors import TrainingInterrupted
 from force_cli.training.loop import TrainCallbacks
 
 RECIPE = """model: lenet300
@@ -256,7 +257,7 @@ def test_ctrl_c_stops_every_worker_and_keeps_the_finished_cells(tmp_path):
 
 
 def test_a_cell_failing_in_a_worker_stops_the_sweep_with_its_own_error(tmp_path):
-    from force_cli.training.loop import TrainingDiverged
+    from force_cli.errors import TrainingDiverged
 
     path = tmp_path / "diverges.yaml"
     path.write_text(RECIPE.replace("  epochs: 3\n", "  epochs: 3\n  lr: 1.0e+8\n").replace("methods: [force, random]",
@@ -264,3 +265,60 @@ def test_a_cell_failing_in_a_worker_stops_the_sweep_with_its_own_error(tmp_path)
     with pytest.raises(TrainingDiverged, match="lower learning rate"):  # the worker's exception, not a pickling error
         run_sweep(load_recipe(path), tmp_path / "out", jobs=2)
     assert read_results(tmp_path / "out" / "results.jsonl") == []
+
+
+ABLATED = RECIPE.replace("  seeds: [0, 1]\n", "  seeds: [0]\n  ablations: [shuffle-within-layers, reinit]\n"
+                         "  ablated_methods: [force]\n")
+
+
+def test_ablations_run_beside_their_method_and_report_next_to_it(tmp_path):
+    from force_cli.checkpoint import load_checkpoint, read_metadata
+    from force_cli.sweep_report import summarise
+
+    path = tmp_path / "r.yaml"
+    path.write_text(ABLATED)
+    recipe = load_recipe(path)
+    assert [c.key for c in expand_grid(sweep_settings(recipe))] == [
+        "force-s0.9-seed0", "force+shuffle-within-layers-s0.9-seed0", "force+reinit-s0.9-seed0", "random-s0.9-seed0"]
+    out = tmp_path / "out"
+    records = {r["cell"]: r for r in run_sweep(recipe, out)}
+    shuffled = records["force+shuffle-within-layers-s0.9-seed0"]
+    assert shuffled["method"] == "force+shuffle-within-layers"
+    assert shuffled["base_method"] == "force" and shuffled["ablation"] == "shuffle-within-layers"
+    original = load_checkpoint(out / records["force-s0.9-seed0"]["pruned"])
+    ablated = out / shuffled["pruned"]
+    assert read_metadata(ablated)["ablation"]["kind"] == "shuffle-within-layers"
+    source = load_checkpoint(ablated.parent / "source.safetensors")  # the cell's own copy of force's mask
+    for name, mask in original.masks.items():
+        assert torch.equal(source.masks[name], mask)
+        assert int(load_checkpoint(ablated).masks[name].sum()) == int(mask.sum())
+    rows = summarise(list(reversed(read_results(out / "results.jsonl"))))  # finished in another order
+    assert [r.method for r in rows] == ["random", "force", "force+reinit", "force+shuffle-within-layers"]
+
+
+def test_an_unknown_ablation_or_ablated_method_is_refused(tmp_path):
+    from force_cli.errors import ConfigError, UnknownNameError
+
+    for text, error in (("shuffle", UnknownNameError), ("reinit]\n  ablated_methods: [snip", ConfigError)):
+        path = tmp_path / "r.yaml"
+        path.write_text(RECIPE + f"  ablations: [{text}]\n")
+        with pytest.raises(error):
+            expand_grid(sweep_settings(load_recipe(path)))
+
+
+def test_a_method_may_carry_its_own_budget(tmp_path):
+    from force_cli.sweep import Cell, prune_config
+
+    path = tmp_path / "r.yaml"
+    path.write_text(RECIPE.replace("methods: [force, random]", "methods: [random, random@erk]")
+                    .replace("seeds: [0, 1]", "seeds: [0]\n  ablations: [reinit]\n  ablated_methods: [random@erk]"))
+    recipe = load_recipe(path)
+    cells = expand_grid(sweep_settings(recipe))
+    assert [c.key for c in cells] == ["random-s0.9-seed0", "random@erk-s0.9-seed0", "random@erk+reinit-s0.9-seed0"]
+    assert prune_config(recipe, cells[1]).budget == "erk" and prune_config(recipe, cells[0]).budget == "global"
+    assert cells[2] == Cell("random", 0.9, 0, "reinit", "erk")
+    path.write_text(RECIPE.replace("methods: [force, random]", "methods: [random@erdos]"))
+    from force_cli.errors import UnknownNameError
+
+    with pytest.raises(UnknownNameError, match="budget"):
+        expand_grid(sweep_settings(load_recipe(path)))

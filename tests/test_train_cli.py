@@ -108,10 +108,10 @@ def test_bad_input_is_one_line_exit_2_and_leaves_files_alone(tmp_path, init_ckpt
     save_checkpoint(misfit, ckpt.state_dict, {k: v for k, v in ckpt.masks.items() if k != "fc3.weight"}, ckpt.metadata)
     assert "no mask for prunable weight 'fc3.weight'" in one_line_error(invoke("train", misfit))
     assert "no mask for prunable weight 'fc3.weight'" in one_line_error(invoke("eval", misfit))
-    reshaped = tmp_path / "reshaped.safetensors"  # model built for 9x9 inputs: digits does not fit
+    reshaped = tmp_path / "reshaped.safetensors"  # metadata for 9x9 inputs, weights for 8x8: refused as it is read
     save_checkpoint(reshaped, ckpt.state_dict, ckpt.masks,
                     ckpt.metadata | {"model_args": ckpt.metadata["model_args"] | {"image_size": 9}})
-    assert "1x8x8 images" in one_line_error(invoke("train", reshaped))
+    assert "'fc1.weight' has shape (300, 64) but model 'lenet300' needs (300, 81)" in one_line_error(invoke("train", reshaped))
 
     assert "holds no training state" in one_line_error(invoke("train", "--resume", init_ckpt))
     assert "100 classes" in one_line_error(invoke("eval", init_ckpt, "--dataset", "cifar100"))

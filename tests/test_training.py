@@ -22,8 +22,9 @@ from force_cli.errors import CheckpointError, ConfigError, IncompatibleError, Un
 from force_cli.evaluation import evaluate, evaluate_checkpoint
 from force_cli.models import build_model
 from force_cli.pruning.masks import prunable_weights
-from force_cli.training.job import TrainingInterrupted, default_output, partial_path, train_checkpoint
-from force_cli.training.loop import EpochTotals, TrainCallbacks, Trainer, TrainingDiverged, train_epoch
+from force_cli.errors import TrainingDiverged, TrainingInterrupted
+from force_cli.training.job import default_output, partial_path, train_checkpoint
+from force_cli.training.loop import EpochTotals, TrainCallbacks, Trainer, train_epoch
 from force_cli.training.masking import MaskEnforcer
 from force_cli.training.order import epoch_batches
 from force_cli.training.settings import ADAM_DEFAULT_LR, complete_settings, lr_at

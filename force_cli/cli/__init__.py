@@ -4,8 +4,8 @@
 - ``status``: the exit codes, named once, and the one place that maps errors to them;
 - ``console``: stdout for results, stderr for progress, warnings and errors;
 - ``options``: shared options, and help texts derived from the registries;
-- ``prune``, ``train``, ``evaluate`` (`force eval`), ``inspect``, ``export``, ``sweep``,
-  ``shrink``, ``bench``: one module per command.
+- ``prune``, ``ablate``, ``train``, ``evaluate`` (`force eval`), ``inspect``, ``export``,
+  ``sweep``, ``shrink``, ``bench``: one module per command.
 
 Nothing here imports torch until a command needs it (``tests/test_startup.py``).
 """

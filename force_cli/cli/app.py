@@ -18,7 +18,7 @@ from rich.text import Text
 from typer.core import TyperGroup
 
 import force_cli
-from force_cli.cli import bench, evaluate, export, inspect, prune, shrink, sweep, train
+from force_cli.cli import ablate, bench, evaluate, export, inspect, prune, shrink, sweep, train
 from force_cli.cli.console import stderr, stdout
 from force_cli.cli.status import INTERRUPTED, run_main
 from force_cli.safe_text import one_line
@@ -68,6 +68,7 @@ app = typer.Typer(
 
 # In the order `force --help` lists them.
 app.command(epilog=prune.EPILOG)(prune.prune)
+app.command(epilog=ablate.EPILOG)(ablate.ablate)
 app.command(epilog=inspect.EPILOG)(inspect.inspect)
 app.command(epilog=train.EPILOG)(train.train)
 app.command("eval", epilog=evaluate.EPILOG)(evaluate.evaluate)

@@ -46,10 +46,9 @@ def bench(
     check_existing(checkpoint)
     apply_threads(threads)
     # torch-free start-up: the library loads torch, so it is imported once the input is known good
-    from force_cli.checkpoint import load_checkpoint
     from force_cli.device import resolve_device
     from force_cli.report import json_document
-    from force_cli.restore import input_shape, model_from_checkpoint
+    from force_cli.restore import input_shape, load_for_model, model_from_checkpoint
     from force_cli.shrink import is_shrunk
     from force_cli.shrink.bench import BenchSettings, bench_models
     from force_cli.shrink.rewrite import shrink_model
@@ -60,7 +59,7 @@ def bench(
                          "(the benchmark compares against the dense masked network)")
     settings = BenchSettings(batch_size=batch_size, repeats=repeats, device=resolve_device(device or "auto"),
                              layers=layers)
-    ckpt = load_checkpoint(checkpoint)
+    ckpt = load_for_model(checkpoint)
     for message in ckpt.warnings:
         warn(message)
     model = model_from_checkpoint(ckpt)

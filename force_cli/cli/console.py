@@ -24,7 +24,7 @@ class _Stdout(Console):
 
 
 stdout = _Stdout(soft_wrap=True)
-stderr = Console(stderr=True)
+stderr = Console(stderr=True, soft_wrap=True)  # one-line messages stay one line, whatever $COLUMNS says
 
 
 def error_line(message: str) -> None:

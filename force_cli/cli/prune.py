@@ -24,15 +24,19 @@ from force_cli.data.names import canonical_name
 from force_cli.errors import UnknownNameError
 from force_cli.locking import hold
 from force_cli.models.names import INIT_NAMES, MODEL_NAMES
+from force_cli.pruning.budgets import BUDGETS
 from force_cli.pruning.checks import default_output, validate
 from force_cli.pruning.methods import METHODS
 from force_cli.pruning.schedules import SCHEDULES
+from force_cli.pruning.ties import TIE_RULES
 from force_cli.threads import apply_threads
 
 EPILOG = ("Examples:\n\n"
           "  force prune --model resnet50 --sparsity 0.995\n\n"
           "  force prune --model lenet300 --dataset digits --sparsity 0.99 --method iter-snip -o lenet.safetensors\n\n"
-          "  force train \"$(force prune --model vgg19 --sparsity 0.99 --quiet)\"")
+          "  force train \"$(force prune --model vgg19 --sparsity 0.99 --quiet)\"\n\n"
+          "  force prune -m lenet300 -d digits -s 0.99 --method random --budget erk -o erk-random.safetensors\n\n"
+          "  force prune -m vgg19 -s 0.995 --steps 10 --ties keep   # the paper code's masks, bit for bit")
 
 
 @run_wrapper
@@ -50,6 +54,8 @@ def prune(
     saliency_loss: Annotated[Optional[str], typer.Option("--saliency-loss", help=saliency_loss_help())] = None,
     saliency_temperature: Annotated[Optional[float], typer.Option("--saliency-temperature", help=saliency_temperature_help())] = None,
     val_fraction: Annotated[Optional[float], typer.Option("--val-fraction", help="Fraction of the training set `train` will hold out for validation (same seed); pruning never draws from it (default: the dataset's training default).")] = None,
+    budget: Annotated[Optional[str], typer.Option("--budget", help=f"Per-layer budget (default: {default(PruneSettings, 'budget')}): " + "; ".join(f"{k}: {v.help}" for k, v in BUDGETS.items()) + ".")] = None,
+    ties: Annotated[Optional[str], typer.Option("--ties", help=f"Scores tied at a step's threshold (default: {default(PruneSettings, 'ties')}): " + "; ".join(f"{k}: {v}" for k, v in TIE_RULES.items()) + ".")] = None,
     allow_disconnected: Annotated[Optional[bool], typer.Option("--allow-disconnected", metavar="", help="Write the checkpoint even if pruning leaves no input-to-output path or an empty output layer (default: fail with exit code 1).")] = None,
     device: DeviceOpt = None,
     data_dir: Annotated[Optional[str], typer.Option("--data-dir", help="Dataset root (default: $FORCE_DATA or the user cache).")] = None,
@@ -65,7 +71,7 @@ def prune(
     flags = dict(model=model, dataset=dataset, sparsity=sparsity, method=method, steps=steps, schedule=schedule,
                  batches=batches, batch_size=batch_size, seed=seed, init=init, device=device, data_dir=data_dir,
                  download=download, saliency_loss=saliency_loss, saliency_temperature=saliency_temperature,
-                 val_fraction=val_fraction, allow_disconnected=allow_disconnected)
+                 val_fraction=val_fraction, allow_disconnected=allow_disconnected, budget=budget, ties=ties)
     defaults = load_recipe(recipe).settings_for("prune") if recipe else None
     cfg = resolve(PruneConfig, defaults, flags)
     output = _output(cfg, output, overwrite)

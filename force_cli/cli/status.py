@@ -19,6 +19,7 @@ import typer
 
 from force_cli.cli.console import error_line, plain_line
 from force_cli.errors import ForceError, Stopped
+from force_cli.safe_text import brief
 
 SUCCESS = 0
 FAILED = 1  # the input was valid but the run failed (diverged, disconnected, a worker died), or a bug
@@ -100,6 +101,9 @@ def run_wrapper(command):
                        "check the input's sizes") from None
         except (typer.Exit, typer.Abort):
             raise
+        except SystemExit as exc:  # never force's own (it ends commands with typer.Exit): code it runs, a --model's
+            raise fail(f"code the command ran (a --model module?) called sys.exit({brief(exc.code)}); "
+                       "remove that call from it") from None
         except Exception as exc:  # a bug: still one line, exit 1; FORCE_DEBUG=1 shows the traceback
             if os.environ.get("FORCE_DEBUG"):
                 raise

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from force_cli.errors import ConfigError, IncompatibleError
+from force_cli.safe_text import brief
 from force_cli.models.imagenet import torchvision_models
 # the trust setting lives apart so that the CLI can set it without loading torch; re-exported here
 from force_cli.models.trust import TORCHVISION, _trusted, check_trusted, is_reference, runs_code, trusted_model_code  # noqa: F401
@@ -27,6 +28,14 @@ from force_cli.models.trust import TORCHVISION, _trusted, check_trusted, is_refe
 _IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
 _IMPORT_PATH = re.compile(rf"{_IDENT}(\.{_IDENT})*:{_IDENT}(\.{_IDENT})*")
 FACTORY_ARGS = ("num_classes", "in_channels", "image_size")
+
+
+def _failure(exc: BaseException) -> str:
+    """What user code did instead of working, for a one-line message (sys.exit included)."""
+    if isinstance(exc, SystemExit):
+        return f"it called sys.exit({brief(exc.code)})"
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {first}"
 
 
 def _syntax_error(name: str) -> ConfigError:
@@ -52,10 +61,9 @@ def _import_factory(name: str):
     module_name, attr = name.split(":")
     try:
         target = importlib.import_module(module_name)
-    except Exception as exc:  # ImportError, or anything the module raises while importing
-        first = str(exc).splitlines()[0] if str(exc) else ""
-        raise ConfigError(f"cannot import '{module_name}' for model '{name}' ({type(exc).__name__}: {first}); "
-                          f"check the module is on PYTHONPATH") from None
+    except (Exception, SystemExit) as exc:  # ImportError, or anything the module raises or exits with while importing
+        raise ConfigError(f"cannot import '{module_name}' for model '{name}' ({_failure(exc)}); "
+                          f"check the module is on PYTHONPATH and does not exit when imported") from None
     for part in attr.split("."):
         if not hasattr(target, part):
             raise ConfigError(f"module '{module_name}' has no '{attr}' for model '{name}'; check the factory's name")
@@ -80,9 +88,8 @@ def build_reference(name: str, *, num_classes: int, in_channels: int, image_size
     kwargs = {k: v for k, v in given.items() if takes_any or k in params}
     try:
         model = factory(**kwargs)
-    except Exception as exc:
-        first = str(exc).splitlines()[0] if str(exc) else ""
-        raise ConfigError(f"model factory '{name}' failed ({type(exc).__name__}: {first}); "
+    except (Exception, SystemExit) as exc:
+        raise ConfigError(f"model factory '{name}' failed ({_failure(exc)}); "
                           f"it is called with {', '.join(kwargs) or 'no arguments'}") from None
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model factory '{name}' returned a {type(model).__name__}, not a torch.nn.Module")
@@ -99,9 +106,11 @@ def check_reference(name: str, *, num_classes: int, in_channels: int, image_size
         model = build_reference(name, num_classes=num_classes, in_channels=in_channels, image_size=image_size)
         try:
             out = model.eval()(torch.empty(2, in_channels, image_size, image_size))
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            if "meta" in first.lower():
+            if isinstance(exc, SystemExit):
+                first = _failure(exc)
+            elif "meta" in first.lower():
                 return
             raise IncompatibleError(f"model '{name}' cannot take {in_channels}x{image_size}x{image_size} images "
                                     f"({first}); use a dataset it fits") from None

@@ -8,15 +8,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from force_cli.config import PruneConfig
+from force_cli.config import PruneConfig, exact_text
 from force_cli.errors import ConfigError, UnknownNameError
 from force_cli.models.names import INIT_NAMES, MODEL_NAMES, is_model_name
+from force_cli.pruning.budgets import check_budget
 from force_cli.pruning.methods import get_method, resolve_objective
 from force_cli.pruning.schedules import SCHEDULES
+from force_cli.pruning.ties import check_tie_rule
 
 
 def default_output(cfg: PruneConfig) -> Path:
-    return Path(f"{cfg.model}-{cfg.dataset}-{cfg.method}-s{cfg.sparsity:g}-seed{cfg.seed}.safetensors")
+    return Path(f"{cfg.model}-{cfg.dataset}-{cfg.method}-s{exact_text(cfg.sparsity)}-seed{cfg.seed}.safetensors")
 
 
 def validate(cfg: PruneConfig) -> None:
@@ -32,6 +34,8 @@ def validate(cfg: PruneConfig) -> None:
         raise UnknownNameError("schedule", cfg.schedule, SCHEDULES)
     if cfg.init not in INIT_NAMES:
         raise UnknownNameError("init", cfg.init, INIT_NAMES)
+    check_tie_rule(cfg.ties)
+    check_budget(cfg.budget)
     if cfg.sparsity is None:
         raise ConfigError("no sparsity given; pass --sparsity, the fraction of weights to remove (e.g. 0.99)")
     if not 0.0 <= cfg.sparsity < 1.0:

@@ -37,21 +37,27 @@ def prune_to_checkpoint(
     on_step: Callable[[StepInfo], None] | None = None,
     on_start: Callable[[int], None] | None = None,
     compact: bool = False,
+    invert_scores: bool = False,
+    extra_metadata: dict | None = None,
 ) -> tuple[Path, PruneResult]:
     """Build the model ``cfg`` describes, prune it, write the checkpoint; return its path and the result.
 
     ``on_start(steps)`` is called once the number of pruning steps is known (for progress bars).
-    ``compact`` writes the compact variant of the format (kept values only).
+    ``compact`` writes the compact variant of the format (kept values only). ``invert_scores``
+    keeps the lowest scores (``force ablate --invert-scores``), and ``extra_metadata`` is added to
+    the checkpoint's metadata.
     """
     validate(cfg)
     output = Path(output) if output is not None else default_output(cfg)
     check_new_output(output, overwrite)
     # Under torchrun every rank scores its share of the batches; rank 0 alone writes the checkpoint.
     with distributed.session(cfg.device or "auto") as device:
-        return _prune(cfg, output, resolve_device(device), on_step, on_start, compact)
+        return _prune(cfg, output, resolve_device(device), on_step, on_start, compact, invert_scores,
+                      extra_metadata or {})
 
 
-def _prune(cfg: PruneConfig, output: Path, device: torch.device, on_step, on_start, compact: bool) -> tuple[Path, PruneResult]:
+def _prune(cfg: PruneConfig, output: Path, device: torch.device, on_step, on_start, compact: bool,
+           invert_scores: bool = False, extra_metadata: dict | None = None) -> tuple[Path, PruneResult]:
     method = get_method(cfg.method)
     info = dataset_info(cfg.dataset, cfg.data_dir)
     model_args = dict(num_classes=info.num_classes, in_channels=info.in_channels,
@@ -66,8 +72,7 @@ def _prune(cfg: PruneConfig, output: Path, device: torch.device, on_step, on_sta
                                val_fraction=val_fraction)
         stream = BatchStream(splits.train, cfg.batch_size, seed=cfg.seed)
 
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, init=cfg.init, **model_args).to(device)
+    model = build_initial_model(cfg, model_args).to(device)
     steps = method.steps_for(cfg.steps)
     if on_start is not None:
         on_start(steps)
@@ -75,7 +80,7 @@ def _prune(cfg: PruneConfig, output: Path, device: torch.device, on_step, on_sta
         model, method=cfg.method, sparsity=cfg.sparsity, steps=steps, schedule=cfg.schedule, stream=stream,
         num_batches=cfg.batches, input_shape=(info.in_channels, info.image_size, info.image_size),
         seed=cfg.seed, saliency_loss=cfg.saliency_loss, saliency_temperature=cfg.saliency_temperature,
-        on_step=on_step,
+        budget=cfg.budget, ties=cfg.ties, invert_scores=invert_scores, on_step=on_step,
     )
     connectivity = check_connectivity(model, result, (info.in_channels, info.image_size, info.image_size),
                                       allow=cfg.allow_disconnected)
@@ -103,8 +108,15 @@ def _prune(cfg: PruneConfig, output: Path, device: torch.device, on_step, on_sta
         "torch_version": torch.__version__,
         "python_version": platform.python_version(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **(extra_metadata or {}),
     }
     if distributed.is_main():
         save_checkpoint(output, model.state_dict(), result.masks, metadata, compact=compact)
     distributed.barrier()
     return output, result
+
+
+def build_initial_model(cfg: PruneConfig, model_args: dict):
+    """The network `force prune` starts from, θ0: seeded with ``cfg.seed``, then built and initialised."""
+    torch.manual_seed(cfg.seed)
+    return build_model(cfg.model, init=cfg.init, **model_args)

@@ -14,11 +14,14 @@ from torch import nn
 from force_cli import distributed
 from force_cli.errors import ConfigError
 from force_cli.pruning import flat
+from force_cli.pruning.budgets import check_budget, layer_counts
 from force_cli.pruning.criteria import Batch, ScoringContext, score_function
-from force_cli.pruning.masks import Masks, Scores, count_kept, dense_masks, keep_top_k, kept_for_sparsity, prunable_weights
+from force_cli.pruning.masks import Masks, Scores, count_kept, dense_masks, kept_for_sparsity, prunable_weights
 from force_cli.pruning.methods import get_method, resolve_objective
 from force_cli.pruning.objectives import Objective
 from force_cli.pruning.schedules import kept_counts
+from force_cli.pruning.select import exclude_pruned_, select
+from force_cli.pruning.ties import check_tie_rule
 from force_cli.pruning.topk import Workspace
 
 
@@ -137,6 +140,9 @@ def prune(
     seed: int = 0,
     saliency_loss: str | None = None,
     saliency_temperature: float | None = None,
+    budget: str = "global",
+    ties: str = "exact",
+    invert_scores: bool = False,
     on_step: Callable[[StepInfo], None] | None = None,
 ) -> PruneResult:
     """Compute pruning masks for ``model`` at initialization. Returns masks; never mutates ``model``.
@@ -145,9 +151,14 @@ def prune(
     ``input_shape`` (C, H, W) is needed by SynFlow. ``steps=None`` uses the method's default;
     one-shot methods always take one step. The model's current weights are θ0.
     ``saliency_loss`` / ``saliency_temperature`` override the method's objective
-    (see ``resolve_objective``).
+    (see ``resolve_objective``). ``budget`` (``budgets.py``) gives each layer its count before the
+    scores rank within it (``global``: no budget). ``ties`` is the tie rule of ``ties.py``:
+    ``exact`` keeps exactly each step's count, ``keep`` every weight tied at a step's threshold too.
+    ``invert_scores`` keeps the lowest scores instead, at every step (a sanity check, ``ablation.py``).
     """
     spec = get_method(method)
+    check_tie_rule(ties)
+    check_budget(budget)
     if spec.needs_data and stream is None:
         raise ConfigError(f"method '{method}' needs training data to score weights; pass a dataset")
     if spec.needs_input_shape and not input_shape:
@@ -165,11 +176,13 @@ def prune(
         raise ConfigError("the model has no prunable (Conv or Linear) weights")
     k = kept_for_sparsity(total, sparsity)
     counts = kept_counts(schedule, total, k, steps, density=1.0 - sparsity)
+    layer_counts(budget, {n: tuple(m.shape) for n, m in initial_masks.items()}, k)  # refuse an impossible budget now
 
     ctx = scoring_context(model, stream=stream, num_batches=num_batches, input_shape=input_shape, seed=seed,
                           objective=objective)
     device = next(iter(ctx.weights.values())).device
-    flat_path = flat.takes_flat_path(device)  # a GPU's: few kernels and one read-back per step
+    # a GPU's: few kernels and one read-back per step; per-layer budgets and kept ties select per layer
+    flat_path = flat.takes_flat_path(device) and budget == "global" and ties == "exact"
     if flat_path:
         masks = flat.FlatMasks.dense({n: m.shape for n, m in initial_masks.items()}, device)
     else:
@@ -179,15 +192,20 @@ def prune(
     score = score_function(spec)
     for t, kt in enumerate(counts, start=1):
         scores = score(ctx, masks)
+        if invert_scores:
+            torch._foreach_neg_(list(scores.values()))
         if flat_path:
             masks, threshold = flat.keep_top_k(scores, kt, pruned=None if spec.revives else masks,
                                                weights=ctx.flat_weights)
         else:
             if not spec.revives:
-                for name, s in scores.items():
-                    s.masked_fill_(~masks[name], float("-inf"))
-            masks, threshold = keep_top_k(scores, kt, return_threshold=True, workspace=workspace)
-        info = StepInfo(step=t, steps=steps, kept=kt, total=total, threshold=threshold)
+                exclude_pruned_(scores, masks, ties)
+            # pruned weights cannot come back, so no layer may be given more than it still holds
+            held = None if spec.revives or budget == "global" else dict(zip(masks, torch.stack(
+                [m.sum() for m in masks.values()]).tolist()))
+            masks, threshold = select(scores, kt, budget=budget, ties=ties, capacities=held, workspace=workspace)
+        kept = kt if ties == "exact" else count_kept(masks)
+        info = StepInfo(step=t, steps=steps, kept=kept, total=total, threshold=threshold)
         history.append(info)
         if on_step is not None:
             on_step(dataclasses.replace(info, masks=masks))

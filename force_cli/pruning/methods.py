@@ -84,4 +84,14 @@ register(Method("grasp", "grasp", "GraSP: one-shot, keeps the largest θ ⊙ H�
 register(Method("synflow", "synflow", "SynFlow: iterative, data-free |θ ⊙ ∂R/∂θ|",
                 iterative=True, needs_data=False, needs_input_shape=True, default_steps=100))
 register(Method("magnitude", "magnitude", "magnitude: one-shot |θ|", needs_data=False))
-register(Method("random", "uniform_random", "random: one-shot uniform global random pruning", needs_data=False))
+register(Method("random", "uniform_random", "random: one-shot uniform random pruning (per layer under --budget)",
+                needs_data=False))
+register(Method("ntk-sap", "ntk_sap", "NTK-SAP: iterative, data-free, mask gradient of an NTK-trace estimate over re-drawn weights",
+                iterative=True, needs_data=False, needs_input_shape=True, default_steps=20))
+_PROSPR = Objective("cross-entropy")
+_PROSPR_REASON = "as Alizadeh et al.'s ProsPr code"
+register(Method("prospr", "prospr", "ProsPr: one-shot |∂L/∂c| after 3 SGD steps, first-order",
+                objective=_PROSPR, objective_reason=_PROSPR_REASON))
+register(Method("prospr-full", "prospr_full",
+                "ProsPr: one-shot |∂L/∂c| after 3 SGD steps, full meta-gradient (memory: every step's graph)",
+                objective=_PROSPR, objective_reason=_PROSPR_REASON))

@@ -9,8 +9,8 @@ Modules: ``graph`` (torch.fx trace into channel-level ops), ``liveness`` (which 
 tensor keeps), ``rewrite`` (the shrunk program, constants folded), ``program`` (its file format,
 ``force-shrunk/1``, and the module that runs it), ``summary`` (widths and costs per layer),
 ``job`` (checkpoint to file), ``sparse``, ``bench`` and ``export`` (CSR layers, timing, the
-measured sparse export). This package imports only the file format, so that the checkpoint layer
-(``force_cli.export``) can recognise a shrunk file without importing the rest.
+measured sparse export). This package imports only the file format, so that ``force_cli.export``,
+``evaluation`` and ``inspection`` can recognise a shrunk file without importing the rest.
 """
 
 from force_cli.shrink.program import FORMAT, ShrunkNet, is_shrunk, load_shrunk, save_shrunk

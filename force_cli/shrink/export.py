@@ -17,9 +17,9 @@ from typing import Any
 
 import torch
 
-from force_cli.checkpoint import check_new_output, load_checkpoint
+from force_cli.checkpoint import check_new_output
 from force_cli.errors import ConfigError
-from force_cli.restore import input_shape, model_from_checkpoint
+from force_cli.restore import input_shape, load_for_model, model_from_checkpoint
 from force_cli.shrink.bench import BenchSettings, Progress, median_seconds, program_inputs
 from force_cli.shrink.program import ShrunkNet, is_shrunk, load_shrunk, run_op, save_shrunk
 from force_cli.shrink.rewrite import Shrunk, shrink_model
@@ -62,7 +62,7 @@ def export_sparse(source: str | Path, output: str | Path, settings: BenchSetting
         shape = tuple(net.program["input_shape"])
         baseline, fallback = net, shrunk
     else:
-        ckpt = load_checkpoint(source)
+        ckpt = load_for_model(source)
         metadata = ckpt.metadata
         model = model_from_checkpoint(ckpt)
         shape = input_shape(metadata)

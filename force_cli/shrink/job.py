@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from force_cli.checkpoint import check_new_output, load_checkpoint
+from force_cli.checkpoint import check_new_output
 from force_cli.errors import ConfigError
-from force_cli.restore import input_shape, model_from_checkpoint
+from force_cli.restore import input_shape, load_for_model, model_from_checkpoint
 from force_cli.shrink.program import save_shrunk
 from force_cli.shrink.rewrite import Shrunk, shrink_model
 from force_cli.shrink.summary import layer_rows, totals
@@ -15,7 +15,7 @@ from force_cli.shrink.summary import layer_rows, totals
 
 def shrink_file(source: str | Path) -> tuple[Shrunk, dict[str, Any]]:
     """The shrunk program of a checkpoint, and the checkpoint's metadata."""
-    ckpt = load_checkpoint(source)
+    ckpt = load_for_model(source)
     model = model_from_checkpoint(ckpt)
     return shrink_model(model, ckpt.masks, input_shape(ckpt.metadata)), ckpt.metadata
 

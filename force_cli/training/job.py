@@ -39,7 +39,6 @@ from force_cli import distributed
 from force_cli.checkpoint import (
     Checkpoint,
     check_new_output,
-    load_checkpoint,
     recomputed_sparsity,
     save_checkpoint,
 )
@@ -50,8 +49,8 @@ from force_cli.device import resolve_device
 from force_cli.errors import CheckpointError, ConfigError, OutputError, TrainingDiverged, TrainingInterrupted
 from force_cli.locking import hold
 from force_cli.evaluation import check_dataset_fits, recorded_data_dir
-from force_cli.restore import model_from_checkpoint
-from force_cli.training import ddp
+from force_cli.restore import load_for_model, model_from_checkpoint
+from force_cli.training import ddp, epoch_log
 from force_cli.training.loop import Interrupted, TrainCallbacks, Trainer, autocast_dtype
 from force_cli.training.settings import complete_settings
 from force_cli.training.state import StopFlag, stop_on_signals
@@ -121,10 +120,6 @@ class TrainPlan:
     state: dict | None  # a partial's training state (``Trainer.state()``); None: a fresh run
     recorded_world_size: int | None  # the processes that wrote the partial; None: a fresh run
 
-    @property
-    def resuming(self) -> bool:
-        return self.state is not None
-
 
 def _resume_state(ckpt: Checkpoint, path: Path) -> tuple[dict, dict]:
     """(training metadata, resume structure) of a partial checkpoint, or a one-line error."""
@@ -171,7 +166,7 @@ def plan_run(checkpoint: str | Path | None, output: str | Path | None, settings,
         raise ConfigError("give either a checkpoint to train or --resume PARTIAL, not both" if checkpoint is not None
                           else "no checkpoint given; pass the checkpoint to train (made by `force prune`) or --resume PARTIAL")
     source = Path(resume if resume is not None else checkpoint)
-    ckpt = load_checkpoint(source)
+    ckpt = load_for_model(source)
     chosen = _chosen(settings)
     if resume is not None:
         training, state = _resume_state(ckpt, source)
@@ -276,7 +271,7 @@ def check_launch(settings: TrainSettings, device: str, recorded_world_size, sour
 
 def check_log(log: str | Path | None, protected: dict[str, Path]) -> Path | None:
     """The ``--log-file`` path, refused when it could damage a checkpoint: it must be none of the run's
-    files, nor look like a checkpoint, nor be an existing file that is not a JSON-lines log."""
+    files, nor look like a checkpoint, nor be an existing file that is not a force training log."""
     if log is None:
         return None
     log = Path(log)
@@ -291,15 +286,7 @@ def check_log(log: str | Path | None, protected: dict[str, Path]) -> Path | None
         raise ConfigError(f"cannot write the log '{log}': its folder does not exist; create it or choose another --log-file path")
     if log.is_dir():
         raise ConfigError(f"--log-file '{log}' is a folder; give a file name such as {log / 'train.jsonl'}")
-    if log.is_file():
-        try:
-            with open(log, "rb") as f:
-                head = f.read(1)
-        except OSError as exc:
-            raise OutputError.from_os(exc, log, "log") from None
-        if head and head != b"{":
-            raise ConfigError(f"--log-file '{log}' exists and is not a JSON-lines log (it does not start with '{{'); "
-                              "it is not appended to, give another path")
+    epoch_log.check_appendable(log)
     return log
 
 
@@ -308,10 +295,7 @@ class _Log:
 
     def __init__(self, path: Path, stop: StopFlag):
         self.path, self.stop, self.error = path, stop, None
-        try:
-            self.file = open(path, "a", encoding="utf-8")
-        except OSError as exc:
-            raise OutputError.from_os(exc, path, "log") from None
+        self.file = epoch_log.open_for_append(path)
 
     def write(self, text: str) -> None:
         if self.error is None:

@@ -21,6 +21,12 @@ if TYPE_CHECKING:
     import torch
 
 
+#: The weights are float32: a learning rate or weight decay above float32's largest value becomes
+#: infinite in the optimizer's first step (torch refuses it there with a RuntimeError).
+#: torch.finfo(torch.float32).max written out: the largest mantissa (2 - 2**-23) at the largest
+#: exponent (2**127); this module is imported for --help and does not import torch.
+FLOAT32_MAX = (2 - 2**-23) * 2.0**127
+
 #: Default learning rate when ``--optimizer adam`` is chosen without ``--lr``.
 ADAM_DEFAULT_LR = 1e-3
 
@@ -89,9 +95,9 @@ def validate_settings(s: TrainSettings) -> None:
         raise UnknownNameError("lr schedule", s.lr_schedule, LR_SCHEDULES)
     checks = [
         ("epochs", s.epochs >= 1, "at least 1"),
-        ("lr", s.lr > 0 and math.isfinite(s.lr), "a positive number"),
+        ("lr", 0 < s.lr <= FLOAT32_MAX, f"a positive number no larger than float32's {FLOAT32_MAX:.4g}"),
         ("momentum", 0 <= s.momentum < 1, "in [0, 1)"),
-        ("weight-decay", s.weight_decay >= 0 and math.isfinite(s.weight_decay), ">= 0"),
+        ("weight-decay", 0 <= s.weight_decay <= FLOAT32_MAX, f">= 0 and no larger than float32's {FLOAT32_MAX:.4g}"),
         ("gamma", 0 < s.gamma <= 1, "in (0, 1]"),
         ("batch-size", s.batch_size >= 1, "at least 1"),
         ("val-fraction", 0 <= s.val_fraction < 1, "in [0, 1), e.g. 0.1"),
