@@ -1,7 +1,7 @@
 """`force sweep`: prune -> train -> eval for every method x sparsity x seed of a recipe; resumable.
 
-The library (``sweep.run_sweep``) runs the cells; this module shows progress, names what an
-interruption kept, and writes the report (``sweep_report.write_report``).
+The library (``sweep.job.run_sweep``) runs the cells; this module shows progress, names what an
+interruption kept, and writes the report (``sweep.report.write_report``).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from force_cli.errors import ForceError
 from force_cli.locking import hold
 from force_cli.models.trust import trusted_model_code
 from force_cli.safe_text import one_line
-from force_cli.sweep_report import write_report
+from force_cli.sweep.report import write_report
 from force_cli.threads import apply_threads
 
 EPILOG = ("Examples:\n\n"
