@@ -370,7 +370,7 @@ def compact_declaring(pruned: Path, dest: Path, name: str, shape: list[int]) -> 
     import torch
     from safetensors.torch import save_file
 
-    from force_cli import compact
+    from force_cli.checkpoint import compact
     from force_cli.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(pruned)
@@ -400,7 +400,7 @@ def test_4_a_compact_file_declaring_a_huge_weight_is_refused_before_allocating_i
 def test_4_every_reader_checks_declared_shapes_first(pruned, tmp_path, monkeypatch):
     """train and eval read through the same check (a zero-size allocation budget proves it: nothing
     of the declared size is allocated before the refusal)."""
-    from force_cli import compact
+    from force_cli.checkpoint import compact
 
     crafted = tmp_path / "crafted.safetensors"
     compact_declaring(pruned, crafted, "fc1.weight", [HUGE])

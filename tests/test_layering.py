@@ -5,7 +5,7 @@ layer below it, never from one above:
 
   0. foundation: the package root, errors, safe_text, atomic, locking, threads, lazy, allocator,
      config, device, distributed, op_counts, parent_death, std_streams
-  1. models, data, checkpoint (checkpoint, checkpoint_files, compact, export_formats,
+  1. models, data, checkpoint (the package: format, compact, paths, metadata, export, convert;
      shrink.program: the shrunk network's file format, which export recognises)
   2. pruning
   3. evaluation, report, restore (a checkpoint's model), inspection, export (it validates its input
@@ -35,7 +35,6 @@ LAYERS: list[tuple[str, list[str]]] = [
                     "force_cli.distributed", "force_cli.op_counts", "force_cli.parent_death",
                     "force_cli.std_streams"]),
     ("models, data, checkpoint", ["force_cli.models", "force_cli.data", "force_cli.checkpoint",
-                                  "force_cli.checkpoint_files", "force_cli.compact", "force_cli.export_formats",
                                   "force_cli.shrink.program"]),
     ("pruning", ["force_cli.pruning"]),
     ("evaluation, report", ["force_cli.evaluation", "force_cli.report", "force_cli.restore", "force_cli.inspection",

@@ -146,7 +146,7 @@ def test_help_lists_a_newly_registered_method():
 
 
 def test_export_help_lists_the_formats():
-    from force_cli.export_formats import FORMATS
+    from force_cli.checkpoint.export import FORMATS
 
     result = CliRunner().invoke(app, ["export", "--help"], env={"COLUMNS": "400"})
     assert "Format to write: compact, dense, state-dict, torch-prune or sparse (below)." in result.stdout

@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 import typer
 
 from force_cli.atomic import remove_stale
-from force_cli.checkpoint_files import check_new_output
+from force_cli.checkpoint.paths import check_new_output
 from force_cli.cli.console import progress_bar, stderr, warn
 from force_cli.cli.options import (CompactOpt, DeviceOpt, OverwriteOpt, QuietOpt, RecipeOpt, ThreadsOpt, default, flag,
                                    names, path, saliency_loss_help, saliency_temperature_help, steps_help)

@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from force_cli.checkpoint_files import check_existing
+from force_cli.checkpoint.paths import check_existing
 from force_cli.cli.console import progress_bar, stderr, warn
 from force_cli.cli.options import (CompactOpt, DeviceOpt, QuietOpt, RecipeOpt, ThreadsOpt, TrustOpt, default, flag,
                                    honours_trust, names, path, train_default)

@@ -7,17 +7,15 @@ a private copy, and writes the checkpoint atomically.
 
 from __future__ import annotations
 
-import platform
 from collections.abc import Callable
 from dataclasses import asdict
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
-import force_cli
 from force_cli import distributed
 from force_cli.checkpoint import check_new_output, save_checkpoint
+from force_cli.checkpoint.metadata import provenance
 from force_cli.config import PruneConfig
 from force_cli.data import BatchStream, dataset_info, load_datasets
 from force_cli.data.holdout import default_fraction
@@ -104,10 +102,7 @@ def _prune(cfg: PruneConfig, output: Path, device: torch.device, on_step, on_sta
         # what the pruning run found out about its own mask (see check_connectivity)
         "pruning_result": connectivity | {"unranked_steps": result.unranked_steps, "warnings": result.warnings},
         "seed": cfg.seed,
-        "force_cli_version": force_cli.__version__,
-        "torch_version": torch.__version__,
-        "python_version": platform.python_version(),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **provenance(),
         **(extra_metadata or {}),
     }
     if distributed.is_main():

@@ -1,6 +1,6 @@
 """One cell of a sweep: prune -> train -> eval, picking up whatever an earlier run of it left.
 
-A cell writes its checkpoints under ``OUT/cells/<cell>/`` (``cell_files``). A cell whose pruned
+A cell writes its checkpoints under ``OUT/cells/<cell>/`` (``checkpoint.paths.cell_files``). A cell whose pruned
 checkpoint exists is not pruned again, and a cell interrupted during training resumes from its
 partial checkpoint. The cells reuse the library code of `prune`, `train` and `eval`; nothing here
 prunes, trains or evaluates by itself.
@@ -14,12 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from force_cli.checkpoint import read_metadata
+from force_cli.checkpoint.paths import cell_files
 from force_cli.config import Recipe
 from force_cli.evaluation import evaluate_checkpoint
 from force_cli.pruning.ablation import ablate_checkpoint
 from force_cli.pruning.job import prune_to_checkpoint
 from force_cli.sweep.plan import Cell, prune_config
-from force_cli.training.job import partial_path, train_checkpoint
+from force_cli.training.job import train_checkpoint
 from force_cli.training.loop import TrainCallbacks
 
 
@@ -37,14 +38,12 @@ class SweepHooks:
 def run_cell(recipe: Recipe, cell: Cell, out_dir: Path, hooks: SweepHooks) -> dict:
     """prune -> train -> eval for one cell, picking up whatever an earlier run of it left behind."""
     common = recipe.common
-    cell_dir = out_dir / "cells" / cell.key
-    cell_dir.mkdir(parents=True, exist_ok=True)
-    pruned = cell_dir / "pruned.safetensors"
-    trained = cell_dir / "trained.safetensors"
-    partial = partial_path(trained)
+    files = cell_files(out_dir, cell.key, ablated=bool(cell.ablation))
+    files.folder.mkdir(parents=True, exist_ok=True)
+    pruned, trained, partial = files.pruned, files.trained, files.partial
     started = time.perf_counter()
     # an ablated cell prunes its method's mask into its own folder first, then applies the check
-    source = cell_dir / "source.safetensors" if cell.ablation else pruned
+    source = files.source
     if not pruned.exists() and not source.exists():  # written atomically: if it exists it is complete
         _, result = prune_to_checkpoint(prune_config(recipe, cell), source, on_step=hooks.prune_step)
         for warning in result.warnings:
@@ -60,7 +59,7 @@ def run_cell(recipe: Recipe, cell: Cell, out_dir: Path, hooks: SweepHooks) -> di
             None if partial.exists() else recipe.sections.get("train", {}),
             resume=partial if partial.exists() else None,
             data_dir=common.get("data_dir"), download=common.get("download", True),
-            device=common.get("device", "auto"), log=cell_dir / "train.jsonl", callbacks=hooks.train_callbacks,
+            device=common.get("device", "auto"), log=files.log, callbacks=hooks.train_callbacks,
         )
     trained_at = time.perf_counter()
     metrics = evaluate_checkpoint(trained, split="test", data_dir=common.get("data_dir"),

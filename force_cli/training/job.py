@@ -3,7 +3,7 @@
     from force_cli.training.job import train_checkpoint
     result = train_checkpoint("lenet.safetensors", settings=TrainSettings(epochs=30))
 
-Files (``X.safetensors`` the input):
+Files (``X.safetensors`` the input; every name from ``checkpoint/paths.py``):
   * output: ``-o`` or ``X-trained.safetensors`` next to the input; never the input itself, and an
     existing file only with ``overwrite``;
   * partial checkpoint: the output's name with ``.partial.safetensors`` (``X-trained.partial.safetensors``),
@@ -24,17 +24,14 @@ from __future__ import annotations
 
 import contextlib
 import os
-import platform
 import tempfile
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, is_dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import torch
 
-import force_cli
 from force_cli import distributed
 from force_cli.checkpoint import (
     Checkpoint,
@@ -43,6 +40,8 @@ from force_cli.checkpoint import (
     save_checkpoint,
 )
 from force_cli.atomic import remove_stale
+from force_cli.checkpoint.metadata import check_seed, provenance
+from force_cli.checkpoint.paths import PARTIAL_SUFFIX, SUFFIX, partial_path, same_file, trained_output
 from force_cli.config import TrainSettings, check_int_bounds, check_section
 from force_cli.data import dataset_info, holdout, load_datasets
 from force_cli.device import resolve_device
@@ -55,8 +54,6 @@ from force_cli.training.loop import Interrupted, TrainCallbacks, Trainer, autoca
 from force_cli.training.settings import complete_settings
 from force_cli.training.state import StopFlag, stop_on_signals
 
-SUFFIX = ".safetensors"
-PARTIAL_SUFFIX = ".partial.safetensors"
 #: Metadata fields that describe a training run; not carried over from an input checkpoint.
 _RUN_FIELDS = ("format", "stage", "training", "history", "metrics", "created")
 
@@ -68,29 +65,6 @@ class TrainResult:
     metrics: dict  # the last epoch's losses and accuracies
     settings: TrainSettings  # complete
     seed: int
-
-
-def _stem(path: Path) -> str:
-    return path.name[: -len(SUFFIX)] if path.name.endswith(SUFFIX) else path.stem
-
-
-def default_output(checkpoint: str | Path) -> Path:
-    """``X.safetensors`` -> ``X-trained.safetensors`` in the same folder; for a partial checkpoint
-    ``Y.partial.safetensors`` -> ``Y.safetensors`` (the run's own output)."""
-    checkpoint = Path(checkpoint)
-    if checkpoint.name.endswith(PARTIAL_SUFFIX) and len(checkpoint.name) > len(PARTIAL_SUFFIX):
-        return checkpoint.with_name(checkpoint.name[: -len(PARTIAL_SUFFIX)] + SUFFIX)
-    return checkpoint.with_name(f"{_stem(checkpoint)}-trained{SUFFIX}")
-
-
-def partial_path(output: str | Path) -> Path:
-    """Where a run writing ``output`` keeps its partial checkpoint."""
-    output = Path(output)
-    return output.with_name(_stem(output) + PARTIAL_SUFFIX)
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    return a.resolve() == b.resolve()
 
 
 def _chosen(settings: TrainSettings | Mapping[str, Any] | None) -> dict[str, Any]:
@@ -136,10 +110,7 @@ def _resume_state(ckpt: Checkpoint, path: Path) -> tuple[dict, dict]:
             else "start again from the pruned checkpoint with `force train`"
         raise CheckpointError(f"the partial checkpoint '{path}' has lost its training state, so it cannot be "
                               f"resumed; {start}")
-    seed = training.get("seed", 0)
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
-        raise CheckpointError(f"the partial checkpoint '{path}' records the seed {seed!r}, not an integer in "
-                              "[0, 4294967295]; the file is corrupt")
+    check_seed(training.get("seed", 0), f"the partial checkpoint '{path}'")
     return training, resume
 
 
@@ -182,14 +153,13 @@ def plan_run(checkpoint: str | Path | None, output: str | Path | None, settings,
         saved = {"val_fraction": held} if held is not None else {}
         recorded_seed = ckpt.metadata.get("seed")
     run_seed = seed if seed is not None else (recorded_seed if isinstance(recorded_seed, int) else 0)
-    if seed is None and not 0 <= run_seed <= 2**32 - 1:
-        raise CheckpointError(f"'{source}' records the seed {run_seed}, outside [0, 4294967295]; "
-                              "pass --seed N to choose one")
+    if seed is None:
+        check_seed(run_seed, f"'{source}'", "pass --seed N to choose one")
     check_int_bounds("seed", run_seed)
-    output = Path(output) if output is not None else default_output(source)
+    output = Path(output) if output is not None else trained_output(source)
     partial = partial_path(output)
     for path, what in ((output, "output"), (partial, "partial checkpoint")):
-        if _same_file(path, source) and not (resume is not None and what == "partial checkpoint"):
+        if same_file(path, source) and not (resume is not None and what == "partial checkpoint"):
             raise ConfigError(f"the {what} '{path}' would overwrite the input checkpoint; choose another -o path")
     return TrainPlan(ckpt=ckpt, source=source, output=output, partial=partial,
                      settings=TrainSettings(**(saved | chosen)), seed=run_seed,
@@ -236,7 +206,7 @@ def train_checkpoint(
         main = distributed.is_main()
         with hold((output, "output"), (partial, "partial checkpoint")) if main else contextlib.nullcontext():
             check_new_output(output, overwrite)  # again: another command may have written it meanwhile
-            if partial.exists() and not overwrite and not _same_file(partial, source):
+            if partial.exists() and not overwrite and not same_file(partial, source):
                 raise ConfigError(f"a partial checkpoint of an earlier run exists at '{partial}'; continue it with: "
                                   f"force train --resume {partial}  (or pass --overwrite to start over)")
             if main:
@@ -361,17 +331,12 @@ def _train(plan: TrainPlan, options: _RunOptions, callbacks: TrainCallbacks | No
             "seconds": round(sum(r["seconds"] for r in trainer.history), 3),
         }
 
-    def versions() -> dict:
-        return {"force_cli_version": force_cli.__version__, "torch_version": torch.__version__,
-                "python_version": platform.python_version(),
-                "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-
     last_good: list[tuple[Path, int]] = [(source, trainer.epoch)] if state is not None else []
 
     def save_partial(t: Trainer) -> None:
         structure, tensors = t.state()  # on every rank: it gathers the ranks' RNG states
         if distributed.is_main():
-            meta = carried | versions() | {
+            meta = carried | provenance() | {
                 "stage": "partial",
                 "training": training_metadata(t.epoch) | {"resume": structure},
                 "history": t.history,
@@ -411,7 +376,7 @@ def _train(plan: TrainPlan, options: _RunOptions, callbacks: TrainCallbacks | No
 
         last = history[-1]
         metrics = {k: v for k, v in last.items() if k not in ("lr", "seconds", "train_seconds", "eval_seconds")}
-        meta = carried | versions() | {
+        meta = carried | provenance() | {
             "stage": "trained",
             "training": training_metadata(trainer.epoch),
             "history": history,
