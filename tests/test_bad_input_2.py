@@ -398,14 +398,15 @@ def test_4_a_compact_file_declaring_a_huge_weight_is_refused_before_allocating_i
 
 
 def test_4_every_reader_checks_declared_shapes_first(pruned, tmp_path, monkeypatch):
-    """train and eval read through the same check (a zero-size allocation budget proves it: nothing
+    """train, eval and ablate read through the same check (a zero-size allocation budget proves it: nothing
     of the declared size is allocated before the refusal)."""
     from force_cli.checkpoint import compact
 
     crafted = tmp_path / "crafted.safetensors"
     compact_declaring(pruned, crafted, "fc1.weight", [HUGE])
     monkeypatch.setattr(compact, "_memory_bytes", lambda: 0)  # any allocation check would refuse first
-    for args in (["eval", crafted], ["train", crafted, "--epochs", "1"]):
+    for args in (["eval", crafted], ["train", crafted, "--epochs", "1"],
+                 ["ablate", crafted, "--shuffle-within-layers", "-o", tmp_path / "shuffled.safetensors"]):
         result = invoke(args)
         assert_one_line_error(result.exit_code, result.stderr, 2, "'fc1.weight' has shape")
 

@@ -7,8 +7,9 @@ layer below it, never from one above:
      config, device, distributed, op_counts, parent_death, std_streams
   1. models, data, checkpoint (the package: format, compact, paths, metadata, export, convert;
      shrink.program: the shrunk network's file format, which export recognises)
-  2. pruning
-  3. evaluation, report, restore (a checkpoint's model), inspection, export (it validates its input
+  2. pruning, restore (a checkpoint's model, its declared shapes checked before anything is read;
+     it checks masks with pruning.masks, and pruning's ablation reads checkpoints through it)
+  3. evaluation, report, inspection, export (it validates its input
      against the model, as every reader does), shrink (it rebuilds a checkpoint's model to rewrite
      it; evaluation and inspection read its files), shrink_report
   4. training (it evaluates every epoch, so it sits on evaluation)
@@ -36,8 +37,8 @@ LAYERS: list[tuple[str, list[str]]] = [
                     "force_cli.std_streams"]),
     ("models, data, checkpoint", ["force_cli.models", "force_cli.data", "force_cli.checkpoint",
                                   "force_cli.shrink.program"]),
-    ("pruning", ["force_cli.pruning"]),
-    ("evaluation, report", ["force_cli.evaluation", "force_cli.report", "force_cli.restore", "force_cli.inspection",
+    ("pruning", ["force_cli.pruning", "force_cli.restore"]),
+    ("evaluation, report", ["force_cli.evaluation", "force_cli.report", "force_cli.inspection",
                             "force_cli.export", "force_cli.shrink", "force_cli.shrink_report"]),
     ("training", ["force_cli.training"]),
     ("sweep", ["force_cli.sweep"]),

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from force_cli.checkpoint import Checkpoint, check_new_output, load_checkpoint, save_checkpoint
+from force_cli.checkpoint import Checkpoint, check_new_output, save_checkpoint
 from force_cli.checkpoint.metadata import provenance
 from force_cli.config import PruneConfig, check_section
 from force_cli.errors import CheckpointError, ConfigError
@@ -35,6 +35,7 @@ from force_cli.pruning.connectivity import check_connectivity
 from force_cli.pruning.job import build_initial_model, prune_to_checkpoint
 from force_cli.pruning.loop import PruneResult
 from force_cli.pruning.masks import Masks, count_kept
+from force_cli.restore import load_for_model
 
 def shuffle_within_layers(masks: Masks, generator: torch.Generator) -> Masks:
     """Each layer's mask with its kept positions drawn uniformly at random: same count per layer."""
@@ -97,7 +98,7 @@ def ablate_checkpoint(source: str | Path, ablation: str, output: str | Path, *, 
     check_ablation(ablation)
     source, output = Path(source), Path(output)
     check_new_output(output, overwrite)
-    ckpt = load_checkpoint(source)
+    ckpt = load_for_model(source)  # declared shapes checked against the model before anything is read
     cfg = prune_settings(ckpt, str(source))
     seed = cfg.seed + 1 if seed is None else seed
     if ablation == "reinit" and seed == cfg.seed:
