@@ -189,7 +189,7 @@ def train_checkpoint(
     its metadata); return where it is and what it reached.
 
     ``settings``: the training settings chosen (None fields: the dataset's defaults,
-    ``DatasetSpec.train_defaults``); on resume only the ones given override the saved run's.
+    ``DatasetSpec.train`` in ``data/catalog.py``); on resume only the ones given override the saved run's.
     ``seed`` defaults to the checkpoint's (pruning) seed. ``data_dir`` defaults to the folder the
     checkpoint was made with, if it exists here. With ``catch_signals`` Ctrl-C and SIGTERM save a
     partial checkpoint and raise ``TrainingInterrupted``; so does setting ``stop``.
