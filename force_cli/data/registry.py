@@ -19,6 +19,7 @@ from force_cli.errors import ConfigError, DataError
 
 __all__ = ["DATASETS", "dataset_names", "dataset_info", "default_data_dir", "load_datasets"]
 
+
 def default_data_dir() -> Path:
     """``$FORCE_DATA`` if set, else ``$XDG_CACHE_HOME/force-cli/data`` (``~/.cache/force-cli/data``)."""
     env = os.environ.get("FORCE_DATA")

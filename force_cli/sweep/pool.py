@@ -37,18 +37,16 @@ from pathlib import Path
 import torch
 
 from force_cli.config import Recipe
-from force_cli.errors import ForceError, TrainingInterrupted
+from force_cli.errors import ForceError, RunFailed, TrainingInterrupted
 from force_cli.models.trust import adopt_trust, current_trust
 from force_cli.parent_death import die_with_parent
 
 POLL_SECONDS = 0.5  # how often the parent checks that its workers are alive while waiting
 
 
-class WorkerDied(ForceError):
+class WorkerDied(RunFailed):
     """A worker process ended without reporting (killed from outside, out of memory): the input was
     fine but the run failed, so exit code 1, as for a diverged training."""
-
-    exit_code = 1
 
 
 def worker_threads(jobs: int) -> int:

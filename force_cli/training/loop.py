@@ -52,6 +52,7 @@ from force_cli.training.settings import OPTIMIZERS, lr_at
 from force_cli.training.state import (EpochTotals, StopFlag, check_progress, check_rng_state, checked_optimizer_state,
                                       corrupt, optimizer_state_to_tensors)
 
+
 # --------------------------------------------------------------------------------------------
 # One epoch of training
 # --------------------------------------------------------------------------------------------
