@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from force_cli import compact
+from force_cli.checkpoint import compact
 from force_cli.checkpoint import load_checkpoint, save_checkpoint
 from force_cli.models import build_model
 from force_cli.pruning import prune

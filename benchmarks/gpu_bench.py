@@ -57,7 +57,8 @@ from force_cli.data import load_datasets  # noqa: E402
 from force_cli.models import build_model  # noqa: E402
 from force_cli.pruning import prune  # noqa: E402
 from force_cli.pruning.masks import prunable_weights  # noqa: E402
-from force_cli.training.loop import TrainCallbacks, Trainer, TrainingDiverged  # noqa: E402
+from force_cli.errors import TrainingDiverged  # noqa: E402
+from force_cli.training.loop import TrainCallbacks, Trainer  # noqa: E402
 from force_cli.training.settings import complete_settings  # noqa: E402
 from tests.test_data import write_fake_cifar10, write_image_folder  # noqa: E402
 

@@ -8,6 +8,7 @@ import sys
 
 
 def main() -> None:
+    # inside main: `python -m force_cli` and the entry point set the streams and allocator up first
     from force_cli import std_streams
     from force_cli.allocator import keep_freed_memory
 

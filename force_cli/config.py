@@ -90,7 +90,7 @@ class SweepSettings:
 class TrainSettings:
     """The ``train:`` section of a recipe (and the training flags of `force train`).
 
-    ``None`` means "the dataset's default" (``force_cli.training.settings.TRAIN_DEFAULTS``; for CIFAR the
+    ``None`` means "the dataset's default" (its ``DatasetSpec.train`` in ``data/catalog.py``; for CIFAR the
     paper's code: SGD, lr 0.1, momentum 0.9, weight decay 5e-4, batch 128, 350 epochs, lr x0.1
     after epochs 150 and 250, 10% of the training set held out for validation).
     """

@@ -1,15 +1,18 @@
 """Typed errors raised by the library.
 
 Library code raises these; only the command line (``cli/status.py``) turns them into a one-line
-message and an exit code: ``exit_code``, 2 for bad input unless a subclass says otherwise.
+message and an exit code: ``exit_code``, 2 for bad input unless a subclass says otherwise
+(``RunFailed``: 1, a valid input whose run failed; ``Stopped``: 130 or 143, not an error at all).
 Each message names the problem *and* the fix, because it is shown to the user verbatim.
 """
 
 import errno
+import signal
 
 
 class ForceError(Exception):
-    """Base class for every error caused by user input (bad names, files, settings)."""
+    """Base class for every error reported as one line: bad user input (names, files, settings),
+    exit code 2, unless a subclass (``RunFailed``) says otherwise."""
 
     exit_code = 2  # what the CLI exits with: 2 for bad input
 
@@ -46,13 +49,51 @@ class DeviceError(ForceError):
     """A device that was asked for but is not available (e.g. CUDA on a CPU-only machine)."""
 
 
-class DisconnectedError(ForceError):
-    """Pruning left no input-to-output path (or an empty output layer): the network cannot learn.
-
-    The input was valid but the run failed, as a diverged training does: exit code 1.
-    """
+class RunFailed(ForceError):
+    """The input was valid but the run failed (a diverged training, a disconnected network): exit code 1."""
 
     exit_code = 1
+
+
+class DisconnectedError(RunFailed):
+    """Pruning left no input-to-output path (or an empty output layer): the network cannot learn."""
+
+
+class TrainingDiverged(RunFailed):
+    """The training or an evaluation loss became NaN or infinite; the last good partial checkpoint is kept."""
+
+
+class NonFiniteLoss(Exception):
+    """Raised inside an epoch when the running loss is NaN or infinite; the trainer turns it into
+    ``TrainingDiverged`` with the epoch and learning rate (never reaches the user as such)."""
+
+    def __init__(self, value: float):
+        super().__init__(f"the loss became {value}")
+        self.value = value
+
+
+class Stopped(Exception):
+    """A run stopped on request (Ctrl-C, SIGTERM, a ``StopFlag``) after keeping its progress.
+
+    Not an error: the CLI prints the message without 'error:' and exits 130, or 143 for SIGTERM
+    (``cli/status.py`` names them). ``announce`` is False on the torchrun ranks that stay silent.
+    """
+
+    def __init__(self, message: str, reason: str, *, announce: bool = True):
+        super().__init__(message)
+        self.reason, self.announce = reason, announce
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + (signal.SIGTERM if self.reason == "SIGTERM" else signal.SIGINT)
+
+
+class TrainingInterrupted(Stopped):
+    """Training stopped after saving its progress to ``partial`` (or the finished checkpoint)."""
+
+    def __init__(self, message: str, partial, reason: str, *, announce: bool = True):
+        super().__init__(message, reason, announce=announce)
+        self.partial = partial
 
 
 class OutputError(ForceError):

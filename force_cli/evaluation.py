@@ -18,9 +18,17 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Subset
 
+from force_cli import distributed
+from force_cli.checkpoint.metadata import check_seed
 from force_cli.config import check_int_bounds
+from force_cli.data import dataset_info, load_datasets, make_loader
+from force_cli.data.holdout import checkpoint_fraction
 from force_cli.data.names import SPLITS
+from force_cli.device import resolve_device
 from force_cli.errors import CheckpointError, ConfigError, DataError, IncompatibleError
+from force_cli.pruning.masks import count_kept, count_total
+from force_cli.restore import input_shape, load_for_model, model_from_checkpoint
+from force_cli.shrink import is_shrunk, load_shrunk
 
 
 @dataclass
@@ -139,8 +147,6 @@ def evaluate_checkpoint(
         raise ConfigError(f"unknown split '{split}'; use one of: {', '.join(SPLITS)}")
     check_int_bounds("batch_size", batch_size)
     check_int_bounds("workers", workers)
-    from force_cli import distributed
-
     with distributed.session(device) as device:  # under torchrun: each rank evaluates every N-th sample
         return _evaluate_checkpoint(checkpoint, split, dataset, data_dir, download, device, batch_size, workers,
                                     on_start, on_batch, on_warning)
@@ -149,10 +155,6 @@ def evaluate_checkpoint(
 def _load_network(path) -> tuple[nn.Module, dict, tuple[int, int], list[str]]:
     """(model on the CPU, metadata, (kept, total) prunable weights, warnings) of a checkpoint or of
     a shrunk network (``force shrink``), whose metadata is its source checkpoint's."""
-    from force_cli.pruning.masks import count_kept, count_total
-    from force_cli.restore import input_shape, load_for_model, model_from_checkpoint
-    from force_cli.shrink import is_shrunk, load_shrunk
-
     if is_shrunk(path):
         net, metadata = load_shrunk(path)
         try:
@@ -173,11 +175,6 @@ def _load_network(path) -> tuple[nn.Module, dict, tuple[int, int], list[str]]:
 
 def _evaluate_checkpoint(checkpoint, split, dataset, data_dir, download, device, batch_size, workers,
                          on_start, on_batch, on_warning) -> dict[str, Any]:
-    from force_cli import distributed
-    from force_cli.data import dataset_info, load_datasets, make_loader
-    from force_cli.device import resolve_device
-    from force_cli.training.settings import TRAIN_DEFAULTS
-
     dev = resolve_device(device)
     model, metadata, (kept, total), warnings = _load_network(checkpoint)
     for warning in warnings if on_warning is not None else ():
@@ -189,18 +186,14 @@ def _evaluate_checkpoint(checkpoint, split, dataset, data_dir, download, device,
     check_dataset_fits(info, metadata)
     model = model.to(dev).eval()
 
-    val_fraction = _recorded(metadata, "val_fraction")
-    if val_fraction is None:
-        val_fraction = TRAIN_DEFAULTS.get(info.name, {}).get("val_fraction", 0.0)
+    val_fraction = checkpoint_fraction(metadata, info.name)
     seed = _recorded(metadata, "seed")
     if seed is None:
         seed = metadata.get("seed") if isinstance(metadata.get("seed"), int) else 0
     if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not 0 <= val_fraction < 1:
         raise CheckpointError(f"'{checkpoint}' records the validation fraction {val_fraction!r}, not a number in "
                               "[0, 1); the file is corrupt")
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= 2**32 - 1:
-        raise CheckpointError(f"'{checkpoint}' records the seed {seed!r}, not an integer in [0, 4294967295]; "
-                              "the file is corrupt")
+    check_seed(seed, f"'{checkpoint}'")
     if split == "val" and not val_fraction:
         raise ConfigError(f"'{checkpoint}' was trained without a validation split (val_fraction 0); use --split test")
     # test: the whole test set; val and train: the training run's split of the training set

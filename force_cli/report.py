@@ -1,112 +1,19 @@
-"""Per-layer density and effective-density reports (rich tables and JSON) for `force inspect`.
-
-Effective density: a kept weight that lies on no path from the input to the output through kept
-weights cannot influence the output, so it counts as removed (Vysogorets & Kempe, 2021). It is
-computed exactly by a reachability pass: on a copy of the network with every kept weight set to 1,
-biases to 0, normalisation layers removed and max-pools replaced by average pools, each layer's
-output is binarised (reached from the input or not) on the way forward and each gradient
-binarised (reaches the output or not) on the way back. A kept weight is effective iff its
-gradient is non-zero. Binarising keeps every value small, so no depth can overflow or underflow.
-
-The pass runs at the input size the checkpoint's metadata claims, which the weights of a conv net
-do not bound. `force inspect` therefore counts first, on the meta device (no memory), the
-activations the pass would hold, and skips the effective density with a warning beyond
-``REACHABILITY_BUDGET`` (about 16 bytes each): a small file cannot make inspect use gigabytes.
-"""
+"""Per-layer density and effective-density reports (rich tables and JSON) for `force inspect`:
+rendering only; the effective masks come from ``pruning/connectivity.py``."""
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import torch
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
-from torch import nn
 
 from force_cli.safe_text import literal, visible
-from force_cli.pruning.masks import PRUNABLE_LAYERS, Masks, prunable_weights
-
-_NORMS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm)
-_MAX_POOLS = {nn.MaxPool1d: nn.AvgPool1d, nn.MaxPool2d: nn.AvgPool2d, nn.MaxPool3d: nn.AvgPool3d}
-_ADAPTIVE_MAX_POOLS = {nn.AdaptiveMaxPool1d: nn.AdaptiveAvgPool1d, nn.AdaptiveMaxPool2d: nn.AdaptiveAvgPool2d,
-                       nn.AdaptiveMaxPool3d: nn.AdaptiveAvgPool3d}
-
-
-def _linearise(module: nn.Module) -> None:
-    """Replace, in place, layers that could hide a path: norms subtract means, max-pools pick one input."""
-    for name, child in module.named_children():
-        if isinstance(child, _NORMS):
-            setattr(module, name, nn.Identity())
-        elif type(child) in _MAX_POOLS:
-            setattr(module, name, _MAX_POOLS[type(child)](child.kernel_size, child.stride, child.padding,
-                                                          ceil_mode=child.ceil_mode))
-        elif type(child) in _ADAPTIVE_MAX_POOLS:
-            setattr(module, name, _ADAPTIVE_MAX_POOLS[type(child)](child.output_size))
-        else:
-            _linearise(child)
-
-
-#: Activation elements `force inspect`'s reachability pass may hold (float64 values and their
-#: gradients, about 16 bytes each: 2 GiB). An ImageNet ResNet-50 at 224 px needs 32 M, a VGG-19 46 M;
-#: a CIFAR ResNet-18 that claims 512 px inputs would need 363 M.
-REACHABILITY_BUDGET = 1 << 27
-
-
-def reachability_size(model: nn.Module, input_shape: tuple[int, ...]) -> int | None:
-    """The activation elements the reachability pass of ``model`` holds, counted by running it on
-    the meta device (shapes only); None when its forward cannot run there."""
-    probe = copy.deepcopy(model).to("meta")
-    _linearise(probe)
-    count = math.prod(input_shape)
-
-    def add(module, inputs, output):
-        nonlocal count
-        if isinstance(output, torch.Tensor) and next(module.children(), None) is None:
-            count += output.numel()
-
-    handles = [m.register_forward_hook(add) for m in probe.modules()]
-    try:
-        probe(torch.empty((1, *input_shape), device="meta"))
-    except Exception:  # a forward that needs real values (.item(), say): not counted
-        return None
-    finally:
-        for h in handles:
-            h.remove()
-    return count
-
-
-def _binarise_output(module, inputs, output):
-    reached = (output > 0).to(output.dtype)
-    out = output + (reached - output).detach()  # value: reached-or-not; gradient: passes straight through
-    out.register_hook(lambda grad: (grad > 0).to(grad.dtype))
-    return out
-
-
-def effective_masks(model: nn.Module, masks: Masks, input_shape: tuple[int, ...]) -> Masks:
-    """Kept weights that lie on at least one input-to-output path through kept weights."""
-    work = copy.deepcopy(model).cpu().double().eval()
-    _linearise(work)
-    weights = prunable_weights(work)
-    with torch.no_grad():
-        for name, p in work.named_parameters():
-            if name in weights:
-                p.copy_(masks[name].to(p.dtype))
-            else:
-                p.zero_()
-    for name, w in weights.items():
-        w.requires_grad_(True)
-    handles = [m.register_forward_hook(_binarise_output) for m in work.modules() if isinstance(m, PRUNABLE_LAYERS)]
-    try:
-        work(torch.ones((1, *input_shape), dtype=torch.float64)).sum().backward()
-    finally:
-        for h in handles:
-            h.remove()
-    return {name: masks[name] & (w.grad > 0) for name, w in weights.items()}
+from force_cli.pruning.masks import Masks
 
 
 @dataclass

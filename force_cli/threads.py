@@ -55,7 +55,7 @@ def resolve_threads(flag: int | None = None, environ: Mapping[str, str] = os.env
 
 def apply_threads(flag: int | None = None) -> int:
     """Set torch's intra-op thread count per ``resolve_threads``; return it."""
-    import torch
+    import torch  # torch-free start-up: the CLI imports this module for --threads before any tensor
 
     n = resolve_threads(flag)
     if torch.get_num_threads() != n:

@@ -38,7 +38,8 @@ from force_cli.cli import app
 from force_cli.config import PruneConfig
 from force_cli.locking import hold
 from force_cli.pruning.job import prune_to_checkpoint
-from force_cli.training.job import TrainingInterrupted, train_checkpoint
+from force_cli.errors import TrainingInterrupted
+from force_cli.training.job import train_checkpoint
 from force_cli.training.loop import TrainCallbacks
 from force_cli.training.state import StopFlag
 
@@ -621,7 +622,7 @@ def test_a_cell_recorded_twice_counts_once_in_the_report(tmp_path):
 
 
 def test_ctrl_c_while_a_sweep_prunes_keeps_the_finished_cells_and_says_so(golden, tmp_path, monkeypatch):
-    import force_cli.sweep as sweep_module
+    import force_cli.sweep.cell as sweep_module
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt

@@ -370,7 +370,7 @@ def compact_declaring(pruned: Path, dest: Path, name: str, shape: list[int]) -> 
     import torch
     from safetensors.torch import save_file
 
-    from force_cli import compact
+    from force_cli.checkpoint import compact
     from force_cli.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(pruned)
@@ -400,7 +400,7 @@ def test_4_a_compact_file_declaring_a_huge_weight_is_refused_before_allocating_i
 def test_4_every_reader_checks_declared_shapes_first(pruned, tmp_path, monkeypatch):
     """train, eval and ablate read through the same check (a zero-size allocation budget proves it: nothing
     of the declared size is allocated before the refusal)."""
-    from force_cli import compact
+    from force_cli.checkpoint import compact
 
     crafted = tmp_path / "crafted.safetensors"
     compact_declaring(pruned, crafted, "fc1.weight", [HUGE])
@@ -434,7 +434,7 @@ def resnet18_claiming_512_px(path: Path):
 
 
 def test_5_the_pass_at_the_claimed_size_is_counted_on_the_meta_device_and_exceeds_the_budget(tmp_path):
-    from force_cli.report import REACHABILITY_BUDGET, reachability_size
+    from force_cli.pruning.connectivity import REACHABILITY_BUDGET, reachability_size
 
     model = resnet18_claiming_512_px(tmp_path / "r18.safetensors")
     # by hand: 64 channels at 512x512 is 16.8 M elements per layer; the budget holds about 8 such layers
@@ -461,9 +461,9 @@ def test_5_a_checkpoint_claiming_512_px_inputs_is_inspected_in_bounded_memory(tm
 
 
 def test_5_the_table_shows_the_columns_it_could_not_compute_as_dashes(tmp_path, monkeypatch):
-    from force_cli import report
+    from force_cli.pruning import connectivity
 
-    monkeypatch.setattr(report, "REACHABILITY_BUDGET", 10)
+    monkeypatch.setattr(connectivity, "REACHABILITY_BUDGET", 10)
     from force_cli.config import PruneConfig
     from force_cli.pruning.job import prune_to_checkpoint
 

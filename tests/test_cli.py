@@ -205,3 +205,31 @@ def test_version_help_examples_and_module_entry_point():
         assert result.exit_code == 0 and "Example" in result.stdout
     proc = subprocess.run([sys.executable, "-m", "force_cli", "--help"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "prune" in proc.stdout
+
+
+def test_the_training_outcomes_are_mapped_to_exit_codes_in_one_place(monkeypatch):
+    """run_wrapper alone turns a diverged run into one 'error:' line and exit 1, and an interrupted
+    one (progress saved) into a plain line and exit 130 or 143; a silent torchrun rank prints nothing."""
+    import typer
+
+    from force_cli.cli import console, status
+    from force_cli.errors import TrainingDiverged, TrainingInterrupted
+
+    lines = []
+    monkeypatch.setattr(status, "error_line", lambda message: lines.append("error: " + message))
+    monkeypatch.setattr(status, "plain_line", lines.append)
+    assert console.error_line is not status.error_line  # the patch is status's own reference
+
+    def exit_code(exc: Exception) -> int:
+        @status.run_wrapper
+        def command():
+            raise exc
+
+        with pytest.raises(typer.Exit) as info:
+            command()
+        return info.value.exit_code
+
+    assert exit_code(TrainingDiverged("training diverged: the loss became nan")) == 1
+    assert exit_code(TrainingInterrupted("interrupted (SIGTERM) after epoch 1", "p.partial.safetensors", "SIGTERM")) == 143
+    assert exit_code(TrainingInterrupted("interrupted (SIGINT)", "p", "SIGINT", announce=False)) == 130
+    assert lines == ["error: training diverged: the loss became nan", "interrupted (SIGTERM) after epoch 1"]

@@ -10,7 +10,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from force_cli import compact
+from force_cli.checkpoint import compact
 from force_cli.checkpoint import load_checkpoint, read_metadata, save_checkpoint
 from force_cli.errors import CheckpointError
 from tests.test_checkpoint import sample

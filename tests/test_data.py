@@ -903,3 +903,46 @@ def test_normalisation_divides_by_tensors_on_the_images_device():
         normalize(images)
     assert len(divisors) == 4
     assert all(isinstance(d, torch.Tensor) and d.device.type == "meta" for d in divisors), divisors
+
+
+def test_a_dataset_cannot_be_registered_without_training_defaults():
+    """Adding a dataset is one DatasetSpec; leaving out its training defaults is an error, never a
+    silent 350 epochs borrowed from CIFAR."""
+    from force_cli.data.catalog import DATASETS, train_defaults
+    from force_cli.data.types import DatasetSpec
+    from force_cli.errors import UnknownNameError
+    from force_cli.training.settings import complete_settings
+    from force_cli.config import TrainSettings
+
+    with pytest.raises(TypeError):
+        DatasetSpec(DATASETS["digits"].info, "no defaults", "", "readers.digits:build_digits")
+    with pytest.raises(UnknownNameError):
+        train_defaults("not-a-dataset")
+    with pytest.raises(UnknownNameError):
+        complete_settings(TrainSettings(), "not-a-dataset")
+    # the digits defaults, as written in the catalog's comment: 100 epochs of batches of 32, x0.1 after 50 and 75
+    digits = complete_settings(TrainSettings(), "digits")
+    assert (digits.epochs, digits.batch_size, digits.milestones, digits.val_fraction) == (100, 32, [50, 75], 0.1)
+    assert complete_settings(TrainSettings(), "tiny-imagenet").val_fraction == 0.0
+
+
+def test_every_dataset_names_a_reader_that_exists():
+    import importlib
+
+    from force_cli.data.catalog import DATASETS
+
+    for spec in DATASETS.values():
+        module, _, function = spec.reader.partition(":")
+        assert callable(getattr(importlib.import_module(f"force_cli.data.{module}"), function)), spec.info.name
+
+
+def test_the_validation_split_of_a_checkpoint_is_decided_once():
+    """Training's recorded fraction, else pruning's, else the dataset's default."""
+    from force_cli.data.holdout import checkpoint_fraction, default_fraction
+
+    assert default_fraction("digits") == 0.1 and default_fraction("imagenet") == 0.0
+    assert default_fraction("digits", 0.25) == 0.25
+    assert checkpoint_fraction({"training": {"val_fraction": 0.3}, "pruning": {"val_fraction": 0.2}}, "digits") == 0.3
+    assert checkpoint_fraction({"pruning": {"val_fraction": 0.2}}, "digits") == 0.2
+    assert checkpoint_fraction({"pruning": {"val_fraction": True}}, "digits") == 0.1  # not a fraction: the default
+    assert checkpoint_fraction({}, "tiny-imagenet") == 0.0

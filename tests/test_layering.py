@@ -5,7 +5,7 @@ layer below it, never from one above:
 
   0. foundation: the package root, errors, safe_text, atomic, locking, threads, lazy, allocator,
      config, device, distributed, op_counts, parent_death, std_streams
-  1. models, data, checkpoint (checkpoint, checkpoint_files, compact, export_formats,
+  1. models, data, checkpoint (the package: format, compact, paths, metadata, export, convert;
      shrink.program: the shrunk network's file format, which export recognises)
   2. pruning, restore (a checkpoint's model, its declared shapes checked before anything is read;
      it checks masks with pruning.masks, and pruning's ablation reads checkpoints through it)
@@ -13,7 +13,7 @@ layer below it, never from one above:
      against the model, as every reader does), shrink (it rebuilds a checkpoint's model to rewrite
      it; evaluation and inspection read its files), shrink_report
   4. training (it evaluates every epoch, so it sits on evaluation)
-  5. sweep (sweep, sweep_pool, sweep_report)
+  5. sweep (the package: plan, cell, results, pool, job, report)
   6. cli, and the entry point (__main__)
 
 Read with ``ast`` only (nothing is imported), so every ``force_cli`` import counts: at the top of
@@ -36,28 +36,19 @@ LAYERS: list[tuple[str, list[str]]] = [
                     "force_cli.distributed", "force_cli.op_counts", "force_cli.parent_death",
                     "force_cli.std_streams"]),
     ("models, data, checkpoint", ["force_cli.models", "force_cli.data", "force_cli.checkpoint",
-                                  "force_cli.checkpoint_files", "force_cli.compact", "force_cli.export_formats",
                                   "force_cli.shrink.program"]),
     ("pruning", ["force_cli.pruning", "force_cli.restore"]),
     ("evaluation, report", ["force_cli.evaluation", "force_cli.report", "force_cli.inspection",
                             "force_cli.export", "force_cli.shrink", "force_cli.shrink_report"]),
     ("training", ["force_cli.training"]),
-    ("sweep", ["force_cli.sweep", "force_cli.sweep_pool", "force_cli.sweep_report"]),
+    ("sweep", ["force_cli.sweep"]),
     ("cli", ["force_cli.cli", "force_cli.__main__"]),
 ]
 
 # Known today (issue 18, phase 2 removes them); any other import up the layers fails the test,
 # and so does an entry here that no longer happens (delete it then).
-KNOWN_VIOLATIONS = {
-    # pruning and evaluation read the per-dataset held-out fraction and batch size, which live with
-    # the training defaults instead of the dataset registry
-    ("force_cli.pruning.job", "force_cli.training.settings"),
-    ("force_cli.evaluation", "force_cli.training.settings"),
-    # check_connectivity uses effective_masks, a graph algorithm that lives in the report renderer
-    ("force_cli.pruning.job", "force_cli.report"),
-}
-# run_sweep starts sweep_pool's workers, which run sweep's cells with sweep's hooks.
-KNOWN_CYCLES = {frozenset({"force_cli.sweep", "force_cli.sweep_pool"})}
+KNOWN_VIOLATIONS: set[tuple[str, str]] = set()
+KNOWN_CYCLES: set[frozenset[str]] = set()
 
 
 def module_name(path: Path) -> str:

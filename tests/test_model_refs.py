@@ -143,3 +143,28 @@ def test_sweep_runs_an_import_path_model_its_recipe_names(tmp_path):
     assert result.exit_code == 0, result.output
     record = json.loads((tmp_path / "out" / "results.jsonl").read_text().splitlines()[0])
     assert record["test_acc"] > 0.1
+
+
+def test_a_worker_adopts_its_parents_trust_and_no_more():
+    """The public trust API a sweep worker uses: what current_trust() hands over, adopt_trust()
+    takes on; run in a copied context so that nothing leaks into other tests."""
+    import contextvars
+
+    from force_cli.errors import CheckpointError
+    from force_cli.models.trust import adopt_trust, check_trusted, current_trust, trusted_model_code
+
+    with trusted_model_code(only="pkg.mod:net"):
+        handed = current_trust()
+    assert handed == frozenset({"pkg.mod:net"}) and current_trust() is False
+
+    def worker():
+        adopt_trust(handed)
+        check_trusted("pkg.mod:net")  # the recipe's model: allowed
+        with pytest.raises(CheckpointError):
+            check_trusted("other.mod:net")
+        with pytest.raises(TypeError):
+            adopt_trust("yes")
+
+    contextvars.copy_context().run(worker)
+    with pytest.raises(CheckpointError):
+        check_trusted("pkg.mod:net")  # this process's own setting is untouched

@@ -14,7 +14,7 @@ from force_cli.config import PruneConfig
 from force_cli.data import load_datasets
 from force_cli.errors import DisconnectedError
 from force_cli.pruning import job, prune
-from force_cli.training.job import pruning_holdout
+from force_cli.data.holdout import pruned_fraction
 from tests.helpers import FixedStream, random_batches
 
 runner = CliRunner()
@@ -109,7 +109,7 @@ def test_pruning_batches_come_from_the_training_part_only(monkeypatch, tmp_path)
     (dataset,) = seen
     # the split `force train` makes by default: the recorded fraction, the checkpoint's seed
     meta = load_checkpoint(tmp_path / "p.safetensors").metadata
-    assert pruning_holdout(meta) == {"val_fraction": 0.1}
+    assert pruned_fraction(meta) == 0.1
     splits = load_datasets("digits", val_fraction=0.1, seed=3)
     assert set(dataset.indices) == set(splits.train.indices)
     assert not set(dataset.indices) & set(splits.val.indices)
@@ -141,7 +141,7 @@ def test_the_holdout_of_an_imagefolder_dataset_uses_its_data_dir(tmp_path, monke
 
 
 def test_training_warns_when_its_validation_split_is_not_the_one_pruning_held_out(tmp_path):
-    from force_cli.training.job import holdout_mismatch
+    from force_cli.data.holdout import mismatch as holdout_mismatch
 
     meta = {"seed": 3, "pruning": {"val_fraction": 0.1}}
     assert holdout_mismatch(meta, 0.1, 3) == []

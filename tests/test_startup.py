@@ -18,8 +18,6 @@ from typer.testing import CliRunner
 
 from force_cli.cli import app
 from force_cli.cli.options import saliency_temperature_help, steps_help, train_default
-from force_cli.data import DATASETS
-from force_cli.data.names import DATASET_NAMES
 from force_cli.models import INIT_SCHEMES, MODELS
 from force_cli.models.names import DEFAULT_INIT, INIT_NAMES, MODEL_NAMES
 from force_cli.pruning.criteria import score_function
@@ -102,7 +100,6 @@ def test_a_command_that_does_work_still_loads_torch(tmp_path):
 def test_torch_free_name_lists_are_the_registries_names():
     assert MODEL_NAMES == tuple(MODELS)
     assert INIT_NAMES == tuple(INIT_SCHEMES) and DEFAULT_INIT in INIT_SCHEMES
-    assert DATASET_NAMES == tuple(DATASETS)
 
 
 def test_every_built_in_method_names_a_score_function_of_criteria():
@@ -126,10 +123,13 @@ def test_help_texts_follow_the_registries(monkeypatch):
 
 
 def test_a_training_default_that_differs_by_dataset_is_not_shown_as_one(monkeypatch):
-    from force_cli.training import settings
+    import dataclasses
+
+    from force_cli.data.catalog import DATASETS
 
     assert train_default("optimizer") == "sgd" and train_default("momentum") == 0.9
-    monkeypatch.setitem(settings.TRAIN_DEFAULTS, "digits", settings.TRAIN_DEFAULTS["digits"] | {"momentum": 0.5})
+    digits = DATASETS["digits"]
+    monkeypatch.setitem(DATASETS, "digits", dataclasses.replace(digits, train=digits.train.but(momentum=0.5)))
     with pytest.raises(ValueError):
         train_default("momentum")
 
@@ -146,7 +146,7 @@ def test_help_lists_a_newly_registered_method():
 
 
 def test_export_help_lists_the_formats():
-    from force_cli.export_formats import FORMATS
+    from force_cli.checkpoint.export import FORMATS
 
     result = CliRunner().invoke(app, ["export", "--help"], env={"COLUMNS": "400"})
     assert "Format to write: compact, dense, state-dict, torch-prune or sparse (below)." in result.stdout

@@ -13,9 +13,8 @@ from typer.testing import CliRunner
 
 from force_cli.cli import app
 from force_cli.config import load_recipe
-from force_cli.sweep import SweepHooks, append_result, expand_grid, run_sweep, sweep_settings
-from force_cli.sweep_report import read_results
-from force_cli.training.job import TrainingInterrupted
+from force_cli.sweep import SweepHooks, append_result, expand_grid, read_results, run_sweep, sweep_settings
+from force_cli.errors import TrainingInterrupted
 from force_cli.training.loop import TrainCallbacks
 
 RECIPE = """model: lenet300
@@ -176,7 +175,7 @@ def records_by_cell(out):
 
 
 def test_workers_take_the_visible_gpus_in_turn(monkeypatch):
-    from force_cli import sweep_pool
+    from force_cli.sweep import pool as sweep_pool
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3, 5")
     assert sweep_pool.worker_gpus(3) == ["3", "5", "3"]  # the user's choice of GPUs is kept
@@ -257,7 +256,7 @@ def test_ctrl_c_stops_every_worker_and_keeps_the_finished_cells(tmp_path):
 
 
 def test_a_cell_failing_in_a_worker_stops_the_sweep_with_its_own_error(tmp_path):
-    from force_cli.training.loop import TrainingDiverged
+    from force_cli.errors import TrainingDiverged
 
     path = tmp_path / "diverges.yaml"
     path.write_text(RECIPE.replace("  epochs: 3\n", "  epochs: 3\n  lr: 1.0e+8\n").replace("methods: [force, random]",
@@ -273,7 +272,7 @@ ABLATED = RECIPE.replace("  seeds: [0, 1]\n", "  seeds: [0]\n  ablations: [shuff
 
 def test_ablations_run_beside_their_method_and_report_next_to_it(tmp_path):
     from force_cli.checkpoint import load_checkpoint, read_metadata
-    from force_cli.sweep_report import summarise
+    from force_cli.sweep import summarise
 
     path = tmp_path / "r.yaml"
     path.write_text(ABLATED)

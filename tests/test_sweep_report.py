@@ -12,7 +12,8 @@ from rich.console import Console
 from force_cli.config import SweepSettings, load_recipe
 from force_cli.errors import ConfigError, DataError, UnknownNameError
 from force_cli.sweep import Cell, expand_grid
-from force_cli.sweep_report import markdown, read_results, summarise, write_report
+from force_cli.sweep.report import markdown, summarise, write_report
+from force_cli.sweep.results import read_results
 
 
 def test_valid_recipe_loads_every_section(tmp_path):

@@ -22,7 +22,8 @@ from force_cli.models import build_model
 from force_cli.models.refs import trusted_model_code
 from force_cli.pruning.masks import prunable_weights
 from force_cli.training import ddp
-from force_cli.training.job import TrainingInterrupted, train_checkpoint
+from force_cli.errors import TrainingInterrupted
+from force_cli.training.job import train_checkpoint
 from force_cli.training.loop import TrainCallbacks
 from force_cli.training.state import StopFlag
 
@@ -193,7 +194,8 @@ DRIVER = """
 import os, sys
 from force_cli import distributed
 from force_cli.models.refs import trusted_model_code
-from force_cli.training.job import TrainingInterrupted, train_checkpoint
+from force_cli.errors import TrainingInterrupted
+from force_cli.training.job import train_checkpoint
 from force_cli.training.loop import TrainCallbacks
 from force_cli.training.state import StopFlag
 
@@ -388,7 +390,8 @@ from force_cli import distributed
 from force_cli.models.refs import trusted_model_code
 from force_cli.training import loop
 from force_cli.training.job import train_checkpoint
-from force_cli.training.loop import TrainCallbacks, TrainingDiverged
+from force_cli.errors import TrainingDiverged
+from force_cli.training.loop import TrainCallbacks
 
 init = sys.argv[1]
 rank = int(os.environ["RANK"])

@@ -22,8 +22,10 @@ from force_cli.errors import CheckpointError, ConfigError, IncompatibleError, Un
 from force_cli.evaluation import evaluate, evaluate_checkpoint
 from force_cli.models import build_model
 from force_cli.pruning.masks import prunable_weights
-from force_cli.training.job import TrainingInterrupted, default_output, partial_path, train_checkpoint
-from force_cli.training.loop import EpochTotals, TrainCallbacks, Trainer, TrainingDiverged, train_epoch
+from force_cli.errors import TrainingDiverged, TrainingInterrupted
+from force_cli.checkpoint.paths import partial_path, trained_output
+from force_cli.training.job import train_checkpoint
+from force_cli.training.loop import EpochTotals, TrainCallbacks, Trainer, train_epoch
 from force_cli.training.masking import MaskEnforcer
 from force_cli.training.order import epoch_batches
 from force_cli.training.settings import ADAM_DEFAULT_LR, complete_settings, lr_at
@@ -430,8 +432,8 @@ def test_job_refuses_bad_input_without_touching_files(tmp_path):
     with pytest.raises(ConfigError, match="either"):
         train_checkpoint(src, resume=src)
     assert src.read_bytes() == before and existing.read_bytes() == b"mine"
-    assert default_output(tmp_path / "a.safetensors") == tmp_path / "a-trained.safetensors"
-    assert default_output(tmp_path / "a-trained.partial.safetensors") == tmp_path / "a-trained.safetensors"
+    assert trained_output(tmp_path / "a.safetensors") == tmp_path / "a-trained.safetensors"
+    assert trained_output(tmp_path / "a-trained.partial.safetensors") == tmp_path / "a-trained.safetensors"
 
 
 # --------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from typing import Annotated, Optional
 import typer
 
 from force_cli.atomic import remove_stale
-from force_cli.checkpoint_files import check_existing, check_new_output
+from force_cli.checkpoint.paths import check_existing, check_new_output
 from force_cli.cli.console import plain_line
 from force_cli.cli.options import (CheckpointArg, CompactOpt, DeviceOpt, OverwriteOpt, QuietOpt, ThreadsOpt, TrustOpt,
                                    honours_trust, path)

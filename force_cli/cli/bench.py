@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from force_cli.checkpoint_files import check_existing
+from force_cli.checkpoint.paths import check_existing
 from force_cli.cli.console import progress_bar, stdout, warn
 from force_cli.cli.options import (CheckpointArg, DeviceOpt, JsonOpt, QuietOpt, ThreadsOpt, TrustOpt, honours_trust,
                                    positive)

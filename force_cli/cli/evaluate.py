@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from force_cli.checkpoint_files import check_existing
+from force_cli.checkpoint.paths import check_existing
 from force_cli.cli.console import progress_bar, stdout, warn
 from force_cli.cli.options import CheckpointArg, DeviceOpt, JsonOpt, QuietOpt, ThreadsOpt, TrustOpt, honours_trust
 from force_cli.cli.status import run_wrapper

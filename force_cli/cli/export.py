@@ -1,7 +1,7 @@
 """`force export`: a checkpoint into the other variant of the format, or into what other code loads.
 
 The format, the output and the input are checked before torch is loaded
-(``export_formats.check_export``); the library (``export.export_checkpoint``) converts, and
+(``checkpoint.export.check_export``); the library (``export.export_checkpoint``) converts, and
 ``shrink.export.export_sparse`` writes the measured shrunk/CSR mix of ``--to sparse``.
 """
 
@@ -17,11 +17,11 @@ from force_cli.cli.console import plain_line, progress_bar
 from force_cli.cli.options import (CheckpointArg, DeviceOpt, OverwriteOpt, QuietOpt, ThreadsOpt, TrustOpt,
                                    honours_trust, one_of, path, positive)
 from force_cli.cli.status import run_wrapper
-from force_cli.export_formats import FORMATS, check_export
+from force_cli.checkpoint.export import FORMATS, check_export
 from force_cli.locking import hold
 from force_cli.threads import apply_threads
 
-EPILOG = ("Formats:\n\n" + "\n\n".join(f"  {name}: {what}" for name, what in FORMATS.items())
+EPILOG = ("Formats:\n\n" + "\n\n".join(f"  {name}: {fmt.summary}" for name, fmt in FORMATS.items())
           + "\n\nExamples:\n\n"
           "  force export lenet.safetensors --to compact -o lenet-compact.safetensors\n\n"
           "  force export lenet-trained.safetensors --to state-dict -o lenet-weights.safetensors\n\n"

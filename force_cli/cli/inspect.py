@@ -7,7 +7,7 @@ document.
 
 from __future__ import annotations
 
-from force_cli.checkpoint_files import check_existing
+from force_cli.checkpoint.paths import check_existing
 from force_cli.cli.console import stdout, warn
 from force_cli.cli.options import CheckpointArg, JsonOpt, ThreadsOpt, TrustOpt, honours_trust
 from force_cli.cli.status import run_wrapper

@@ -16,12 +16,12 @@ from typing import Annotated, Any, Optional
 import typer
 
 from force_cli.cli.status import fail
+from force_cli.data.catalog import DATASETS
 from force_cli.errors import ForceError
 from force_cli.models.trust import trusted_model_code
 from force_cli.pruning.methods import METHODS
 from force_cli.pruning.objectives import OBJECTIVES
 from force_cli.threads import apply_threads, resolve_threads
-from force_cli.training.settings import TRAIN_DEFAULTS
 
 
 def names(registry) -> str:
@@ -46,8 +46,8 @@ def flag(name: str, on: bool) -> str:
 
 
 def train_default(key: str) -> Any:
-    """A training default that every dataset shares (``TRAIN_DEFAULTS``)."""
-    values = {repr(defaults[key]): defaults[key] for defaults in TRAIN_DEFAULTS.values()}
+    """A training default that every dataset shares (each ``DatasetSpec.train``)."""
+    values = {repr(value): value for value in (getattr(spec.train, key) for spec in DATASETS.values())}
     if len(values) != 1:
         raise ValueError(f"the datasets' defaults for '{key}' differ; show them per dataset")
     return next(iter(values.values()))

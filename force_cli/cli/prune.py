@@ -13,13 +13,14 @@ from typing import Annotated, Optional
 import typer
 
 from force_cli.atomic import remove_stale
-from force_cli.checkpoint_files import check_new_output
+from force_cli.checkpoint.paths import check_new_output
 from force_cli.cli.console import progress_bar, stderr, warn
 from force_cli.cli.options import (CompactOpt, DeviceOpt, OverwriteOpt, QuietOpt, RecipeOpt, ThreadsOpt, default, flag,
                                    names, path, saliency_loss_help, saliency_temperature_help, steps_help)
 from force_cli.cli.status import run_wrapper
 from force_cli.config import CommonSettings, PruneConfig, PruneSettings, load_recipe, resolve
-from force_cli.data.names import DATASET_NAMES, canonical_name
+from force_cli.data.catalog import DATASET_NAMES
+from force_cli.data.names import canonical_name
 from force_cli.errors import UnknownNameError
 from force_cli.locking import hold
 from force_cli.models.names import INIT_NAMES, MODEL_NAMES

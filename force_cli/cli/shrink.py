@@ -12,7 +12,7 @@ from typing import Annotated, Optional
 import typer
 
 from force_cli.atomic import remove_stale
-from force_cli.checkpoint_files import check_existing, check_new_output
+from force_cli.checkpoint.paths import check_existing, check_new_output, shrunk_output
 from force_cli.cli.console import plain_line
 from force_cli.cli.options import CheckpointArg, JsonOpt, OverwriteOpt, ThreadsOpt, TrustOpt, honours_trust, path
 from force_cli.cli.status import run_wrapper
@@ -39,7 +39,7 @@ def shrink(
     threads: ThreadsOpt = None,
 ):
     """Write the smallest dense network computing exactly what the checkpoint's masked network computes; print its path."""
-    output = output if output is not None else checkpoint.with_name(checkpoint.stem + "-shrunk.safetensors")
+    output = output if output is not None else shrunk_output(checkpoint)
     with hold((output, "output")):
         remove_stale(output)
         check_new_output(output, overwrite)

@@ -2,7 +2,8 @@
 
 As pip's ``cli/status_codes.py`` and ``Command._run_wrapper``: the library raises typed errors
 (``force_cli.errors``; each ForceError carries ``exit_code``: 2 for bad input, 1 for a valid input
-whose run failed); ``run_wrapper`` prints one line and exits with the code, never a traceback.
+whose run failed; a ``Stopped`` run, 130 or 143); ``run_wrapper`` prints one line and exits with
+the code, never a traceback.
 Commands do not choose numbers: they raise, or return ``fail``/``stopped`` with a name from here.
 """
 
@@ -17,7 +18,7 @@ import threading
 import typer
 
 from force_cli.cli.console import error_line, plain_line
-from force_cli.errors import ForceError
+from force_cli.errors import ForceError, Stopped
 from force_cli.safe_text import brief
 
 SUCCESS = 0
@@ -72,8 +73,9 @@ def stdout_closed() -> typer.Exit:
 
 
 def run_wrapper(command):
-    """Turn library errors into one line + exit 2, Ctrl-C into exit 130 and SIGTERM into exit 143,
-    a closed stdout into a quiet exit 141, a bug into one line + exit 1; never a traceback."""
+    """Turn library errors into one line + exit 2 (1 for a failed run), a run stopped after saving
+    its progress, Ctrl-C and SIGTERM into exit 130 or 143, a closed stdout into a quiet exit 141, a
+    bug into one line + exit 1; never a traceback."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
@@ -85,6 +87,8 @@ def run_wrapper(command):
             return result
         except ForceError as exc:
             raise fail(str(exc), exc.exit_code) from None
+        except Stopped as exc:  # not an error: it says where the progress went (rank 0 alone, under torchrun)
+            raise (stopped(str(exc), exc.exit_code) if exc.announce else typer.Exit(exc.exit_code)) from None
         except KeyboardInterrupt as exc:
             raise _interrupted(exc) from None
         except BrokenPipeError:

@@ -1,7 +1,7 @@
 """`force sweep`: prune -> train -> eval for every method x sparsity x seed of a recipe; resumable.
 
-The library (``sweep.run_sweep``) runs the cells; this module shows progress, names what an
-interruption kept, and writes the report (``sweep_report.write_report``).
+The library (``sweep.job.run_sweep``) runs the cells; this module shows progress, names what an
+interruption kept, and writes the report (``sweep.report.write_report``).
 """
 
 from __future__ import annotations
@@ -13,13 +13,13 @@ import typer
 
 from force_cli.cli.console import progress_bar, stderr, stdout, warn
 from force_cli.cli.options import QuietOpt, ThreadsOpt, path
-from force_cli.cli.status import FAILED, fail, interruption, run_wrapper, stopped
+from force_cli.cli.status import interruption, run_wrapper, stopped
 from force_cli.config import load_recipe
 from force_cli.errors import ForceError
 from force_cli.locking import hold
 from force_cli.models.trust import trusted_model_code
 from force_cli.safe_text import one_line
-from force_cli.sweep_report import write_report
+from force_cli.sweep.report import write_report
 from force_cli.threads import apply_threads
 
 EPILOG = ("Examples:\n\n"
@@ -48,8 +48,6 @@ def sweep(
     from force_cli.distributed import launch_from_env
     from force_cli.sweep import (SweepHooks, check_jobs, check_out_dir, check_recipe, expand_grid, finished_cells,
                                  run_sweep, sweep_settings)
-    from force_cli.training.job import TrainingInterrupted
-    from force_cli.training.loop import TrainingDiverged
 
     if launch_from_env() is not None:
         raise ForceError("force sweep does not run under torchrun; run it without torchrun, with --jobs N to use "
@@ -99,10 +97,6 @@ def sweep(
             with trusted_model_code(only=str(loaded.common.get("model"))):
                 records = run_sweep(loaded, out, SweepHooks(on_cell_start=on_cell_start, on_cell_done=on_cell_done,
                                                             on_warning=on_warning), jobs=jobs)
-        except TrainingInterrupted as exc:
-            raise stopped(f"sweep interrupted ({exc}); run the same command again to continue", exc.exit_code) from None
-        except TrainingDiverged as exc:
-            raise fail(f"{exc}; the finished cells are kept in {out}", FAILED) from None
         except KeyboardInterrupt as exc:  # outside training (pruning or evaluating a cell)
             name, code = interruption(exc)
             raise stopped(f"sweep interrupted ({name}); the finished cells are kept in {out}; "

@@ -11,21 +11,23 @@ from typing import Annotated, Optional
 
 import typer
 
-from force_cli.checkpoint_files import check_existing
+from force_cli.checkpoint.paths import check_existing
 from force_cli.cli.console import progress_bar, stderr, warn
 from force_cli.cli.options import (CompactOpt, DeviceOpt, QuietOpt, RecipeOpt, ThreadsOpt, TrustOpt, default, flag,
                                    honours_trust, names, path, train_default)
-from force_cli.cli.status import BAD_INPUT, FAILED, INTERRUPTED, SUCCESS, TERMINATED, fail, run_wrapper, stopped
+from force_cli.cli.status import BAD_INPUT, FAILED, INTERRUPTED, SUCCESS, TERMINATED, run_wrapper
 from force_cli.config import TrainSettings, load_recipe, resolve
+from force_cli.data.catalog import DATASETS
 from force_cli.errors import ForceError
 from force_cli.threads import apply_threads
-from force_cli.training.settings import ADAM_DEFAULT_LR, LR_SCHEDULES, OPTIMIZERS, TRAIN_DEFAULTS
+from force_cli.training.settings import ADAM_DEFAULT_LR, LR_SCHEDULES, OPTIMIZERS
 
 
 def _defaults_by_dataset() -> str:
     """The per-dataset training defaults, one line per distinct set, for `force train --help`."""
     groups: dict[str, list[str]] = {}
-    for name, d in TRAIN_DEFAULTS.items():
+    for name, spec in DATASETS.items():
+        d = spec.train.as_dict()
         milestones = ",".join(map(str, d["milestones"]))
         line = (f"{d['optimizer']} lr {d['lr']:g} momentum {d['momentum']:g} weight decay {d['weight_decay']:g}, "
                 f"batch {d['batch_size']}, {d['epochs']} epochs, lr x{d['gamma']:g} after {milestones}, "
@@ -122,8 +124,8 @@ def train(
     # torch-free start-up: the library loads torch, so it is imported once the input is known to be there
     from force_cli.device import resolve_device
     from force_cli.distributed import is_main, launch_from_env
-    from force_cli.training.job import TrainingInterrupted, train_checkpoint
-    from force_cli.training.loop import TrainCallbacks, TrainingDiverged
+    from force_cli.training.job import train_checkpoint
+    from force_cli.training.loop import TrainCallbacks
 
     quiet = quiet or not is_main()  # under torchrun only rank 0 reports (and prints the path)
     wants_amp = settings.get("amp") if isinstance(settings, dict) else settings.amp
@@ -153,19 +155,13 @@ def train(
                     f"epoch {r['epoch']}  lr {r['lr']:g}  train {r['train_loss']:.4f} {r['train_acc']:.2%}{val}"
                     f"  test {r['test_loss']:.4f} {r['test_acc']:.2%}  {r['seconds']:.1f}s", highlight=False, soft_wrap=True)
 
-        try:
-            result = train_checkpoint(
-                checkpoint, output, settings, resume=resume, seed=pick(seed, "seed"),
-                data_dir=pick(data_dir, "data_dir"), download=pick(download, "download", True), device=device,
-                overwrite=overwrite, log=log, callbacks=TrainCallbacks(on_start=on_start, on_batch=on_batch, on_epoch=on_epoch, on_warning=warn),
-                compact=compact,
-            )
-        except TrainingInterrupted as exc:
-            if not is_main():  # rank 0 says where the progress went
-                raise typer.Exit(exc.exit_code) from None
-            raise stopped(str(exc), exc.exit_code) from None
-        except TrainingDiverged as exc:
-            raise fail(str(exc), FAILED) from None
+        # a divergence or an interruption (progress saved) reaches run_wrapper, which names its exit code
+        result = train_checkpoint(
+            checkpoint, output, settings, resume=resume, seed=pick(seed, "seed"),
+            data_dir=pick(data_dir, "data_dir"), download=pick(download, "download", True), device=device,
+            overwrite=overwrite, log=log, callbacks=TrainCallbacks(on_start=on_start, on_batch=on_batch, on_epoch=on_epoch, on_warning=warn),
+            compact=compact,
+        )
     if not quiet:
         m = result.metrics
         stderr.print(f"trained {len(result.history)} epochs: test accuracy {m['test_acc']:.2%} (loss {m['test_loss']:.4f})",

@@ -2,9 +2,12 @@
 
 One module per concern, as in ``pruning/`` and ``training/``:
 
-- ``names``: the registry's names and the splits, without torch (for ``--help`` and name errors);
-- ``types``: DatasetInfo, DatasetSpec, DataSplits (no behaviour);
-- ``registry``: the ``DATASETS`` registry, the data directory, ``load_datasets``;
+- ``names``: how a dataset is named and split, without torch;
+- ``types``: DatasetInfo, DatasetSpec, TrainDefaults, DataSplits (no behaviour, no torch);
+- ``catalog``: the ``DATASETS`` registry, each dataset with its reader and training defaults,
+  without torch (for ``--help`` and name errors);
+- ``holdout``: the validation split that training holds out and pruning never draws from;
+- ``registry``: the data directory, ``dataset_info``, ``load_datasets``;
 - ``readers/``: one module per file format (CIFAR binary, MNIST idx, SVHN, image folders, digits,
   synthetic), each with its folder layout in its docstring;
 - ``arrays``: in-memory datasets (one uint8 tensor per split, transformed batch by batch);
@@ -31,9 +34,9 @@ _EXPORTS = {
     "BatchStream": "loaders", "make_loader": "loaders",
     "SYNTHETIC_TEST_SIZE": "readers.synthetic", "SYNTHETIC_TRAIN_SIZE": "readers.synthetic",
     "SyntheticDataset": "readers.synthetic",
-    "DATASETS": "registry", "dataset_info": "registry", "dataset_names": "registry",
+    "DATASETS": "catalog", "dataset_info": "registry", "dataset_names": "catalog", "train_defaults": "catalog",
     "default_data_dir": "registry", "load_datasets": "registry",
-    "DatasetInfo": "types", "DatasetSpec": "types", "DataSplits": "types",
+    "DatasetInfo": "types", "DatasetSpec": "types", "DataSplits": "types", "TrainDefaults": "types",
 }
 __all__ = list(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -1,17 +1,9 @@
-"""The dataset registry's names and the splits of a dataset, importable without torch.
+"""How a dataset is named and split, importable without torch and without the registry.
 
-``force --help`` and the "unknown dataset" error need only names; importing the registry itself
-(``data/registry.py``) loads torch, which takes seconds. ``DATASET_NAMES`` must list exactly the
-registry's names, in its order: ``tests/test_startup.py`` compares it with ``DATASETS``.
+The registry's names themselves are ``data/catalog.py``'s ``DATASET_NAMES`` (torch-free too).
 """
 
 from __future__ import annotations
-
-#: ``DATASETS``' names (data/registry.py), in registry order.
-DATASET_NAMES: tuple[str, ...] = (
-    "cifar10", "cifar100", "mnist", "fashion-mnist", "svhn", "tiny-imagenet", "imagenet", "imagefolder",
-    "digits", "synthetic",
-)
 
 #: The parts of a dataset a checkpoint can be evaluated on (``force eval --split``); ``val`` is the
 #: part of the training set held out during training.

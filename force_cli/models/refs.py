@@ -23,7 +23,7 @@ from force_cli.errors import ConfigError, IncompatibleError
 from force_cli.safe_text import brief
 from force_cli.models.imagenet import torchvision_models
 # the trust setting lives apart so that the CLI can set it without loading torch; re-exported here
-from force_cli.models.trust import TORCHVISION, _trusted, check_trusted, is_reference, runs_code, trusted_model_code  # noqa: F401
+from force_cli.models.trust import TORCHVISION, check_trusted, is_reference, runs_code, trusted_model_code  # noqa: F401
 
 _IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
 _IMPORT_PATH = re.compile(rf"{_IDENT}(\.{_IDENT})*:{_IDENT}(\.{_IDENT})*")

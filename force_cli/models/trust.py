@@ -40,6 +40,19 @@ def trusted_model_code(trust: bool = True, *, only: str | None = None):
         _trusted.reset(token)
 
 
+def current_trust() -> bool | frozenset[str]:
+    """The trust in force here (True, False, or the references trusted), to hand to a worker process."""
+    return _trusted.get()
+
+
+def adopt_trust(trust: bool | frozenset[str]) -> None:
+    """Take on, for the rest of this process, the trust of the process that started it
+    (``current_trust()`` there): a sweep worker rebuilds what its parent may, not more."""
+    if not (isinstance(trust, bool) or (isinstance(trust, frozenset) and all(isinstance(n, str) for n in trust))):
+        raise TypeError(f"a trust setting is True, False or a frozenset of references, not {trust!r}")
+    _trusted.set(trust)
+
+
 def check_trusted(name: str) -> None:
     """Refuse to rebuild a checkpoint's import-path model unless the user opted in."""
     trusted = _trusted.get()

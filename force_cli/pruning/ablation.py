@@ -19,20 +19,20 @@ the recorded seed, model and init, and must equal every weight the checkpoint ke
 from __future__ import annotations
 
 import dataclasses
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 from torch import nn
 
-import force_cli
 from force_cli.checkpoint import Checkpoint, check_new_output, save_checkpoint
+from force_cli.checkpoint.metadata import provenance
 from force_cli.config import PruneConfig, check_section
 from force_cli.errors import CheckpointError, ConfigError
 from force_cli.models import build_model
 from force_cli.models.trust import check_trusted
 from force_cli.pruning.ablation_names import check_ablation
-from force_cli.pruning.job import build_initial_model, check_connectivity, prune_to_checkpoint
+from force_cli.pruning.connectivity import check_connectivity
+from force_cli.pruning.job import build_initial_model, prune_to_checkpoint
 from force_cli.pruning.loop import PruneResult
 from force_cli.pruning.masks import Masks, count_kept
 from force_cli.restore import load_for_model
@@ -128,7 +128,6 @@ def ablate_checkpoint(source: str | Path, ablation: str, output: str | Path, *, 
         metadata["pruning_result"] = found | {"unranked_steps": [], "warnings": result.warnings}
     else:  # reinit: the whole network drawn afresh, the mask kept
         state = _build(cfg, ckpt, seed, str(source)).state_dict()
-    metadata |= {"ablation": record, "force_cli_version": force_cli.__version__,
-                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    metadata |= {"ablation": record} | provenance()
     save_checkpoint(output, state, masks, metadata, compact=compact)
     return output, record

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from force_cli.config import PruneConfig, exact_text
+from force_cli.checkpoint.paths import pruned_output
+from force_cli.config import PruneConfig
 from force_cli.errors import ConfigError, UnknownNameError
 from force_cli.models.names import INIT_NAMES, MODEL_NAMES, is_model_name
 from force_cli.pruning.budgets import check_budget
@@ -18,7 +19,7 @@ from force_cli.pruning.ties import check_tie_rule
 
 
 def default_output(cfg: PruneConfig) -> Path:
-    return Path(f"{cfg.model}-{cfg.dataset}-{cfg.method}-s{exact_text(cfg.sparsity)}-seed{cfg.seed}.safetensors")
+    return pruned_output(cfg.model, cfg.dataset, cfg.method, cfg.sparsity, cfg.seed)
 
 
 def validate(cfg: PruneConfig) -> None:

@@ -7,26 +7,24 @@ a private copy, and writes the checkpoint atomically.
 
 from __future__ import annotations
 
-import platform
 from collections.abc import Callable
 from dataclasses import asdict
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
-import force_cli
 from force_cli import distributed
 from force_cli.checkpoint import check_new_output, save_checkpoint
+from force_cli.checkpoint.metadata import provenance
 from force_cli.config import PruneConfig
 from force_cli.data import BatchStream, dataset_info, load_datasets
+from force_cli.data.holdout import default_fraction
 from force_cli.device import resolve_device
-from force_cli.errors import DisconnectedError
 from force_cli.models import build_model, check_compatible
 from force_cli.pruning.checks import default_output, validate
+from force_cli.pruning.connectivity import check_connectivity
 from force_cli.pruning.loop import PruneResult, StepInfo, prune
 from force_cli.pruning.methods import get_method
-from force_cli.pruning.masks import prunable_weights
 
 
 def prune_to_checkpoint(
@@ -64,7 +62,7 @@ def _prune(cfg: PruneConfig, output: Path, device: torch.device, on_step, on_sta
                       image_size=info.image_size, imagenet_style=info.imagenet_style)
     check_compatible(cfg.model, **model_args)
 
-    val_fraction = holdout_fraction(cfg, info.name)
+    val_fraction = default_fraction(info.name, cfg.val_fraction)  # resolved: imagefolder's own data folder
     stream = None
     if method.needs_data:
         # The same split `train` makes with the same seed: validation images stay unseen.
@@ -104,10 +102,7 @@ def _prune(cfg: PruneConfig, output: Path, device: torch.device, on_step, on_sta
         # what the pruning run found out about its own mask (see check_connectivity)
         "pruning_result": connectivity | {"unranked_steps": result.unranked_steps, "warnings": result.warnings},
         "seed": cfg.seed,
-        "force_cli_version": force_cli.__version__,
-        "torch_version": torch.__version__,
-        "python_version": platform.python_version(),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **provenance(),
         **(extra_metadata or {}),
     }
     if distributed.is_main():
@@ -120,61 +115,3 @@ def build_initial_model(cfg: PruneConfig, model_args: dict):
     """The network `force prune` starts from, θ0: seeded with ``cfg.seed``, then built and initialised."""
     torch.manual_seed(cfg.seed)
     return build_model(cfg.model, init=cfg.init, **model_args)
-
-
-def holdout_fraction(cfg: PruneConfig, dataset: str) -> float:
-    """The validation fraction `train` will hold out by default, which pruning must not draw from.
-
-    ``dataset`` is the registry name of ``cfg.dataset`` (already resolved, with its data folder)."""
-    if cfg.val_fraction is not None:
-        return cfg.val_fraction
-    from force_cli.training.settings import TRAIN_DEFAULTS
-
-    return float(TRAIN_DEFAULTS.get(dataset, {}).get("val_fraction", 0.0))
-
-
-def _step_ranges(steps: list[int]) -> str:
-    """[3, 4, 5, 9] -> '3-5, 9'."""
-    parts, start = [], None
-    for i, s in enumerate(steps):
-        if start is None:
-            start = s
-        if i + 1 == len(steps) or steps[i + 1] != s + 1:
-            parts.append(f"{start}" if start == s else f"{start}-{s}")
-            start = None
-    return ", ".join(parts)
-
-
-def check_connectivity(model, result: PruneResult, input_shape: tuple[int, ...], *, allow: bool) -> dict:
-    """Refuse (or, with ``allow``, warn about) a mask that cannot learn; warn about an unranked last step.
-
-    A network is disconnected when no path of kept weights links input and output (effective
-    density 0) or when its output layer, the last prunable layer, keeps no weight. Warnings are
-    appended to ``result.warnings``; the effective density is returned for the metadata.
-    """
-    from force_cli.report import effective_masks
-
-    effective = effective_masks(model, result.masks, input_shape)
-    effective_kept = sum(int(m.sum()) for m in effective.values())
-    output_layer = list(prunable_weights(model))[-1]
-    unranked = result.unranked_steps
-    # Only the last step decides the mask: earlier ties among zero scores are re-scored by the next
-    # step (dead units whose weights all score 0 are common and harmless there). They are recorded.
-    if result.steps in unranked:
-        result.warnings.append(
-            f"the last pruning step had fewer non-zero scores than weights to keep, so some of the kept "
-            f"weights were chosen by position, not by score (unranked steps: {_step_ranges(unranked)}); "
-            f"more --steps or a lower --sparsity lets the criterion rank them"
-        )
-    problem = None
-    if not bool(result.masks[output_layer].any()):  # the more specific of the two: say it first
-        problem = f"the output layer '{output_layer}' keeps no weight"
-    elif effective_kept == 0:
-        problem = "no path of kept weights links the input to the output (effective density 0)"
-    if problem is not None:
-        advice = "use more --steps or a lower --sparsity"
-        if not allow:
-            raise DisconnectedError(f"pruning left a network that cannot learn: {problem}; {advice}, "
-                                    f"or pass --allow-disconnected to write it anyway")
-        result.warnings.append(f"the network cannot learn: {problem} ({advice})")
-    return {"effective_density": effective_kept / result.total, "disconnected": problem is not None}

@@ -118,7 +118,7 @@ def peak_bytes(fn: Callable[[], Any], device: torch.device) -> int:
         fn()
         _sync(device)
         return torch.cuda.max_memory_allocated(device) - base
-    from torch.profiler import ProfilerActivity, profile
+    from torch.profiler import ProfilerActivity, profile  # only on the CPU path: the profiler is a heavy import
 
     with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()

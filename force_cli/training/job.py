@@ -3,7 +3,7 @@
     from force_cli.training.job import train_checkpoint
     result = train_checkpoint("lenet.safetensors", settings=TrainSettings(epochs=30))
 
-Files (``X.safetensors`` the input):
+Files (``X.safetensors`` the input; every name from ``checkpoint/paths.py``):
   * output: ``-o`` or ``X-trained.safetensors`` next to the input; never the input itself, and an
     existing file only with ``overwrite``;
   * partial checkpoint: the output's name with ``.partial.safetensors`` (``X-trained.partial.safetensors``),
@@ -24,17 +24,14 @@ from __future__ import annotations
 
 import contextlib
 import os
-import platform
 import tempfile
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, is_dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import torch
 
-import force_cli
 from force_cli import distributed
 from force_cli.checkpoint import (
     Checkpoint,
@@ -43,31 +40,22 @@ from force_cli.checkpoint import (
     save_checkpoint,
 )
 from force_cli.atomic import remove_stale
+from force_cli.checkpoint.metadata import check_seed, provenance
+from force_cli.checkpoint.paths import PARTIAL_SUFFIX, SUFFIX, partial_path, same_file, trained_output
 from force_cli.config import TrainSettings, check_int_bounds, check_section
-from force_cli.data import dataset_info, load_datasets
+from force_cli.data import dataset_info, holdout, load_datasets
 from force_cli.device import resolve_device
-from force_cli.errors import CheckpointError, ConfigError, OutputError
+from force_cli.errors import CheckpointError, ConfigError, OutputError, TrainingDiverged, TrainingInterrupted
 from force_cli.locking import hold
 from force_cli.evaluation import check_dataset_fits, recorded_data_dir
 from force_cli.restore import load_for_model, model_from_checkpoint
 from force_cli.training import ddp, epoch_log
-from force_cli.training.loop import Interrupted, TrainCallbacks, Trainer, TrainingDiverged, autocast_dtype
+from force_cli.training.loop import Interrupted, TrainCallbacks, Trainer, autocast_dtype
 from force_cli.training.settings import complete_settings
 from force_cli.training.state import StopFlag, stop_on_signals
 
-SUFFIX = ".safetensors"
-PARTIAL_SUFFIX = ".partial.safetensors"
 #: Metadata fields that describe a training run; not carried over from an input checkpoint.
 _RUN_FIELDS = ("format", "stage", "training", "history", "metrics", "created")
-
-
-class TrainingInterrupted(Exception):
-    """Training stopped on Ctrl-C, SIGTERM or a StopFlag after saving a partial checkpoint."""
-
-    def __init__(self, message: str, partial: Path, reason: str):
-        super().__init__(message)
-        self.partial, self.reason = partial, reason
-        self.exit_code = 143 if reason == "SIGTERM" else 130
 
 
 @dataclass
@@ -77,52 +65,6 @@ class TrainResult:
     metrics: dict  # the last epoch's losses and accuracies
     settings: TrainSettings  # complete
     seed: int
-
-
-def _stem(path: Path) -> str:
-    return path.name[: -len(SUFFIX)] if path.name.endswith(SUFFIX) else path.stem
-
-
-def default_output(checkpoint: str | Path) -> Path:
-    """``X.safetensors`` -> ``X-trained.safetensors`` in the same folder; for a partial checkpoint
-    ``Y.partial.safetensors`` -> ``Y.safetensors`` (the run's own output)."""
-    checkpoint = Path(checkpoint)
-    if checkpoint.name.endswith(PARTIAL_SUFFIX) and len(checkpoint.name) > len(PARTIAL_SUFFIX):
-        return checkpoint.with_name(checkpoint.name[: -len(PARTIAL_SUFFIX)] + SUFFIX)
-    return checkpoint.with_name(f"{_stem(checkpoint)}-trained{SUFFIX}")
-
-
-def partial_path(output: str | Path) -> Path:
-    """Where a run writing ``output`` keeps its partial checkpoint."""
-    output = Path(output)
-    return output.with_name(_stem(output) + PARTIAL_SUFFIX)
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    return a.resolve() == b.resolve()
-
-
-def pruning_holdout(metadata: Mapping[str, Any]) -> dict[str, Any]:
-    """The validation fraction pruning kept its batches out of, as a default for training's split.
-
-    With the same seed (the default), training then holds out exactly the images pruning never saw.
-    """
-    pruning = metadata.get("pruning")
-    fraction = pruning.get("val_fraction") if isinstance(pruning, dict) else None
-    if isinstance(fraction, (int, float)) and not isinstance(fraction, bool) and 0 <= fraction < 1:
-        return {"val_fraction": float(fraction)}
-    return {}
-
-
-def holdout_mismatch(metadata: Mapping[str, Any], val_fraction: float, seed: int) -> list[str]:
-    """A warning when this run's validation split is not the one pruning kept its batches out of."""
-    held = pruning_holdout(metadata).get("val_fraction")
-    pruned_seed = metadata.get("seed")
-    if held is None or not val_fraction or (held == val_fraction and pruned_seed == seed):
-        return []
-    return [f"the validation split (fraction {val_fraction:g}, seed {seed}) is not the one pruning held out "
-            f"(fraction {held:g}, seed {pruned_seed}), so pruning may have seen some validation images; "
-            f"keep the defaults, or prune with the same --val-fraction and --seed"]
 
 
 def _chosen(settings: TrainSettings | Mapping[str, Any] | None) -> dict[str, Any]:
@@ -135,6 +77,22 @@ def _chosen(settings: TrainSettings | Mapping[str, Any] | None) -> dict[str, Any
     if unknown:
         raise ConfigError(f"unknown training setting '{unknown[0]}'; known settings are: {', '.join(sorted(known))}")
     return {k: v for k, v in settings.items() if v is not None}
+
+
+@dataclass(frozen=True)
+class TrainPlan:
+    """What a run trains and writes, decided once from the pruned checkpoint or the partial one
+    (``plan_run``) before anything is locked or loaded."""
+
+    ckpt: Checkpoint  # the input: a pruned (or trained) checkpoint, or a partial one to resume
+    source: Path  # its path
+    output: Path  # the trained checkpoint to write
+    partial: Path  # where progress is saved
+    settings: TrainSettings  # chosen and saved ones; None fields: the dataset's defaults
+    seed: int
+    origin: str  # the pruned checkpoint the run started from (recorded in the metadata)
+    state: dict | None  # a partial's training state (``Trainer.state()``); None: a fresh run
+    recorded_world_size: int | None  # the processes that wrote the partial; None: a fresh run
 
 
 def _resume_state(ckpt: Checkpoint, path: Path) -> tuple[dict, dict]:
@@ -152,11 +110,61 @@ def _resume_state(ckpt: Checkpoint, path: Path) -> tuple[dict, dict]:
             else "start again from the pruned checkpoint with `force train`"
         raise CheckpointError(f"the partial checkpoint '{path}' has lost its training state, so it cannot be "
                               f"resumed; {start}")
-    seed = training.get("seed", 0)
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
-        raise CheckpointError(f"the partial checkpoint '{path}' records the seed {seed!r}, not an integer in "
-                              "[0, 4294967295]; the file is corrupt")
+    check_seed(training.get("seed", 0), f"the partial checkpoint '{path}'")
     return training, resume
+
+
+def _saved_settings(training: dict, source: Path, chosen: dict) -> dict:
+    """A partial's training settings, checked; the optimizer cannot change on resume."""
+    saved = {f.name: training[f.name] for f in fields(TrainSettings) if f.name in training}
+    try:
+        saved = check_section(saved, TrainSettings, f"'{source}': training settings")
+    except ConfigError as exc:
+        raise CheckpointError(f"{exc}; the partial checkpoint is corrupt") from None
+    if chosen.get("optimizer", saved.get("optimizer")) != saved.get("optimizer"):
+        raise ConfigError(f"cannot switch the optimizer from '{saved.get('optimizer')}' when resuming; "
+                          f"start a new run from the pruned checkpoint instead")
+    return saved
+
+
+def plan_run(checkpoint: str | Path | None, output: str | Path | None, settings, resume: str | Path | None,
+             seed: int | None) -> TrainPlan:
+    """Load the input and decide the run's settings, seed and files; refuse bad input (one line).
+
+    A fresh run starts from the pruned checkpoint's holdout (``data/holdout.py``) and seed; a resumed
+    one from the partial's saved ``training`` block. Settings given win over both."""
+    if (checkpoint is None) == (resume is None):
+        raise ConfigError("give either a checkpoint to train or --resume PARTIAL, not both" if checkpoint is not None
+                          else "no checkpoint given; pass the checkpoint to train (made by `force prune`) or --resume PARTIAL")
+    source = Path(resume if resume is not None else checkpoint)
+    ckpt = load_for_model(source)
+    chosen = _chosen(settings)
+    if resume is not None:
+        training, state = _resume_state(ckpt, source)
+        saved = _saved_settings(training, source, chosen)
+        recorded_seed = training.get("seed", 0)
+        recorded_world_size = training.get("world_size", 1)  # 1: written before torchrun was supported
+    else:
+        if ckpt.stage == "partial":
+            raise ConfigError(f"'{source}' is the partial checkpoint of an interrupted run; continue it with: "
+                              f"force train --resume {source}")
+        training, state, recorded_world_size = {}, None, None
+        held = holdout.pruned_fraction(ckpt.metadata)
+        saved = {"val_fraction": held} if held is not None else {}
+        recorded_seed = ckpt.metadata.get("seed")
+    run_seed = seed if seed is not None else (recorded_seed if isinstance(recorded_seed, int) else 0)
+    if seed is None:
+        check_seed(run_seed, f"'{source}'", "pass --seed N to choose one")
+    check_int_bounds("seed", run_seed)
+    output = Path(output) if output is not None else trained_output(source)
+    partial = partial_path(output)
+    for path, what in ((output, "output"), (partial, "partial checkpoint")):
+        if same_file(path, source) and not (resume is not None and what == "partial checkpoint"):
+            raise ConfigError(f"the {what} '{path}' would overwrite the input checkpoint; choose another -o path")
+    return TrainPlan(ckpt=ckpt, source=source, output=output, partial=partial,
+                     settings=TrainSettings(**(saved | chosen)), seed=run_seed,
+                     origin=str(training.get("source", source)), state=state,
+                     recorded_world_size=recorded_world_size)
 
 
 def train_checkpoint(
@@ -181,72 +189,44 @@ def train_checkpoint(
     its metadata); return where it is and what it reached.
 
     ``settings``: the training settings chosen (None fields: the dataset's defaults,
-    ``training.settings.TRAIN_DEFAULTS``); on resume only the ones given override the saved run's.
+    ``DatasetSpec.train`` in ``data/catalog.py``); on resume only the ones given override the saved run's.
     ``seed`` defaults to the checkpoint's (pruning) seed. ``data_dir`` defaults to the folder the
     checkpoint was made with, if it exists here. With ``catch_signals`` Ctrl-C and SIGTERM save a
     partial checkpoint and raise ``TrainingInterrupted``; so does setting ``stop``.
     Raises ForceError for bad input (before any training), ``TrainingDiverged`` when the loss
     becomes NaN or infinite (the last good partial checkpoint is kept).
     """
-    if (checkpoint is None) == (resume is None):
-        raise ConfigError("give either a checkpoint to train or --resume PARTIAL, not both" if checkpoint is not None
-                          else "no checkpoint given; pass the checkpoint to train (made by `force prune`) or --resume PARTIAL")
-    source = Path(resume if resume is not None else checkpoint)
-    ckpt = load_for_model(source)
-    metadata = ckpt.metadata
-    chosen = _chosen(settings)
-
-    if resume is not None:
-        training, state = _resume_state(ckpt, source)
-        saved = {f.name: training[f.name] for f in fields(TrainSettings) if f.name in training}
-        try:
-            saved = check_section(saved, TrainSettings, f"'{source}': training settings")
-        except ConfigError as exc:
-            raise CheckpointError(f"{exc}; the partial checkpoint is corrupt") from None
-        if chosen.get("optimizer", saved.get("optimizer")) != saved.get("optimizer"):
-            raise ConfigError(f"cannot switch the optimizer from '{saved.get('optimizer')}' when resuming; "
-                              f"start a new run from the pruned checkpoint instead")
-        base = TrainSettings(**(saved | chosen))
-        run_seed = seed if seed is not None else int(training.get("seed", 0))
-        origin = str(training.get("source", source))
-        recorded_world_size = training.get("world_size", 1)  # 1: written before torchrun was supported
-    else:
-        if ckpt.stage == "partial":
-            raise ConfigError(f"'{source}' is the partial checkpoint of an interrupted run; continue it with: "
-                              f"force train --resume {source}")
-        state = None
-        base = TrainSettings(**(pruning_holdout(metadata) | chosen))
-        recorded = metadata.get("seed")
-        run_seed = seed if seed is not None else (recorded if isinstance(recorded, int) else 0)
-        origin = str(source)
-        recorded_world_size = None
-
-    if seed is None and not 0 <= run_seed <= 2**32 - 1:
-        raise CheckpointError(f"'{source}' records the seed {run_seed}, outside [0, 4294967295]; "
-                              "pass --seed N to choose one")
-    check_int_bounds("seed", run_seed)
-    output = Path(output) if output is not None else default_output(source)
-    partial = partial_path(output)
-    for path, what in ((output, "output"), (partial, "partial checkpoint")):
-        if _same_file(path, source) and not (resume is not None and what == "partial checkpoint"):
-            raise ConfigError(f"the {what} '{path}' would overwrite the input checkpoint; choose another -o path")
+    plan = plan_run(checkpoint, output, settings, resume, seed)
+    output, partial, source = plan.output, plan.partial, plan.source
     check_new_output(output, overwrite)
-    check_launch(base, device, recorded_world_size, source)
+    check_launch(plan.settings, device, plan.recorded_world_size, source)
     log_path = check_log(log, {"input checkpoint": source, "output": output, "partial checkpoint": partial})
     # Under torchrun every rank trains, rank 0 alone locks and writes the files (the others wait for it).
     with distributed.session(device) as device:
         main = distributed.is_main()
         with hold((output, "output"), (partial, "partial checkpoint")) if main else contextlib.nullcontext():
             check_new_output(output, overwrite)  # again: another command may have written it meanwhile
-            if partial.exists() and not overwrite and not _same_file(partial, source):
+            if partial.exists() and not overwrite and not same_file(partial, source):
                 raise ConfigError(f"a partial checkpoint of an earlier run exists at '{partial}'; continue it with: "
                                   f"force train --resume {partial}  (or pass --overwrite to start over)")
             if main:
                 remove_stale(output)
                 remove_stale(partial)
             distributed.barrier()
-            return _train(ckpt, source, output, partial, base, state, run_seed, origin, data_dir, download, device,
-                          log_path if main else None, callbacks, stop, catch_signals, compact)
+            options = _RunOptions(data_dir=data_dir, download=download, device=device,
+                                  log=log_path if main else None, compact=compact)
+            return _train(plan, options, callbacks, stop, catch_signals)
+
+
+@dataclass(frozen=True)
+class _RunOptions:
+    """Where a planned run reads its data, runs, logs and how it writes its result."""
+
+    data_dir: str | None
+    download: bool
+    device: str
+    log: Path | None  # the epoch log (rank 0 only)
+    compact: bool
 
 
 def check_launch(settings: TrainSettings, device: str, recorded_world_size, source: Path) -> None:
@@ -310,19 +290,20 @@ class _Log:
             self.file.close()
 
 
-def _train(ckpt, source, output, partial, base, state, run_seed, origin, data_dir, download, device,
-           log_path, callbacks, stop, catch_signals, compact=False) -> TrainResult:
+def _train(plan: TrainPlan, options: _RunOptions, callbacks: TrainCallbacks | None, stop: StopFlag | None,
+           catch_signals: bool) -> TrainResult:
     """The run itself, with the outputs locked (see ``train_checkpoint``)."""
+    ckpt, source, output, partial, state, run_seed = (plan.ckpt, plan.source, plan.output, plan.partial, plan.state,
+                                                      plan.seed)
     metadata = ckpt.metadata
-    dev = resolve_device(device)
+    dev = resolve_device(options.device)
     name = metadata["dataset"]
-    if data_dir is None:
-        data_dir = recorded_data_dir(metadata)
+    data_dir = options.data_dir if options.data_dir is not None else recorded_data_dir(metadata)
     info = dataset_info(name, data_dir)
     check_dataset_fits(info, metadata)
-    run = complete_settings(base, info.name)
+    run = complete_settings(plan.settings, info.name)
     model = model_from_checkpoint(ckpt, "cpu")
-    splits = load_datasets(info.name, data_dir, download=download, val_fraction=run.val_fraction,
+    splits = load_datasets(info.name, data_dir, download=options.download, val_fraction=run.val_fraction,
                            seed=run_seed, augment=run.augment)
     trainer = Trainer(model, ckpt.masks, splits, run, seed=run_seed, device=dev)
     if state is not None:
@@ -335,7 +316,7 @@ def _train(ckpt, source, output, partial, base, state, run_seed, origin, data_di
     carried = {k: v for k, v in metadata.items() if k not in _RUN_FIELDS}
     warnings = list(ckpt.warnings)
     if state is None:
-        warnings += holdout_mismatch(metadata, run.val_fraction, run_seed)
+        warnings += holdout.mismatch(metadata, run.val_fraction, run_seed)
     for warning in warnings:
         if callbacks is not None and callbacks.on_warning is not None:
             callbacks.on_warning(warning)
@@ -345,22 +326,17 @@ def _train(ckpt, source, output, partial, base, state, run_seed, origin, data_di
     def training_metadata(epochs_done: int) -> dict:
         return asdict(run) | {
             "seed": run_seed, "device": str(dev), "amp_dtype": str(amp).removeprefix("torch.") if amp else None,
-            "data_dir": data_dir, "source": origin, "epochs_completed": epochs_done,
+            "data_dir": data_dir, "source": plan.origin, "epochs_completed": epochs_done,
             "world_size": distributed.world_size(),
             "seconds": round(sum(r["seconds"] for r in trainer.history), 3),
         }
-
-    def versions() -> dict:
-        return {"force_cli_version": force_cli.__version__, "torch_version": torch.__version__,
-                "python_version": platform.python_version(),
-                "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
     last_good: list[tuple[Path, int]] = [(source, trainer.epoch)] if state is not None else []
 
     def save_partial(t: Trainer) -> None:
         structure, tensors = t.state()  # on every rank: it gathers the ranks' RNG states
         if distributed.is_main():
-            meta = carried | versions() | {
+            meta = carried | provenance() | {
                 "stage": "partial",
                 "training": training_metadata(t.epoch) | {"resume": structure},
                 "history": t.history,
@@ -370,7 +346,7 @@ def _train(ckpt, source, output, partial, base, state, run_seed, origin, data_di
         last_good.append((partial, t.epoch))
 
     stop = stop or StopFlag()
-    log_file = _Log(log_path, stop) if log_path is not None else None
+    log_file = _Log(options.log, stop) if options.log is not None else None
     # The signal handlers stay in place until the trained checkpoint is written: a SIGTERM between
     # the last epoch and the final save only sets the flag, and the result is still saved.
     with stop_on_signals(stop) if catch_signals else contextlib.nullcontext():
@@ -384,7 +360,7 @@ def _train(ckpt, source, output, partial, base, state, run_seed, origin, data_di
                                   f"force train --resume {partial} --log-file OTHER.jsonl") from None
             raise TrainingInterrupted(
                 f"interrupted ({exc.reason}) {where}; progress saved to {partial}; continue with: "
-                f"force train --resume {partial}", partial, exc.reason) from None
+                f"force train --resume {partial}", partial, exc.reason, announce=distributed.is_main()) from None
         except TrainingDiverged as exc:
             lower = f"{run.lr / 10:g}"
             if last_good:
@@ -400,14 +376,14 @@ def _train(ckpt, source, output, partial, base, state, run_seed, origin, data_di
 
         last = history[-1]
         metrics = {k: v for k, v in last.items() if k not in ("lr", "seconds", "train_seconds", "eval_seconds")}
-        meta = carried | versions() | {
+        meta = carried | provenance() | {
             "stage": "trained",
             "training": training_metadata(trainer.epoch),
             "history": history,
             "metrics": metrics,
         }
         if distributed.is_main():
-            _save_final(output, trainer.model.state_dict(), ckpt.masks, meta, compact)
+            _save_final(output, trainer.model.state_dict(), ckpt.masks, meta, options.compact)
             with contextlib.suppress(OSError):
                 partial.unlink(missing_ok=True)
         distributed.barrier()
@@ -415,7 +391,7 @@ def _train(ckpt, source, output, partial, base, state, run_seed, origin, data_di
         raise OutputError(f"{log_file.error}; the trained checkpoint was written to {output} all the same")
     if stop.is_set:
         raise TrainingInterrupted(f"interrupted ({stop.reason}) after the last epoch; the trained checkpoint was "
-                                  f"written completely to {output}", output, stop.reason)
+                                  f"written completely to {output}", output, stop.reason, announce=distributed.is_main())
     return TrainResult(path=output, history=history, metrics=metrics, settings=run, seed=run_seed)
 
 

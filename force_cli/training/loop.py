@@ -30,7 +30,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
@@ -43,50 +43,19 @@ from force_cli.config import TrainSettings
 from force_cli.data import DataSplits
 from force_cli.data.arrays import to_device
 from force_cli.data.loaders import tensor_batches
-from force_cli.errors import CheckpointError, DataError
+from force_cli.errors import CheckpointError, DataError, NonFiniteLoss, TrainingDiverged
 from force_cli.evaluation import EvalMetrics, evaluate
 from force_cli.training import compiled, ddp
 from force_cli.training.masking import MaskEnforcer
 from force_cli.training.order import _loader, epoch_batches, epoch_seed, shard_size
 from force_cli.training.settings import OPTIMIZERS, lr_at
-from force_cli.training.state import StopFlag, optimizer_state_from_tensors, optimizer_state_to_tensors
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-class TrainingDiverged(Exception):
-    """The loss became NaN or infinite. Not a ForceError: the input was fine, the run failed (exit 1)."""
-
-
-class NonFiniteLoss(Exception):
-    def __init__(self, value: float):
-        super().__init__(f"the loss became {value}")
-        self.value = value
+from force_cli.training.state import (EpochTotals, StopFlag, check_progress, check_rng_state, checked_optimizer_state,
+                                      corrupt, optimizer_state_to_tensors)
 
 
 # --------------------------------------------------------------------------------------------
 # One epoch of training
 # --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class EpochTotals:
-    """Running sums of the current epoch (kept in partial checkpoints, so a resumed epoch reports
-    the same loss and accuracy as an uninterrupted one)."""
-
-    loss_sum: float = 0.0
-    correct: int = 0
-    seen: int = 0
-    batches: int = 0
-
-    @property
-    def loss(self) -> float:
-        return self.loss_sum / self.seen if self.seen else float("nan")
-
-    @property
-    def acc(self) -> float:
-        return self.correct / self.seen if self.seen else float("nan")
 
 
 def autocast_dtype(amp: bool, device: torch.device) -> torch.dtype | None:
@@ -319,61 +288,11 @@ class Trainer:
         }, tensors
 
     def load_state(self, structure: Mapping, tensors: Mapping[str, Tensor], history: list[dict]) -> None:
-        """Continue from a ``state()``; the optimizer's hyper-parameters are the current settings'.
-
-        A partial checkpoint is a file like any other: every field is checked (types, ranges,
-        tensor shapes and dtypes) before it is used, and any mismatch is a one-line CheckpointError.
-        """
-        def corrupt(what: str) -> CheckpointError:
-            return CheckpointError(f"the partial checkpoint's {what}; the file is corrupt, resume from an "
-                                   "earlier partial checkpoint or start again from the pruned one")
-
-        if not isinstance(structure, Mapping):
-            raise corrupt("training state is not a mapping")
-        epoch = structure.get("epoch")
-        if not _is_int(epoch) or not 0 <= epoch <= self.settings.epochs + 100_000:
-            raise corrupt(f"epoch {epoch!r} is not a non-negative integer")
-        totals = structure.get("totals")
-        if not isinstance(totals, Mapping) or set(totals) != {f.name for f in fields(EpochTotals)}:
-            raise corrupt("running totals are malformed")
-        if not all(_is_int(totals[k]) and totals[k] >= 0 for k in ("correct", "seen", "batches")) or not (
-                isinstance(totals["loss_sum"], (int, float)) and not isinstance(totals["loss_sum"], bool)
-                and math.isfinite(totals["loss_sum"])):
-            raise corrupt("running totals are not non-negative numbers")
-        if totals["batches"] >= self.batches_per_epoch or totals["correct"] > totals["seen"]:
-            raise corrupt(f"batch index {totals['batches']} is outside the epoch's {self.batches_per_epoch} batches")
-        seconds = structure.get("epoch_seconds", 0.0)
-        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not math.isfinite(seconds):
-            raise corrupt("epoch time is not a number")
-        if not isinstance(history, list) or not all(isinstance(r, Mapping) for r in history):
-            raise corrupt("history is not a list of epoch records")
-        if len(history) < epoch or any(not _is_int(r.get("epoch")) for r in history[:epoch]):
-            raise corrupt(f"history has {len(history)} epoch records for {epoch} finished epochs")
-        try:
-            sd = optimizer_state_from_tensors(structure["optimizer"], tensors)
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise corrupt(f"optimizer state is malformed ({type(exc).__name__})") from None
-        params = list(self.model.parameters())
-        groups = sd["param_groups"]
-        current = self.optimizer.state_dict()["param_groups"]
-        if len(groups) != len(current) or not all(isinstance(g, dict) and isinstance(g.get("params"), list)
-                                                  for g in groups) or \
-                sorted(i for g in groups for i in g["params"]) != list(range(len(params))):
-            raise corrupt("optimizer state does not fit the model")
-        # The hyper-parameters are the current settings' (set again below and at every epoch);
-        # only the parameter indices come from the file, so no saved value of the wrong type is used.
-        sd["param_groups"] = [{k: v for k, v in mine.items() if k != "params"} | {"params": saved["params"]}
-                              for mine, saved in zip(current, groups)]
-        for index, entry in sd["state"].items():
-            if not 0 <= index < len(params) or not isinstance(entry, dict):
-                raise corrupt("optimizer state names a parameter the model does not have")
-            for key, value in entry.items():
-                if torch.is_tensor(value) and value.dim() > 0 and (
-                        value.shape != params[index].shape or not value.dtype.is_floating_point):
-                    raise corrupt(f"optimizer state '{key}' of parameter {index} has shape {tuple(value.shape)} "
-                                  f"and dtype {value.dtype}, the parameter {tuple(params[index].shape)}")
-                if torch.is_tensor(value) and value.dim() == 0 and value.numel() != 1:
-                    raise corrupt(f"optimizer state '{key}' of parameter {index} is malformed")
+        """Continue from a ``state()``, every field checked first (``training.state``); the
+        optimizer's hyper-parameters are the current settings'."""
+        progress = check_progress(structure, history, epochs=self.settings.epochs,
+                                  batches_per_epoch=self.batches_per_epoch)
+        sd = checked_optimizer_state(structure, tensors, self.optimizer, list(self.model.parameters()))
         try:
             self.optimizer.load_state_dict(sd)
         except (ValueError, KeyError, RuntimeError, TypeError) as exc:
@@ -389,25 +308,15 @@ class Trainer:
                 raise corrupt("gradient-scaler state is malformed")
             self.scaler.load_state_dict(scaler)
         rng = ddp.own_rng_state(tensors.get("rng.cpu"))
-        reference = torch.get_rng_state()
-        if rng is None:
-            raise corrupt(f"RNG state is missing{' for one of the ' + str(self.world_size) + ' ranks' if self.world_size > 1 else ''}")
-        if rng.dtype != torch.uint8 or rng.shape != reference.shape:
-            raise corrupt(f"RNG state is {rng.dtype} of shape {tuple(rng.shape)}, not uint8 of {tuple(reference.shape)}")
-        try:  # torch checks the generator's own consistency; try it on a scratch generator
-            torch.Generator().set_state(rng)
-        except RuntimeError:
-            raise corrupt("RNG state is invalid") from None
         cuda_rng = ddp.own_rng_state(tensors.get("rng.cuda")) if self.device.type == "cuda" else None
-        if cuda_rng is not None and cuda_rng.dtype != torch.uint8:
-            raise corrupt("CUDA RNG state is not uint8")
-        self.epoch = epoch
+        check_rng_state(rng, cuda_rng, self.world_size)
+        self.epoch = progress.epoch
         # the saved totals are summed over the ranks: rank 0 carries them, the others start afresh
-        self.totals = EpochTotals(**totals) if self.rank == 0 else EpochTotals(batches=totals["batches"])
-        self.epoch_seconds = float(seconds)
+        self.totals = progress.totals if self.rank == 0 else EpochTotals(batches=progress.totals.batches)
+        self.epoch_seconds = progress.epoch_seconds
         self.rng_state = rng
         self.cuda_rng_state = cuda_rng
-        self.history = [dict(r) for r in history][: self.epoch]
+        self.history = progress.history
 
     # -- running --------------------------------------------------------------------------
 

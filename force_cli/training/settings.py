@@ -1,8 +1,9 @@
-"""Training settings: the defaults per dataset, the optimizers and the learning-rate schedules.
+"""Training settings: completing them from the dataset's defaults, the optimizers and the
+learning-rate schedules.
 
-Kept apart from the loop so that ``evaluation`` and ``pruning`` can read the defaults (the batch
-size, the held-out fraction) without importing the trainer, and free of torch at import so that
-``force train --help`` shows them at once (the optimizer builders import it when called).
+The defaults per dataset are a field of the dataset's registry entry (``data/catalog.py``).
+Free of torch at import so that ``force train --help`` shows them at once (the optimizer builders
+import it when called).
 """
 
 from __future__ import annotations
@@ -10,42 +11,15 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import fields
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from force_cli.config import TrainSettings, check_int_bounds
+from force_cli.data.catalog import train_defaults
 from force_cli.errors import ConfigError, UnknownNameError
 
 if TYPE_CHECKING:
     import torch
 
-
-#: The paper's code for CIFAR (naver/force, experiments.py): SGD, lr 0.1, momentum 0.9, weight
-#: decay 5e-4, batch 128, 350 epochs, lr x0.1 after epochs 150 and 250, 10% held out for validation.
-_PAPER_CIFAR = dict(epochs=350, optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=5e-4,
-                    lr_schedule="multistep", milestones=[150, 250], gamma=0.1, batch_size=128,
-                    val_fraction=0.1)
-
-#: Training defaults by dataset; a flag or the recipe's ``train:`` section overrides each one.
-TRAIN_DEFAULTS: dict[str, dict[str, Any]] = {
-    "cifar10": _PAPER_CIFAR,
-    "cifar100": _PAPER_CIFAR,
-    "svhn": _PAPER_CIFAR,
-    # The paper's code for Tiny-ImageNet: 300 epochs, x0.1 after 150 and 225, no validation split.
-    "tiny-imagenet": _PAPER_CIFAR | dict(epochs=300, milestones=[150, 225], val_fraction=0.0),
-    # The paper's ImageNet script (PyTorch's example): 90 epochs, batch 256, wd 1e-4, x0.1 every 30.
-    "imagenet": _PAPER_CIFAR | dict(epochs=90, milestones=[30, 60], weight_decay=1e-4, batch_size=256,
-                                    val_fraction=0.0),
-    "imagefolder": _PAPER_CIFAR | dict(epochs=90, milestones=[30, 60], weight_decay=1e-4, batch_size=256,
-                                       val_fraction=0.0),
-    # MNIST-like (not in the paper): the same optimizer, 40 epochs, x0.1 after 20 and 30.
-    "mnist": _PAPER_CIFAR | dict(epochs=40, milestones=[20, 30]),
-    "fashion-mnist": _PAPER_CIFAR | dict(epochs=40, milestones=[20, 30]),
-    # digits (1293 training images of 8x8 after the 10% validation split): 100 epochs of 41
-    # batches of 32, x0.1 after 50 and 75; a 99%-sparse LeNet-300-100 trains in about 4 s on a CPU.
-    "digits": _PAPER_CIFAR | dict(epochs=100, batch_size=32, milestones=[50, 75]),
-    # synthetic (smoke tests, benchmarks): 10 epochs, x0.1 after 5 and 8.
-    "synthetic": _PAPER_CIFAR | dict(epochs=10, milestones=[5, 8]),
-}
 
 #: The weights are float32: a learning rate or weight decay above float32's largest value becomes
 #: infinite in the optimizer's first step (torch refuses it there with a RuntimeError).
@@ -100,7 +74,7 @@ def lr_at(settings: TrainSettings, index: int) -> float:
 
 def complete_settings(settings: TrainSettings, dataset: str) -> TrainSettings:
     """``settings`` with every ``None`` replaced by ``dataset``'s default, validated."""
-    defaults = dict(TRAIN_DEFAULTS.get(dataset, _PAPER_CIFAR))
+    defaults = train_defaults(dataset).as_dict()
     if settings.optimizer == "adam":
         defaults["lr"] = ADAM_DEFAULT_LR
     values = {f.name: getattr(settings, f.name) for f in fields(settings)}

@@ -128,3 +128,7 @@ def cifar_builder(fmt: CifarFormat):
         return array_parts(x, y, tx, ty, train_tf, test_tf)
 
     return build
+
+
+build_cifar10 = cifar_builder(CIFAR10)
+build_cifar100 = cifar_builder(CIFAR100)

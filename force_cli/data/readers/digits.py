@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import importlib.util
 import math
 from pathlib import Path
 
@@ -34,8 +35,6 @@ def build_digits(root: Path, info: DatasetInfo, download_missing: bool, augment:
 def read_digits() -> tuple[np.ndarray, np.ndarray]:
     """scikit-learn's bundled digits file, read without importing scikit-learn (1.2 s of imports
     with scipy, a third of a small `force prune`): what ``load_digits(return_X_y=True)`` returns."""
-    import importlib.util
-
     spec = importlib.util.find_spec("sklearn")
     if spec is None or not spec.submodule_search_locations:
         raise DataError("the digits dataset needs scikit-learn; pip install scikit-learn")

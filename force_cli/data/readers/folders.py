@@ -67,6 +67,7 @@ class ImageFiles(Dataset):
         return len(self.samples)
 
     def __getitem__(self, index: int):
+        # torchvision (and PIL) only once an image is read: most datasets never need them (seconds of imports)
         from PIL import Image
         from torchvision.datasets.folder import default_loader
 

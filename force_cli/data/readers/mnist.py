@@ -108,3 +108,7 @@ def mnist_builder(title: str, tv_class: str):
         return array_parts(x[:, None], y, tx[:, None], ty, train_tf, test_tf)
 
     return build
+
+
+build_mnist = mnist_builder("MNIST", "MNIST")
+build_fashion_mnist = mnist_builder("Fashion-MNIST", "FashionMNIST")

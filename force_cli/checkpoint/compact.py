@@ -39,7 +39,7 @@ from force_cli.errors import CheckpointError
 
 FORMAT = "force-ckpt-compact/1"
 LAYOUT_FIELD = "compact"
-MASK_PREFIX = "mask:"  # as in the dense format (checkpoint.MASK_PREFIX)
+MASK_PREFIX = "mask:"  # as in the dense format (format.MASK_PREFIX)
 VALUES_PREFIX = "values:"
 BITS_PREFIX = "bits:"
 GAPS_PREFIX = "gaps:"

@@ -37,16 +37,16 @@ from pathlib import Path
 import torch
 
 from force_cli.config import Recipe
-from force_cli.errors import ForceError
+from force_cli.errors import ForceError, RunFailed, TrainingInterrupted
+from force_cli.models.trust import adopt_trust, current_trust
+from force_cli.parent_death import die_with_parent
 
 POLL_SECONDS = 0.5  # how often the parent checks that its workers are alive while waiting
 
 
-class WorkerDied(ForceError):
+class WorkerDied(RunFailed):
     """A worker process ended without reporting (killed from outside, out of memory): the input was
     fine but the run failed, so exit code 1, as for a diverged training."""
-
-    exit_code = 1
 
 
 def worker_threads(jobs: int) -> int:
@@ -72,8 +72,6 @@ def run_parallel(recipe: Recipe, cells: list, out_dir: Path, jobs: int, hooks, f
     for each cell as it ends. Hooks: ``on_cell_start`` (its index: the cells finished so far, plus
     one, as in a serial run) and ``on_warning`` are called here too; ``prune_step`` and
     ``train_callbacks`` cannot cross processes and are not called."""
-    from force_cli.models import refs
-
     ctx = multiprocessing.get_context("spawn")
     tasks, events = ctx.Queue(), ctx.Queue()
     for cell in cells:
@@ -81,7 +79,7 @@ def run_parallel(recipe: Recipe, cells: list, out_dir: Path, jobs: int, hooks, f
     count = min(jobs, len(cells))
     for _ in range(count):
         tasks.put(None)  # one "no more cells" per worker
-    args = (os.getpid(), recipe, out_dir, worker_threads(jobs), refs._trusted.get(), tasks, events)
+    args = (os.getpid(), recipe, out_dir, worker_threads(jobs), current_trust(), tasks, events)
     workers = [ctx.Process(target=_worker, args=(*args, gpu), daemon=True, name=f"force-sweep-{i}")
                for i, gpu in enumerate(worker_gpus(count))]
     by_key = {cell.key: cell for cell in cells}
@@ -204,20 +202,17 @@ def _raise_interrupt(signum, frame):
 
 def _worker(parent_pid, recipe, out_dir, threads, trusted, tasks, events, gpu) -> None:
     """Run cells from ``tasks`` until told to stop; report every start, warning, record and error."""
-    from force_cli.parent_death import die_with_parent
-
     die_with_parent(parent_pid)  # a parent killed outright (kill -9, OOM) must not leave us training
     if gpu is not None:  # before anything initialises CUDA in this process
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+    # imported once CUDA_VISIBLE_DEVICES is set: nothing the cells load may look at the GPUs before
     from force_cli.allocator import keep_freed_memory
-    from force_cli.models import refs
-    from force_cli.sweep import SweepHooks, run_cell
-    from force_cli.training.job import TrainingInterrupted
+    from force_cli.sweep.cell import SweepHooks, run_cell
 
     signal.signal(signal.SIGTERM, _raise_interrupt)  # outside training; training saves a partial instead
     torch.set_num_threads(threads)
     keep_freed_memory()  # as the parent did (a spawned worker starts with glibc's defaults)
-    refs._trusted.set(trusted)  # the parent's opt-in to rebuild the recipe's model, not more
+    adopt_trust(trusted)  # the parent's opt-in to rebuild the recipe's model, not more
     hooks = SweepHooks(on_warning=lambda cell, text: events.put(("warning", cell.key, text)))
     try:
         try:

@@ -29,9 +29,9 @@ from safetensors import safe_open
 from safetensors.torch import save as serialize
 
 from force_cli import FORMAT_VERSION
-from force_cli import compact as compact_format
+from force_cli.checkpoint import compact as compact_format
 from force_cli.atomic import write_atomic
-from force_cli.checkpoint_files import check_existing, check_new_output  # noqa: F401 - re-exported
+from force_cli.checkpoint.paths import check_existing
 from force_cli.errors import CheckpointError, ForceError, OutputError
 
 MASK_PREFIX = "mask:"
@@ -95,7 +95,7 @@ def save_checkpoint(
 ) -> Path:
     """Write a checkpoint atomically. Pruned weights are zeroed in the file (not in the caller's tensors).
 
-    ``compact``: write the compact variant (``force_cli.compact``), which stores only the kept values.
+    ``compact``: write the compact variant (``checkpoint/compact.py``), which stores only the kept values.
     """
     path = Path(path)
     if not path.parent.is_dir():
@@ -117,7 +117,7 @@ def save_checkpoint(
     for key, value in (extra or {}).items():
         tensors[STATE_PREFIX + key] = value.detach().cpu().contiguous()
     header = _encode_metadata(metadata)
-    if compact:  # the compact variant: same content, pruned weights re-encoded (force_cli/compact.py)
+    if compact:  # the compact variant: same content, pruned weights re-encoded (checkpoint/compact.py)
         tensors, header = compact_format.encode(tensors, header)
 
     try:
