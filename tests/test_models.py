@@ -12,10 +12,9 @@ import pytest
 import torch
 from torch import nn
 
-from force_cli.models import lenet
 from force_cli.errors import IncompatibleError, UnknownNameError
 from force_cli.models import (
-    DEFAULT_INIT, INIT_SCHEMES, MODELS, build_model, check_compatible, initialize, model_names,
+    DEFAULT_INIT, INIT_SCHEMES, MODELS, build_model, check_compatible, initialize, lenet, model_names,
 )
 
 NAMES = [
