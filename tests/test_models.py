@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import dataclasses
 import hashlib
 import math
 import subprocess
@@ -13,10 +12,9 @@ import pytest
 import torch
 from torch import nn
 
-import force_cli.models as models
 from force_cli.errors import IncompatibleError, UnknownNameError
 from force_cli.models import (
-    DEFAULT_INIT, INIT_SCHEMES, MODELS, build_model, check_compatible, initialize, model_names,
+    DEFAULT_INIT, INIT_SCHEMES, MODELS, build_model, check_compatible, initialize, lenet, model_names,
 )
 
 NAMES = [
@@ -42,6 +40,18 @@ def test_registry_names_are_exact_and_in_order():
     assert model_names() == NAMES
     assert list(MODELS) == NAMES
     assert all(MODELS[n].name == n for n in NAMES)
+
+
+def test_every_catalog_builder_is_its_architectures_function():
+    """Builders are "module:function" strings, resolved on first use: a typo must fail here."""
+    from force_cli.models import cifar_resnet, imagenet, vgg
+
+    family = {"resnet": cifar_resnet, "vgg": vgg, "lenet": lenet}
+    for name in NAMES:
+        generic = family[name.rstrip("0123456789")]
+        assert MODELS[name].load(imagenet_style=False) is getattr(generic, name)
+        imagenet_module = generic if name in ("resnet110", "lenet300", "lenet5") else imagenet
+        assert MODELS[name].load(imagenet_style=True) is getattr(imagenet_module, name)
 
 
 def test_descriptions_are_single_lines():
@@ -271,13 +281,13 @@ def test_imagenet_state_dict_layout_is_that_of_earlier_checkpoints(name):
 
 
 def test_imagenet_vgg_cfgs_are_torchvisions():
-    """The registry computes VGG's minimum image size from these without importing torchvision."""
+    """The catalog computes VGG's minimum image size from these without importing torchvision."""
     from torchvision.models.vgg import cfgs
 
-    from force_cli.models import imagenet
+    from force_cli.models import sizes
 
     letters = {"vgg11": "A", "vgg13": "B", "vgg16": "D", "vgg19": "E"}
-    assert {name: tuple(cfgs[letter]) for name, letter in letters.items()} == dict(imagenet.VGG_CFGS)
+    assert {name: tuple(cfgs[letter]) for name, letter in letters.items()} == dict(sizes.IMAGENET_VGG_CFGS)
 
 
 # --- refusals -------------------------------------------------------------------------------
@@ -313,8 +323,7 @@ def test_refusal_happens_before_building(monkeypatch):
     def exploding_builder(*args):
         raise AssertionError("builder must not run for an incompatible pair")
 
-    spec = dataclasses.replace(MODELS["lenet5"], builder=exploding_builder)
-    monkeypatch.setitem(models.MODELS, "lenet5", spec)
+    monkeypatch.setattr(lenet, "lenet5", exploding_builder)  # the catalog's "lenet:lenet5", looked up when built
     with pytest.raises(IncompatibleError):
         build_model("lenet5", num_classes=10, in_channels=1, image_size=8)
     with pytest.raises(UnknownNameError):

@@ -1,5 +1,7 @@
-"""Models: the registry (``registry``), the architectures, initialisation, and references.
+"""Models: the catalog and registry, the architectures, initialisation, and references.
 
+- ``catalog``: every model's ``ModelSpec`` (the one place a model is added), without torch;
+  ``sizes``: the architectures' shape tables and minimum input sizes it reads, without torch;
 - ``names``: the registries' names, without torch (for ``--help`` and name errors);
 - ``registry``: ``MODELS``, ``build_model``, ``check_compatible``;
 - ``cifar_resnet``, ``vgg``, ``lenet``: the paper's CIFAR-style architectures; ``imagenet``:
@@ -8,8 +10,8 @@
 - ``refs``: models outside the registry (``torchvision:NAME``, ``package.module:factory``);
   ``trust``: whether such a reference may run its code.
 
-The names below load their submodule on first use (``force_cli.lazy``), so that ``names`` and
-``trust`` import without torch.
+The names below load their submodule on first use (``force_cli.lazy``), so that ``catalog``,
+``sizes``, ``names`` and ``trust`` import without torch.
 """
 
 from force_cli.lazy import lazy_exports

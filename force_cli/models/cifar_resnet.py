@@ -17,8 +17,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-MIN_IMAGE_SIZE = 1
-
 
 class BasicBlock(nn.Module):
     """Two 3x3 convs; a 1x1 projection shortcut when the shape changes."""

@@ -21,23 +21,10 @@ reverse differentiation (``tests/test_models.py``).
 
 from __future__ import annotations
 
-from types import MappingProxyType
-
 import torch
 from torch import nn
 
 from force_cli.errors import DependencyError
-from force_cli.models.vgg import CFGS as CIFAR_VGG_CFGS
-
-RESNET_MIN_IMAGE_SIZE = 1  # strided convs/pools with padding never reach 0; adaptive pool at the end
-# torchvision's VGG cfgs (A, B, D, E) are the CIFAR ones plus the fifth max-pool the CIFAR variant
-# replaces; kept here so the registry knows minimum sizes without importing torchvision.
-VGG_CFGS = MappingProxyType({name: cfg + ("M",) for name, cfg in CIFAR_VGG_CFGS.items()})
-
-
-def vgg_min_image_size(cfg: tuple) -> int:
-    """Smallest input side whose 2x2 max-pools all leave at least a 1x1 map (32 for five)."""
-    return 2 ** sum(v == "M" for v in cfg)
 
 
 def torchvision_models(model: str):

@@ -11,20 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-LENET300_MIN_IMAGE_SIZE = 1
-
-
-def lenet5_feature_size(image_size: int) -> int:
-    """Side of LeNet-5's map after conv(5, pad 2), pool 2, conv(5), pool 2; < 1 means unusable."""
-    return (image_size // 2 - 4) // 2
-
-
-def lenet5_min_image_size() -> int:
-    """Smallest input side for which ``lenet5_feature_size`` is at least 1 (12)."""
-    size = 1
-    while lenet5_feature_size(size) < 1:
-        size += 1
-    return size
+from force_cli.models.sizes import lenet5_feature_size
 
 
 class LeNet300(nn.Module):

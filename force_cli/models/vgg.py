@@ -4,31 +4,16 @@ Each cfg is the standard VGG one with its fifth max-pool replaced by a 2x2 avera
 convs (bias=False) + BN + ReLU, four 2x2 max-pools, then the average pool and ONE Linear(512, C).
 The average pool is global (adaptive to 1x1), which is exactly GraSP's AvgPool2d(2) at 32x32 and
 its AvgPool2d(4) at 64x64, so the classifier always sees 512 features. Inputs must still leave at
-least a 2x2 map for that pool, as in the paper's cfg: ``min_image_size`` works it out (32).
+least a 2x2 map for that pool, as in the paper's cfg: ``sizes.cifar_vgg_min_image_size`` works it
+out (32). The cfgs live, torch-free, in ``models/sizes.py``.
 """
 
 from __future__ import annotations
 
-from types import MappingProxyType
-
 import torch
 from torch import nn
 
-CFGS = MappingProxyType({
-    "vgg11": (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512),
-    "vgg13": (64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512),
-    "vgg16": (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512),
-    "vgg19": (
-        64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M",
-        512, 512, 512, 512, "M", 512, 512, 512, 512,
-    ),
-})
-FINAL_POOL = 2  # side of the map the final average pool needs (the paper's AvgPool2d(2))
-
-
-def min_image_size(cfg: tuple) -> int:
-    """Smallest input side that leaves a FINAL_POOL x FINAL_POOL map after the max-pools."""
-    return FINAL_POOL * 2 ** sum(v == "M" for v in cfg)
+from force_cli.models.sizes import CIFAR_VGG_CFGS as CFGS
 
 
 def conv_stack(cfg: tuple, in_channels: int) -> tuple[nn.Sequential, int]:
