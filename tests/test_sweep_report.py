@@ -133,3 +133,29 @@ def test_markdown_matches_statistics_module_for_every_group():
         values = [x["test_acc"] for x in RECORDS if x["method"] == r.method and x["sparsity"] == r.sparsity]
         assert r.mean == pytest.approx(statistics.fmean(values))
     assert markdown(rows).count("\n") == 4
+
+
+def test_every_line_of_a_plot_looks_different_past_the_colour_cycle(tmp_path, monkeypatch):
+    """Eleven methods outrun matplotlib's ten colours: no two lines may share colour, marker and
+    style, and an ablated row (METHOD+CHECK) is dashed beside its solid method."""
+    from matplotlib.figure import Figure
+
+    from force_cli.sweep.report import Row, plot
+
+    methods = [f"m{i}" for i in range(10)] + ["m0+reinit"]
+    rows = [Row(m, s, 1, 0.5, 0.0, (0.5,)) for m in methods for s in (0.9, 0.99)]
+    seen = []
+    original = Figure.savefig
+
+    def record(fig, *args, **kwargs):
+        if not seen:
+            seen.extend((bars.get_label(), bars.lines[0].get_color(), bars.lines[0].get_marker(),
+                         bars.lines[0].get_linestyle()) for bars in fig.axes[0].containers)
+        return original(fig, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", record)
+    plot(rows, tmp_path / "results")
+    looks = {label: look for label, *look in seen}
+    assert set(looks) == set(methods)
+    assert len({tuple(look) for look in looks.values()}) == len(methods)
+    assert looks["m0+reinit"][2] == "--" and looks["m0"][2] == "-"

@@ -106,6 +106,12 @@ def write_csv(rows: list[Row], path: Path) -> None:
     write_atomic(path, f.getvalue().encode("utf-8"), "results table")
 
 
+#: matplotlib's default cycle has COLOURS colours; past them a line also changes its marker, so
+#: that no two methods of one plot look the same
+COLOURS = 10
+MARKERS = "os^Dv"
+
+
 def plot(rows: list[Row], stem: Path, title: str = "") -> list[Path]:
     """Accuracy against the fraction of weights remaining (log axis), one line per method."""
     try:
@@ -121,21 +127,22 @@ def plot(rows: list[Row], stem: Path, title: str = "") -> list[Path]:
     remaining = sorted({r.remaining for r in rows if r.method != "dense"} or {r.remaining for r in rows})
     if len(remaining) == 1:  # a single sparsity: give the log axis some width
         ax.set_xlim(remaining[0] / 2, remaining[0] * 2)
-    for m in methods:
+    for index, m in enumerate(methods):
         mine = sorted((r for r in rows if r.method == m), key=lambda r: r.remaining)
         if m == "dense" and len(mine) == 1:  # the unpruned reference: a level line across the plot
             ax.axhline(100 * mine[0].mean, color="black", linestyle="--", linewidth=1,
                        label=f"dense ({100 * mine[0].mean:.1f}%)")
             continue
         ax.errorbar([r.remaining for r in mine], [100 * r.mean for r in mine], yerr=[100 * r.std for r in mine],
-                    marker="o", markersize=4, capsize=3, label=m)
+                    marker=MARKERS[index // COLOURS % len(MARKERS)], markersize=4, capsize=3, label=m,
+                    linestyle="--" if "+" in m else "-")  # an ablation (METHOD+CHECK) dashed beside its method
     ax.invert_xaxis()  # sparser to the right, as in the paper's figures
     ax.set_xlabel("fraction of weights remaining (log scale)")
     ax.set_ylabel("test accuracy (%)")
     if title:
         ax.set_title(title.replace("$", r"\$"))  # literally: no mathtext from a recipe's title
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize="small" if len(methods) > 6 else None)
     fig.tight_layout()
     paths = [stem.with_suffix(".png"), stem.with_suffix(".svg")]
     try:
