@@ -13,7 +13,7 @@ from force_cli.training import compiled
 from force_cli.training.loop import TrainCallbacks, Trainer
 from force_cli.training.settings import complete_settings
 from tests.helpers import tiny_convnet
-from tests.test_training import array_splits, dropout_net, random_masks
+from tests.test_training import array_splits, dropout_net, random_masks, run_stopped_and_resumed
 
 CPU = torch.device("cpu")
 
@@ -173,34 +173,12 @@ def test_cuda_graphs_train_to_the_eager_weights_within_float_noise():
 def test_a_compiled_run_stopped_inside_an_epoch_resumes_bit_identically():
     """With inductor on the CPU: the resumed run compiles again (its trial undone) and ends with
     the uninterrupted compiled run's weights, bit for bit."""
-    import json
-
-    from force_cli.training import loop
-    from force_cli.training.state import StopFlag
-
     if compiled.unavailable(CPU) is not None:
         pytest.skip(compiled.unavailable(CPU))
     straight, history, _ = train(compile=True, net=tiny_convnet)
-    stop, saved = StopFlag(), {}
-
-    def on_batch(epoch, batches, totals):
-        if (epoch, totals.batches) == (2, 2):
-            stop.set("test")
-
-    def save(t: Trainer):
-        structure, tensors = t.state()
-        saved.update(structure=json.loads(json.dumps(structure)), tensors={k: v.clone() for k, v in tensors.items()},
-                     model={k: v.clone() for k, v in t.model.state_dict().items()}, history=list(t.history))
-
     masks = random_masks(tiny_convnet(), 0.5, seed=1)
-    first = Trainer(tiny_convnet(), masks, array_splits(), settings(compile=True), seed=7, device=CPU)
-    with pytest.raises(loop.Interrupted):
-        first.run(stop=stop, save=save, callbacks=TrainCallbacks(on_batch=on_batch))
-    model = tiny_convnet()
-    model.load_state_dict(saved["model"])
-    second = Trainer(model, masks, array_splits(), settings(compile=True), seed=7, device=CPU)
-    second.load_state(saved["structure"], saved["tensors"], saved["history"])
-    assert strip(second.run()) == strip(history)
+    second, resumed = run_stopped_and_resumed(tiny_convnet, masks, settings(compile=True))
+    assert strip(resumed) == strip(history)
     assert_same_weights(second, straight)
 
 

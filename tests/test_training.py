@@ -264,6 +264,32 @@ def array_splits(per_sample: bool = False) -> DataSplits:
                       Subset(plain, list(range(12))), Subset(plain, list(range(12, 60))))
 
 
+def run_stopped_and_resumed(make_net, masks, settings):
+    """A run stopped after batch 2 of epoch 2, its state saved (through JSON, as a partial file
+    holds it), then resumed by a fresh Trainer on a fresh ``make_net()``; returns that trainer
+    and the history its run returned."""
+    stop, saved = StopFlag(), {}
+
+    def on_batch(epoch, batches, totals):
+        if (epoch, totals.batches) == (2, 2):
+            stop.set("test")
+
+    def save(t: Trainer):
+        structure, tensors = t.state()
+        saved.update(structure=json.loads(json.dumps(structure)), tensors={k: v.clone() for k, v in tensors.items()},
+                     model={k: v.clone() for k, v in t.model.state_dict().items()}, history=list(t.history))
+
+    cpu = torch.device("cpu")
+    first = Trainer(make_net(), masks, array_splits(), settings, seed=7, device=cpu)
+    with pytest.raises(loop.Interrupted):
+        first.run(stop=stop, save=save, callbacks=TrainCallbacks(on_batch=on_batch))
+    model = make_net()
+    model.load_state_dict(saved["model"])
+    second = Trainer(model, masks, array_splits(), settings, seed=7, device=cpu)
+    second.load_state(saved["structure"], saved["tensors"], saved["history"])
+    return second, second.run()
+
+
 def test_trainer_on_in_memory_data_is_the_per_sample_run_and_resumes_bit_identically():
     """The trainer's batched in-memory path (on its device) trains to the same weights, bit for
     bit, as the one-image-at-a-time DataLoader path, and a run stopped inside an epoch resumes
@@ -280,25 +306,7 @@ def test_trainer_on_in_memory_data_is_the_per_sample_run_and_resumes_bit_identic
     for key, value in batched.model.state_dict().items():
         assert torch.equal(value, per_sample.model.state_dict()[key]), key
 
-    stop, saved = StopFlag(), {}
-
-    def on_batch(epoch, batches, totals):
-        if (epoch, totals.batches) == (2, 2):
-            stop.set("test")
-
-    def save(t: Trainer):
-        structure, tensors = t.state()
-        saved.update(structure=json.loads(json.dumps(structure)), tensors={k: v.clone() for k, v in tensors.items()},
-                     model={k: v.clone() for k, v in t.model.state_dict().items()}, history=list(t.history))
-
-    first = Trainer(dropout_net(), masks, array_splits(), settings, seed=7, device=cpu)
-    with pytest.raises(loop.Interrupted):
-        first.run(stop=stop, save=save, callbacks=TrainCallbacks(on_batch=on_batch))
-    model = dropout_net()
-    model.load_state_dict(saved["model"])
-    second = Trainer(model, masks, array_splits(), settings, seed=7, device=cpu)
-    second.load_state(saved["structure"], saved["tensors"], saved["history"])
-    second.run()
+    second, _ = run_stopped_and_resumed(dropout_net, masks, settings)
     for key, value in batched.model.state_dict().items():
         assert torch.equal(value, second.model.state_dict()[key]), key
 
