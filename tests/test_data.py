@@ -867,6 +867,20 @@ def test_in_memory_batches_are_made_on_the_images_device(tmp_path):
     assert to_device(PerSample(digits), "meta").dataset is digits  # not in memory: left as it is
 
 
+def test_splits_that_share_their_images_share_one_copy_on_the_device(tmp_path):
+    """The training and validation parts of a training set hold the same images: moved with one
+    ``moved`` memo (as the Trainer does), they keep one copy on the device; the test set its own."""
+    write_fake_cifar10(tmp_path)
+    splits = load_datasets("cifar10", tmp_path, download=False, val_fraction=0.25)
+    assert splits.train.dataset.images is splits.val.dataset.images  # what makes sharing right
+    moved: dict = {}
+    train, val, test = (to_device(s, torch.device("meta"), moved) for s in (splits.train, splits.val, splits.test))
+    assert train.dataset.images is val.dataset.images and train.dataset.labels is val.dataset.labels
+    assert train.dataset.transform is splits.train.dataset.transform and val.dataset.transform is splits.val.dataset.transform
+    assert test.images is not train.dataset.images and test.images.device.type == "meta"
+    assert len(moved) == 4  # training images and labels, test images and labels
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_batches_on_cuda_are_the_cpu_batches(tmp_path):
     """Same images, crops, flips and labels; pixel values equal within float rounding (README: the

@@ -72,15 +72,22 @@ def in_memory(dataset: Dataset) -> tuple[ArrayDataset, list[int] | None] | None:
     return None
 
 
-def to_device(dataset: Dataset, device: torch.device | str) -> Dataset:
+def to_device(dataset: Dataset, device: torch.device | str, moved: dict | None = None) -> Dataset:
     """``dataset`` with its in-memory images on ``device`` (a Subset keeps its indices); any
-    other dataset unchanged."""
+    other dataset unchanged. ``moved``, one dict shared by the splits of one run, remembers each
+    tensor already moved: the training and validation parts of a training set hold the same
+    images, and so keep one copy on the device, not two."""
     found = in_memory(dataset)
     if found is None:
         return dataset
     base, indices = found
-    moved = base.to(device)
-    return moved if indices is None else Subset(moved, indices)
+    if moved is None:
+        moved = {}
+    for tensor in (base.images, base.labels):
+        if id(tensor) not in moved:
+            moved[id(tensor)] = tensor.to(device)
+    on_device = ArrayDataset(moved[id(base.images)], moved[id(base.labels)], base.transform)
+    return on_device if indices is None else Subset(on_device, indices)
 
 
 def array_parts(images: np.ndarray, labels: np.ndarray, test_images: np.ndarray,

@@ -232,7 +232,8 @@ class Trainer:
         self.settings, self.seed, self.device, self.splits = settings, seed, device, splits
         # In-memory sets move to the training device once and are batched there (the training set
         # augmented batch by batch); with loader workers they stay on the CPU, where workers read them.
-        on_device = (lambda data: to_device(data, device)) if settings.workers == 0 else (lambda data: data)
+        moved: dict = {}  # the training and validation parts share their images: one copy on the device
+        on_device = (lambda data: to_device(data, device, moved)) if settings.workers == 0 else (lambda data: data)
         self.train_data = on_device(splits.train)
         self.eval_data = {"val": on_device(splits.val) if splits.val is not None else None,
                           "test": on_device(splits.test) if splits.test is not None else None}
