@@ -13,7 +13,7 @@ from pathlib import Path
 from force_cli.checkpoint.export import FORMATS, check_export
 from force_cli.checkpoint.paths import same_file
 from force_cli.errors import ConfigError
-from force_cli.restore import check_shapes, input_shape, load_for_model
+from force_cli.restore import input_shape, load_for_model
 from force_cli.shrink.program import is_shrunk  # the shrunk file format only (checkpoint layer)
 
 
@@ -30,8 +30,7 @@ def export_checkpoint(source: str | Path, to: str, output: str | Path, *, overwr
     if is_shrunk(source):
         raise ConfigError(f"'{source}' is a shrunk network, which has no masks to export as '{to}'; export the "
                           "checkpoint it was made from, or use --to sparse")
-    ckpt = load_for_model(source)
-    check_shapes(ckpt)  # the masks too, as model_from_checkpoint checks them for the other commands
+    ckpt = load_for_model(source)  # its shapes and masks checked against the model, as every reader's
     input_shape(ckpt.metadata)  # the model arguments against the dataset, as inspect checks them
     if same_file(source, output):
         raise ConfigError(f"the output '{output}' is the input checkpoint; choose another -o path")

@@ -55,10 +55,14 @@ def build_from_metadata(metadata: dict, device: torch.device | str | None = None
 
 def check_declared_shapes(metadata: dict, shapes: dict[str, tuple[int, ...]]) -> nn.Module:
     """Compare the shapes a file declares with its model's, built on the meta device (no memory),
-    key by key; return that skeleton. Used before the tensors are read (``load_for_model``) and after."""
+    key by key; return that skeleton. Used before the tensors are read (``load_for_model``)."""
     skeleton = build_from_metadata(metadata, "meta")
+    _compare_shapes(skeleton, metadata["model"], shapes)
+    return skeleton
+
+
+def _compare_shapes(skeleton: nn.Module, model: str, shapes: dict[str, tuple[int, ...]]) -> None:
     expected = skeleton.state_dict()
-    model = metadata["model"]
     for key, tensor in expected.items():
         if key not in shapes:
             raise CheckpointError(f"the checkpoint lacks the weight '{key}' of model '{model}'; the file is corrupt or "
@@ -70,26 +74,38 @@ def check_declared_shapes(metadata: dict, shapes: dict[str, tuple[int, ...]]) ->
         if key not in expected:
             raise CheckpointError(f"the checkpoint holds '{key}', which model '{model}' has no place for; "
                                   "the file is corrupt or was made by other code, re-create it")
-    return skeleton
+
+
+def _check_read(ckpt: Checkpoint, skeleton: nn.Module) -> None:
+    """The tensors and masks read, against the model's skeleton."""
+    _compare_shapes(skeleton, ckpt.metadata["model"], {k: tuple(v.shape) for k, v in ckpt.state_dict.items()})
+    validate_masks(ckpt.masks, skeleton)
 
 
 def check_shapes(ckpt: Checkpoint) -> None:
     """Compare the file's tensors and masks with the model's, key by key."""
-    skeleton = check_declared_shapes(ckpt.metadata, {k: tuple(v.shape) for k, v in ckpt.state_dict.items()})
-    validate_masks(ckpt.masks, skeleton)
+    _check_read(ckpt, build_from_metadata(ckpt.metadata, "meta"))
 
 
 def load_for_model(path) -> Checkpoint:
     """Read a checkpoint whose every declared shape was first compared with its model (built on the
     meta device from its metadata), so that nothing is allocated for a file that does not fit its
-    model. What every command that reads a checkpoint uses."""
-    return load_checkpoint(path, check_declared=check_declared_shapes)
+    model; then its tensors and masks, against the same skeleton. What every command that reads a
+    checkpoint uses; ``model_from_checkpoint`` need not check the result again."""
+    skeletons = []
+    ckpt = load_checkpoint(path, check_declared=lambda metadata, shapes: skeletons.append(
+        check_declared_shapes(metadata, shapes)))
+    _check_read(ckpt, skeletons[0])
+    ckpt.checked = True
+    return ckpt
 
 
 def model_from_checkpoint(ckpt: Checkpoint, device: torch.device | str = "cpu") -> nn.Module:
     """A freshly built model holding the checkpoint's weights (strict load), masks checked
-    against it; returned in eval mode (call ``.train()`` to train it)."""
-    check_shapes(ckpt)
+    against it (already, when ``load_for_model`` read it); returned in eval mode (call ``.train()``
+    to train it)."""
+    if not ckpt.checked:
+        check_shapes(ckpt)
     model = build_from_metadata(ckpt.metadata)
     try:
         model.load_state_dict(ckpt.state_dict, strict=True)

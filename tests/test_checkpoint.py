@@ -130,3 +130,25 @@ def test_written_file_gets_normal_permissions(tmp_path):
     state, masks, meta = sample()
     path = save_checkpoint(tmp_path / "c.safetensors", state, masks, meta)
     assert path.stat().st_mode & 0o644 == 0o644
+
+
+def test_a_model_from_a_read_checkpoint_is_built_once_on_the_meta_device_and_once_for_real(tmp_path, monkeypatch):
+    """load_for_model compares the file with a meta-device skeleton; model_from_checkpoint then needs
+    no second skeleton. A plain load_checkpoint still gets the whole check from it."""
+    from force_cli import restore
+    from force_cli.models import build_model
+    from force_cli.pruning.masks import prunable_weights
+
+    model = build_model("lenet300", init=None, num_classes=10, in_channels=1, image_size=8)
+    masks = {k: torch.rand(w.shape) < 0.5 for k, w in prunable_weights(model).items()}
+    meta = {"stage": "init", "model": "lenet300", "dataset": "digits",
+            "model_args": {"num_classes": 10, "in_channels": 1, "image_size": 8}}
+    path = save_checkpoint(tmp_path / "c.safetensors", model.state_dict(), masks, meta)
+    devices = []
+    build = restore.build_from_metadata
+    monkeypatch.setattr(restore, "build_from_metadata", lambda m, device=None: devices.append(str(device)) or build(m, device))
+    restore.model_from_checkpoint(restore.load_for_model(path))
+    assert devices == ["meta", "None"]
+    devices.clear()
+    restore.model_from_checkpoint(load_checkpoint(path))
+    assert devices == ["meta", "None"]

@@ -52,6 +52,7 @@ class Checkpoint:
     metadata: dict[str, Any]
     extra: dict[str, torch.Tensor] = field(default_factory=dict)  # training state, without the prefix
     warnings: list[str] = field(default_factory=list)  # what the reader found odd but usable (shown by the CLI)
+    checked: bool = False  # tensors and masks compared with the model's shapes (restore.load_for_model)
 
     @property
     def stage(self) -> str:
