@@ -190,6 +190,8 @@ def prune(
     history = []
     workspace = Workspace()
     score = score_function(spec)
+    # pruned weights cannot come back, so under a budget no layer may be given more than it holds
+    held = None if spec.revives or budget == "global" else {n: m.numel() for n, m in initial_masks.items()}
     for t, kt in enumerate(counts, start=1):
         scores = score(ctx, masks)
         if invert_scores:
@@ -200,11 +202,11 @@ def prune(
         else:
             if not spec.revives:
                 exclude_pruned_(scores, masks, ties)
-            # pruned weights cannot come back, so no layer may be given more than it still holds
-            held = None if spec.revives or budget == "global" else dict(zip(masks, torch.stack(
-                [m.sum() for m in masks.values()]).tolist()))
             masks, threshold = select(scores, kt, budget=budget, ties=ties, capacities=held, workspace=workspace)
-        kept = kt if ties == "exact" else count_kept(masks)
+            if held is not None or ties == "keep":  # each layer's count, read back once for both uses
+                layer_kept = dict(zip(masks, torch.stack([m.sum() for m in masks.values()]).tolist()))
+                held = layer_kept if held is not None else None
+        kept = kt if ties == "exact" else sum(layer_kept.values())
         info = StepInfo(step=t, steps=steps, kept=kept, total=total, threshold=threshold)
         history.append(info)
         if on_step is not None:
