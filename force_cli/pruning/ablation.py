@@ -28,14 +28,12 @@ from force_cli.checkpoint import Checkpoint, check_new_output, save_checkpoint
 from force_cli.checkpoint.metadata import provenance
 from force_cli.config import PruneConfig, check_section
 from force_cli.errors import CheckpointError, ConfigError
-from force_cli.models import build_model
-from force_cli.models.trust import check_trusted
 from force_cli.pruning.ablation_names import check_ablation
 from force_cli.pruning.connectivity import check_connectivity
 from force_cli.pruning.job import build_initial_model, prune_to_checkpoint
 from force_cli.pruning.loop import PruneResult
-from force_cli.pruning.masks import Masks, count_kept
-from force_cli.restore import load_for_model
+from force_cli.pruning.masks import Masks, count_kept, count_total
+from force_cli.restore import check_declared_shapes, load_for_model
 
 def shuffle_within_layers(masks: Masks, generator: torch.Generator) -> Masks:
     """Each layer's mask with its kept positions drawn uniformly at random: same count per layer."""
@@ -60,21 +58,17 @@ def prune_settings(ckpt: Checkpoint, where: str) -> PruneConfig:
     return PruneConfig(**settings)
 
 
-def _build(cfg: PruneConfig, ckpt: Checkpoint, seed: int, where: str) -> nn.Module:
-    """The initial network of ``cfg`` drawn with ``seed``, once its shapes are checked against the
-    file's on the meta device (a corrupt file cannot ask for a model bigger than itself)."""
-    check_trusted(cfg.model)  # an import path runs code: only with --trust-model-code
-    with torch.device("meta"):
-        skeleton = build_model(cfg.model, init=None, **ckpt.metadata["model_args"])
-    for key, tensor in skeleton.state_dict().items():
-        if key not in ckpt.state_dict or tuple(ckpt.state_dict[key].shape) != tuple(tensor.shape):
-            raise CheckpointError(f"{where}: its tensors do not fit model '{cfg.model}' ('{key}'); the file is corrupt")
+def _build(cfg: PruneConfig, ckpt: Checkpoint, seed: int) -> nn.Module:
+    """The initial network of ``cfg`` drawn with ``seed``, once the file's shapes are checked
+    against ``cfg.model`` on the meta device (restore's check, trust included: a corrupt file
+    cannot ask for a model bigger than itself, nor one that its pruning settings do not name)."""
+    check_declared_shapes({**ckpt.metadata, "model": cfg.model}, {k: tuple(v.shape) for k, v in ckpt.state_dict.items()})
     return build_initial_model(dataclasses.replace(cfg, seed=seed), ckpt.metadata["model_args"])
 
 
 def rebuilt_initial(cfg: PruneConfig, ckpt: Checkpoint, where: str) -> nn.Module:
     """The dense network `force prune` started from (θ0), checked against every weight the file kept."""
-    model = _build(cfg, ckpt, cfg.seed, where)
+    model = _build(cfg, ckpt, cfg.seed)
     for key, value in model.state_dict().items():
         stored = ckpt.state_dict[key]
         mask = ckpt.masks.get(key)
@@ -121,13 +115,13 @@ def ablate_checkpoint(source: str | Path, ablation: str, output: str | Path, *, 
         state = model.state_dict()
         masks = shuffle_within_layers(ckpt.masks, torch.Generator().manual_seed(seed))
         args = ckpt.metadata["model_args"]
-        result = PruneResult(masks=masks, total=sum(m.numel() for m in masks.values()), kept=count_kept(masks),
+        result = PruneResult(masks=masks, total=count_total(masks), kept=count_kept(masks),
                              steps=1)
         found = check_connectivity(model, result, (args["in_channels"], args["image_size"], args["image_size"]),
                                    allow=True)
         metadata["pruning_result"] = found | {"unranked_steps": [], "warnings": result.warnings}
     else:  # reinit: the whole network drawn afresh, the mask kept
-        state = _build(cfg, ckpt, seed, str(source)).state_dict()
+        state = _build(cfg, ckpt, seed).state_dict()
     metadata |= {"ablation": record} | provenance()
     save_checkpoint(output, state, masks, metadata, compact=compact)
     return output, record
