@@ -14,14 +14,12 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.text import Text
 from typer.core import TyperGroup
 
 import force_cli
 from force_cli.cli import ablate, bench, evaluate, export, inspect, prune, shrink, sweep, train
-from force_cli.cli.console import stderr, stdout
+from force_cli.cli.console import error_line, stdout
 from force_cli.cli.status import INTERRUPTED, run_main
-from force_cli.safe_text import one_line
 
 
 class OneLineErrors(TyperGroup):
@@ -44,8 +42,7 @@ class OneLineErrors(TyperGroup):
         except ClickException as exc:
             where = exc.ctx.command_path if getattr(exc, "ctx", None) is not None else "force"
             message = exc.format_message().rstrip(".")
-            stderr.print(Text.assemble(("error: ", "bold red"), one_line(f"{message}; see '{where} --help'")),
-                         highlight=False, soft_wrap=True)
+            error_line(f"{message}; see '{where} --help'")
             code = exc.exit_code
         except typer.Abort:
             code = INTERRUPTED

@@ -19,9 +19,7 @@ from force_cli.cli.options import (CompactOpt, DeviceOpt, OverwriteOpt, QuietOpt
                                    names, path, saliency_loss_help, saliency_temperature_help, steps_help)
 from force_cli.cli.status import run_wrapper
 from force_cli.config import CommonSettings, PruneConfig, PruneSettings, load_recipe, resolve
-from force_cli.data.catalog import DATASET_NAMES
-from force_cli.data.names import canonical_name
-from force_cli.errors import UnknownNameError
+from force_cli.data.catalog import DATASET_NAMES, get_spec
 from force_cli.locking import hold
 from force_cli.models.names import INIT_NAMES, MODEL_NAMES
 from force_cli.pruning.budgets import BUDGETS
@@ -109,8 +107,7 @@ def _output(cfg: PruneConfig, output: Path | None, overwrite: bool) -> Path:
     """The checkpoint `prune` will write, checked before any work; names are validated first,
     so that a bad dataset name is reported as such and not as a missing output folder."""
     validate(cfg)
-    if canonical_name(cfg.dataset) not in DATASET_NAMES:
-        raise UnknownNameError("dataset", cfg.dataset, DATASET_NAMES)
+    get_spec(cfg.dataset)  # an unknown dataset is named as such (catalog.py imports no torch)
     output = output if output is not None else default_output(cfg)
     check_new_output(output, overwrite)
     return output

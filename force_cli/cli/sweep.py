@@ -11,14 +11,13 @@ from typing import Annotated, Optional
 
 import typer
 
-from force_cli.cli.console import progress_bar, stderr, stdout, warn
+from force_cli.cli.console import plain_line, progress_bar, stdout, warn
 from force_cli.cli.options import QuietOpt, ThreadsOpt, path
 from force_cli.cli.status import interruption, run_wrapper, stopped
 from force_cli.config import load_recipe
 from force_cli.errors import ForceError
 from force_cli.locking import hold
 from force_cli.models.trust import trusted_model_code
-from force_cli.safe_text import one_line
 from force_cli.sweep.report import write_report
 from force_cli.threads import apply_threads
 
@@ -72,8 +71,7 @@ def sweep(
         done = finished_cells(out) if out.exists() else set()
         for cell in cells:
             print(f"{'done' if cell.key in done else 'todo'}\t{cell.key}")
-        stderr.print(one_line(f"{len(cells)} cells, {len(done & {c.key for c in cells})} done, results in {out}"),
-                     highlight=False, markup=False)
+        plain_line(f"{len(cells)} cells, {len(done & {c.key for c in cells})} done, results in {out}")
         return
     check_recipe(loaded)
     check_out_dir(out)
@@ -102,11 +100,10 @@ def sweep(
             raise stopped(f"sweep interrupted ({name}); the finished cells are kept in {out}; "
                           "run the same command again to continue", code) from None
         if not quiet:
-            stderr.print(one_line(f"{len(records)} cells run now; results in {out}"), highlight=False, markup=False)
+            plain_line(f"{len(records)} cells run now; results in {out}")
         _write_report(out, settings.title)
 
 
 def _write_report(folder: Path, title: str) -> None:
     written = write_report(folder, stdout, title=title)
-    stderr.print(one_line("wrote " + ", ".join(str(p) for p in written.values())), highlight=False, soft_wrap=True,
-                 markup=False)
+    plain_line("wrote " + ", ".join(str(p) for p in written.values()))
