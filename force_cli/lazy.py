@@ -29,3 +29,11 @@ def lazy_exports(package: str, exports: dict[str, str]) -> tuple[Callable[[str],
         return sorted(set(namespace) | set(exports))
 
     return __getattr__, __dir__
+
+
+def resolve(package: str, reference: str):
+    """The object that ``reference`` ("module:name", the module relative to ``package``) names,
+    its module imported now: how the torch-free catalogs (models, datasets, export formats) name
+    the code that does the work without importing it."""
+    module, _, name = reference.partition(":")
+    return getattr(importlib.import_module(f"{package}.{module}"), name)

@@ -9,12 +9,12 @@ command calls ``shrink/export.py`` for it.
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from pathlib import Path
 
 from force_cli.checkpoint.paths import check_existing, check_new_output
 from force_cli.errors import ConfigError
+from force_cli.lazy import resolve
 
 
 @dataclass(frozen=True)
@@ -24,8 +24,7 @@ class ExportFormat:
 
     def write(self, checkpoint, output: Path) -> Path:
         """Write the loaded, validated ``checkpoint`` to ``output`` in this format (atomically)."""
-        module, _, function = (self.writer or "").partition(":")
-        return getattr(importlib.import_module(f"force_cli.{module}"), function)(checkpoint, output)
+        return resolve("force_cli", self.writer or "")(checkpoint, output)
 
 
 FORMATS: dict[str, ExportFormat] = {

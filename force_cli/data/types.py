@@ -5,10 +5,11 @@ the catalog of datasets (``data/catalog.py``) is too."""
 from __future__ import annotations
 
 import dataclasses
-import importlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
+
+from force_cli.lazy import resolve
 
 if TYPE_CHECKING:
     from torch.utils.data import Dataset
@@ -90,6 +91,4 @@ class DatasetSpec:
     train: TrainDefaults
 
     def build(self, root: Path, info: DatasetInfo, download: bool, augment: bool) -> Parts:
-        module, _, function = self.reader.partition(":")
-        builder = getattr(importlib.import_module(f"force_cli.data.{module}"), function)
-        return builder(root, info, download, augment)
+        return resolve("force_cli.data", self.reader)(root, info, download, augment)

@@ -15,11 +15,11 @@ they use their generic builder (it works at any size they accept), rather than b
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from force_cli.lazy import resolve
 from force_cli.models import sizes
 
 if TYPE_CHECKING:
@@ -49,8 +49,7 @@ class ModelSpec:
 
     def load(self, imagenet_style: bool) -> Builder:
         """The builder for this kind of dataset, its module imported now (torch with it)."""
-        module, _, function = self.pick(imagenet_style)[0].partition(":")
-        return getattr(importlib.import_module(f"force_cli.models.{module}"), function)
+        return resolve("force_cli.models", self.pick(imagenet_style)[0])
 
 
 def _resnet(name: str, description: str) -> ModelSpec:
