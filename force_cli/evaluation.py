@@ -22,7 +22,7 @@ from force_cli import distributed
 from force_cli.checkpoint.metadata import check_seed
 from force_cli.config import check_int_bounds
 from force_cli.data import dataset_info, load_datasets, make_loader
-from force_cli.data.holdout import checkpoint_fraction
+from force_cli.data.holdout import checkpoint_fraction, is_fraction
 from force_cli.data.names import SPLITS
 from force_cli.device import resolve_device
 from force_cli.errors import CheckpointError, ConfigError, DataError, IncompatibleError
@@ -190,7 +190,7 @@ def _evaluate_checkpoint(checkpoint, split, dataset, data_dir, download, device,
     seed = _recorded(metadata, "seed")
     if seed is None:
         seed = metadata.get("seed") if isinstance(metadata.get("seed"), int) else 0
-    if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not 0 <= val_fraction < 1:
+    if not is_fraction(val_fraction):
         raise CheckpointError(f"'{checkpoint}' records the validation fraction {val_fraction!r}, not a number in "
                               "[0, 1); the file is corrupt")
     check_seed(seed, f"'{checkpoint}'")

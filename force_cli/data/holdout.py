@@ -25,7 +25,7 @@ def _block_value(metadata: Mapping[str, Any], block: str) -> Any:
     return section.get("val_fraction") if isinstance(section, dict) else None
 
 
-def _is_fraction(value: Any) -> bool:
+def is_fraction(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 1
 
 
@@ -34,7 +34,7 @@ def pruned_fraction(metadata: Mapping[str, Any]) -> float | None:
     not a fraction). A fresh training run holds out the same by default, so that with the same seed
     (also the default) it validates on exactly the images pruning never saw."""
     value = _block_value(metadata, "pruning")
-    return float(value) if _is_fraction(value) else None
+    return float(value) if is_fraction(value) else None
 
 
 def checkpoint_fraction(metadata: Mapping[str, Any], dataset: str) -> Any:

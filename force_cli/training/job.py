@@ -30,8 +30,6 @@ from dataclasses import asdict, dataclass, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from force_cli import distributed
 from force_cli.checkpoint import (
     Checkpoint,
@@ -50,7 +48,7 @@ from force_cli.locking import hold
 from force_cli.evaluation import check_dataset_fits, recorded_data_dir
 from force_cli.restore import load_for_model, model_from_checkpoint
 from force_cli.training import ddp, epoch_log
-from force_cli.training.loop import Interrupted, TrainCallbacks, Trainer, autocast_dtype
+from force_cli.training.loop import Interrupted, TrainCallbacks, Trainer
 from force_cli.training.settings import complete_settings
 from force_cli.training.state import StopFlag, stop_on_signals
 
@@ -312,7 +310,7 @@ def _train(plan: TrainPlan, options: _RunOptions, callbacks: TrainCallbacks | No
             raise ConfigError(f"'{source}' has already completed {trainer.epoch} epochs; pass --epochs "
                               f"above {trainer.epoch} to train further")
 
-    amp = autocast_dtype(run.amp, dev)
+    amp = trainer.amp_dtype  # what the trainer runs under, recorded as such
     carried = {k: v for k, v in metadata.items() if k not in _RUN_FIELDS}
     warnings = list(ckpt.warnings)
     if state is None:
