@@ -112,3 +112,12 @@ def hold(*targets: tuple[Path, str]) -> Iterator[None]:
     finally:
         for target, fd in reversed(held):
             _release(target, fd)
+
+
+@contextlib.contextmanager
+def hold_output(path: Path) -> Iterator[None]:
+    """Lock the output file ``path`` (``hold``) and, once it is ours, delete the temporary file an
+    earlier, killed command left for it (``atomic.remove_stale``): what every writing command does."""
+    with hold((path, "output")):
+        atomic.remove_stale(Path(path))
+        yield

@@ -472,6 +472,18 @@ def test_a_stale_temporary_file_of_the_same_output_is_cleaned(tmp_path, monkeypa
     load_checkpoint(out)
 
 
+def test_holding_an_output_locks_it_and_cleans_its_stale_temporary_file(tmp_path):
+    """What prune, export, shrink and ablate do first (locking.hold_output)."""
+    from force_cli import locking
+
+    out = tmp_path / "y.safetensors"
+    stale = atomic.temp_path(out)
+    stale.write_bytes(b"left by a killed run")
+    with locking.hold_output(out):
+        assert not stale.exists() and locking.lock_path(out).exists()
+    assert os.listdir(tmp_path) == []
+
+
 def test_ctrl_c_during_the_final_rename_says_truthfully_that_the_file_was_written(tmp_path, monkeypatch):
     real_replace = os.replace
 

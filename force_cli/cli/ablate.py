@@ -11,7 +11,6 @@ from typing import Annotated, Optional
 
 import typer
 
-from force_cli.atomic import remove_stale
 from force_cli.checkpoint.paths import check_existing, check_new_output
 from force_cli.cli.console import plain_line
 from force_cli.cli.options import (CheckpointArg, CompactOpt, DeviceOpt, OverwriteOpt, QuietOpt, ThreadsOpt, TrustOpt,
@@ -19,7 +18,7 @@ from force_cli.cli.options import (CheckpointArg, CompactOpt, DeviceOpt, Overwri
 from force_cli.cli.status import run_wrapper
 from force_cli.config import check_int_bounds
 from force_cli.errors import ConfigError
-from force_cli.locking import hold
+from force_cli.locking import hold_output
 from force_cli.pruning.ablation_names import ABLATIONS
 from force_cli.threads import apply_threads
 
@@ -61,8 +60,7 @@ def ablate(
     # torch-free start-up: the library loads torch, so it is imported once the settings are known good
     from force_cli.pruning.ablation import ablate_checkpoint
 
-    with hold((output, "output")):
-        remove_stale(output)
+    with hold_output(output):
         written, record = ablate_checkpoint(checkpoint, chosen[0], output, seed=seed, overwrite=overwrite,
                                             compact=compact, device=device, data_dir=data_dir)
     if not quiet:

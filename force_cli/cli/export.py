@@ -12,13 +12,12 @@ from typing import Annotated
 
 import typer
 
-from force_cli.atomic import remove_stale
 from force_cli.cli.console import plain_line, progress_bar
 from force_cli.cli.options import (CheckpointArg, DeviceOpt, OverwriteOpt, QuietOpt, ThreadsOpt, TrustOpt,
                                    honours_trust, one_of, path, positive)
 from force_cli.cli.status import run_wrapper
 from force_cli.checkpoint.export import FORMATS, check_export
-from force_cli.locking import hold
+from force_cli.locking import hold_output
 from force_cli.threads import apply_threads
 
 EPILOG = ("Formats:\n\n" + "\n\n".join(f"  {name}: {fmt.summary}" for name, fmt in FORMATS.items())
@@ -43,8 +42,7 @@ def export(
     threads: ThreadsOpt = None,
 ):
     """Convert a checkpoint: compact <-> dense (lossless), plain state_dict, torch.nn.utils.prune layout, or the fastest measured shrunk/CSR mix (sparse); print the path."""
-    with hold((output, "output")):
-        remove_stale(output)
+    with hold_output(output):
         check_export(checkpoint, to, output, overwrite)
         if to == "sparse":
             written = _export_sparse(checkpoint, output, overwrite, positive("--batch-size", batch_size),

@@ -12,7 +12,6 @@ from typing import Annotated, Optional
 
 import typer
 
-from force_cli.atomic import remove_stale
 from force_cli.checkpoint.paths import check_new_output
 from force_cli.cli.console import progress_bar, stderr, warn
 from force_cli.cli.options import (CompactOpt, DeviceOpt, OverwriteOpt, QuietOpt, RecipeOpt, ThreadsOpt, default, flag,
@@ -20,7 +19,7 @@ from force_cli.cli.options import (CompactOpt, DeviceOpt, OverwriteOpt, QuietOpt
 from force_cli.cli.status import run_wrapper
 from force_cli.config import CommonSettings, PruneConfig, PruneSettings, load_recipe, resolve
 from force_cli.data.catalog import DATASET_NAMES, get_spec
-from force_cli.locking import hold
+from force_cli.locking import hold_output
 from force_cli.models.names import INIT_NAMES, MODEL_NAMES
 from force_cli.pruning.budgets import BUDGETS
 from force_cli.pruning.checks import default_output, validate
@@ -80,9 +79,7 @@ def prune(
 
     main = is_main()  # under torchrun only rank 0 locks, writes and reports
     quiet = quiet or not main
-    with hold((output, "output")) if main else contextlib.nullcontext(), progress_bar(quiet) as bar:
-        if main:
-            remove_stale(output)
+    with hold_output(output) if main else contextlib.nullcontext(), progress_bar(quiet) as bar:
         task = None
 
         def on_start(total_steps: int):

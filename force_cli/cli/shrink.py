@@ -11,12 +11,11 @@ from typing import Annotated, Optional
 
 import typer
 
-from force_cli.atomic import remove_stale
 from force_cli.checkpoint.paths import check_existing, check_new_output, shrunk_output
 from force_cli.cli.console import plain_line
 from force_cli.cli.options import CheckpointArg, JsonOpt, OverwriteOpt, ThreadsOpt, TrustOpt, honours_trust, path
 from force_cli.cli.status import run_wrapper
-from force_cli.locking import hold
+from force_cli.locking import hold_output
 from force_cli.threads import apply_threads
 
 EPILOG = ("The output computes exactly what the masked network computes (eval mode), with the units and "
@@ -40,8 +39,7 @@ def shrink(
 ):
     """Write the smallest dense network computing exactly what the checkpoint's masked network computes; print its path."""
     output = output if output is not None else shrunk_output(checkpoint)
-    with hold((output, "output")):
-        remove_stale(output)
+    with hold_output(output):
         check_new_output(output, overwrite)
         check_existing(checkpoint)
         apply_threads(threads)
