@@ -10,7 +10,6 @@ costs about what the dense convolution does, so CSR pays off mainly for linear l
 from __future__ import annotations
 
 import copy
-import math
 import warnings
 
 import torch
@@ -44,12 +43,3 @@ def to_csr(program: dict, tensors: dict[str, torch.Tensor], indices) -> tuple[di
 
 def mixing_indices(program: dict) -> list[int]:
     return [i for i, op in enumerate(program["ops"]) if op["op"] in MIXING_OPS]
-
-
-def csr_bytes(shape: tuple[int, int], nnz: int, value_bytes: int = 4) -> int:
-    return (shape[0] + 1) * 8 + nnz * (8 + value_bytes)
-
-
-def density(weight_shape, nnz: int) -> float:
-    n = math.prod(weight_shape)
-    return nnz / n if n else 0.0
