@@ -14,7 +14,7 @@ import warnings
 
 import torch
 
-MIXING_OPS = ("conv2d", "linear")
+from force_cli.shrink.graph import MIXING
 
 
 def to_csr(program: dict, tensors: dict[str, torch.Tensor], indices) -> tuple[dict, dict[str, torch.Tensor]]:
@@ -22,7 +22,7 @@ def to_csr(program: dict, tensors: dict[str, torch.Tensor], indices) -> tuple[di
     program, tensors = copy.deepcopy(program), dict(tensors)
     for i in indices:
         op = program["ops"][i]
-        if op["op"] not in MIXING_OPS or op.get("format") == "csr":
+        if op["op"] not in MIXING or op.get("format") == "csr":
             continue
         weight = tensors.pop(op.pop("weight"))
         with warnings.catch_warnings():  # "CSR support is in beta": not for users
@@ -42,4 +42,4 @@ def to_csr(program: dict, tensors: dict[str, torch.Tensor], indices) -> tuple[di
 
 
 def mixing_indices(program: dict) -> list[int]:
-    return [i for i, op in enumerate(program["ops"]) if op["op"] in MIXING_OPS]
+    return [i for i, op in enumerate(program["ops"]) if op["op"] in MIXING]
