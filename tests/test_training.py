@@ -211,26 +211,7 @@ def test_trainer_resumes_bit_identically(optimizer, stop_at, workers):
     masks = random_masks(dropout_net(), 0.5, seed=1)
     straight = Trainer(dropout_net(), masks, splits(), settings, seed=7, device=torch.device("cpu"))
     history = straight.run()
-
-    stop, saved = StopFlag(), {}
-
-    def on_batch(epoch, batches, totals):
-        if (epoch, totals.batches) == stop_at:
-            stop.set("test")
-
-    def save(t: Trainer):
-        structure, tensors = t.state()
-        saved.update(structure=json.loads(json.dumps(structure)), tensors={k: v.clone() for k, v in tensors.items()},
-                     model={k: v.clone() for k, v in t.model.state_dict().items()}, history=list(t.history))
-
-    first = Trainer(dropout_net(), masks, splits(), settings, seed=7, device=torch.device("cpu"))
-    with pytest.raises(loop.Interrupted):
-        first.run(stop=stop, save=save, callbacks=TrainCallbacks(on_batch=on_batch))
-    model = dropout_net()
-    model.load_state_dict(saved["model"])
-    second = Trainer(model, masks, splits(), settings, seed=7, device=torch.device("cpu"))
-    second.load_state(saved["structure"], saved["tensors"], saved["history"])
-    resumed = second.run()
+    second, resumed = run_stopped_and_resumed(dropout_net, masks, settings, stop_at=stop_at, make_splits=splits)
 
     for key, value in straight.model.state_dict().items():
         assert torch.equal(value, second.model.state_dict()[key]), key
@@ -264,14 +245,14 @@ def array_splits(per_sample: bool = False) -> DataSplits:
                       Subset(plain, list(range(12))), Subset(plain, list(range(12, 60))))
 
 
-def run_stopped_and_resumed(make_net, masks, settings):
-    """A run stopped after batch 2 of epoch 2, its state saved (through JSON, as a partial file
-    holds it), then resumed by a fresh Trainer on a fresh ``make_net()``; returns that trainer
-    and the history its run returned."""
+def run_stopped_and_resumed(make_net, masks, settings, *, stop_at=(2, 2), make_splits=array_splits):
+    """A run on ``make_splits()`` stopped after batch ``stop_at`` = (epoch, batch), its state saved
+    (through JSON, as a partial file holds it), then resumed by a fresh Trainer on a fresh
+    ``make_net()``; returns that trainer and the history its run returned."""
     stop, saved = StopFlag(), {}
 
     def on_batch(epoch, batches, totals):
-        if (epoch, totals.batches) == (2, 2):
+        if (epoch, totals.batches) == stop_at:
             stop.set("test")
 
     def save(t: Trainer):
@@ -280,12 +261,12 @@ def run_stopped_and_resumed(make_net, masks, settings):
                      model={k: v.clone() for k, v in t.model.state_dict().items()}, history=list(t.history))
 
     cpu = torch.device("cpu")
-    first = Trainer(make_net(), masks, array_splits(), settings, seed=7, device=cpu)
+    first = Trainer(make_net(), masks, make_splits(), settings, seed=7, device=cpu)
     with pytest.raises(loop.Interrupted):
         first.run(stop=stop, save=save, callbacks=TrainCallbacks(on_batch=on_batch))
     model = make_net()
     model.load_state_dict(saved["model"])
-    second = Trainer(model, masks, array_splits(), settings, seed=7, device=cpu)
+    second = Trainer(model, masks, make_splits(), settings, seed=7, device=cpu)
     second.load_state(saved["structure"], saved["tensors"], saved["history"])
     return second, second.run()
 
