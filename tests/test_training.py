@@ -35,7 +35,7 @@ from force_cli.training.state import (
     optimizer_state_to_tensors,
     stop_on_signals,
 )
-from tests.helpers import random_batches, tiny_convnet, tiny_mlp
+from tests.helpers import assert_same_weights, random_batches, strip_times, tiny_convnet, tiny_mlp
 
 
 def random_masks(model, density=0.5, seed=0):
@@ -213,10 +213,8 @@ def test_trainer_resumes_bit_identically(optimizer, stop_at, workers):
     history = straight.run()
     second, resumed = run_stopped_and_resumed(dropout_net, masks, settings, stop_at=stop_at, make_splits=splits)
 
-    for key, value in straight.model.state_dict().items():
-        assert torch.equal(value, second.model.state_dict()[key]), key
-    strip = lambda h: [{k: v for k, v in r.items() if not k.endswith("seconds")} for r in h]  # noqa: E731
-    assert strip(resumed) == strip(history)
+    assert_same_weights(straight, second)
+    assert strip_times(resumed) == strip_times(history)
 
 
 class PerSample(Dataset):
@@ -282,14 +280,11 @@ def test_trainer_on_in_memory_data_is_the_per_sample_run_and_resumes_bit_identic
     assert batched.train_data.dataset.images.device == cpu
     history = batched.run()
     per_sample = Trainer(dropout_net(), masks, array_splits(per_sample=True), settings, seed=7, device=cpu)
-    strip = lambda h: [{k: v for k, v in r.items() if not k.endswith("seconds")} for r in h]  # noqa: E731
-    assert strip(per_sample.run()) == strip(history)
-    for key, value in batched.model.state_dict().items():
-        assert torch.equal(value, per_sample.model.state_dict()[key]), key
+    assert strip_times(per_sample.run()) == strip_times(history)
+    assert_same_weights(batched, per_sample)
 
     second, _ = run_stopped_and_resumed(dropout_net, masks, settings)
-    for key, value in batched.model.state_dict().items():
-        assert torch.equal(value, second.model.state_dict()[key]), key
+    assert_same_weights(batched, second)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -373,8 +368,7 @@ def test_interrupted_job_resumes_to_identical_weights(tmp_path):
     assert a.state_dict.keys() == b.state_dict.keys()
     for key in a.state_dict:
         assert torch.equal(a.state_dict[key], b.state_dict[key]), key
-    strip = lambda h: [{k: v for k, v in r.items() if not k.endswith("seconds")} for r in h]  # noqa: E731
-    assert strip(a.metadata["history"]) == strip(b.metadata["history"])
+    assert strip_times(a.metadata["history"]) == strip_times(b.metadata["history"])
 
 
 def test_sigterm_saves_a_partial_checkpoint(tmp_path):
