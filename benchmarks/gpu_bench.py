@@ -55,7 +55,6 @@ import train_vs_pytorch  # noqa: E402
 from force_cli.config import TrainSettings  # noqa: E402
 from force_cli.data import load_datasets  # noqa: E402
 from force_cli.models import build_model  # noqa: E402
-from force_cli.pruning import prune  # noqa: E402
 from force_cli.pruning.masks import prunable_weights  # noqa: E402
 from force_cli.errors import TrainingDiverged  # noqa: E402
 from force_cli.training.loop import TrainCallbacks, Trainer  # noqa: E402
@@ -103,18 +102,6 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def peak_mib_above(fn, device: torch.device) -> float | None:
-    """Peak CUDA memory allocated while ``fn()`` runs, above what was allocated before (MiB)."""
-    if device.type != "cuda":
-        return None
-    synchronize(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    before = torch.cuda.memory_allocated(device)
-    fn()
-    synchronize(device)
-    return round((torch.cuda.max_memory_allocated(device) - before) / 2**20, 1)
-
-
 # ------------------------------------------------------------------------------------------------
 # prune
 # ------------------------------------------------------------------------------------------------
@@ -134,7 +121,8 @@ def prune_case(name: str, imagenet: bool, batch_size: int, steps: int, repeats: 
     prune_speed.interleaved(model, batch, 1, 0.5, "force")  # warm-up: allocator, kernels
     runs = [prune_speed.interleaved(model, batch, steps, SPARSITY, "force") for _ in range(repeats)]
     pruning, bare = [p[0] for p, _ in runs], [b[0] for _, b in runs]
-    fresh = copy.deepcopy(model)
+    # 2 steps: the working copy, scores and top-k of a step
+    peak = prune_speed.peak_memory(model, batch, 2, SPARSITY, "force", device) if device.type == "cuda" else None
     return {
         "model": name + (f" (ImageNet, {size}x{size})" if imagenet else " (CIFAR)"),
         "batch_size": batch_size, "steps": steps, "sparsity": SPARSITY,
@@ -142,10 +130,8 @@ def prune_case(name: str, imagenet: bool, batch_size: int, steps: int, repeats: 
         "prune_seconds": round(statistics.median(pruning), 4),
         "ratio": round(statistics.median(p / b for p, b in zip(pruning, bare)), 3),
         "repeat_ratios": [round(p / b, 3) for p, b in zip(pruning, bare)],
-        "peak_mib_bare_pass": peak_mib_above(lambda: prune_speed.bare_passes(fresh, batch, 1), device),
-        "peak_mib_prune": peak_mib_above(  # 2 steps: the working copy, scores and top-k of a step
-            lambda: prune(model, method="force", sparsity=SPARSITY, steps=2, stream=prune_speed.SameBatch(batch)),
-            device),
+        "peak_mib_bare_pass": None if peak is None else peak["bare"],
+        "peak_mib_prune": None if peak is None else peak["prune"],
     }
 
 

@@ -103,21 +103,23 @@ def counts(model, batch, sparsity, method):
             "bare_read_backs": bare.read_backs, "ops_ratio": round((ops_2 - ops_1) / bare.ops, 3)}
 
 
-def peak_mib(run):
-    """Peak CUDA memory allocated above the model (and the batch) while ``run()`` runs, in MiB."""
-    torch.cuda.synchronize()
-    base = torch.cuda.memory_allocated()
-    torch.cuda.reset_peak_memory_stats()
+def peak_mib(run, device=None):
+    """Peak CUDA memory allocated above the model (and the batch) while ``run()`` runs, in MiB;
+    ``device``: the CUDA device (default: the current one)."""
+    torch.cuda.synchronize(device)
+    base = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
     run()
-    torch.cuda.synchronize()
-    return round((torch.cuda.max_memory_allocated() - base) / 2**20, 1)
+    torch.cuda.synchronize(device)
+    return round((torch.cuda.max_memory_allocated(device) - base) / 2**20, 1)
 
 
-def peak_memory(model, batch, steps, sparsity, method):
+def peak_memory(model, batch, steps, sparsity, method, device=None):
     fresh = copy.deepcopy(model)
-    bare = peak_mib(lambda: bare_passes(fresh, batch, 1))
+    bare = peak_mib(lambda: bare_passes(fresh, batch, 1), device)
     del fresh
-    pruning = peak_mib(lambda: prune(model, method=method, sparsity=sparsity, steps=steps, stream=SameBatch(batch)))
+    pruning = peak_mib(lambda: prune(model, method=method, sparsity=sparsity, steps=steps, stream=SameBatch(batch)),
+                       device)
     return {"bare": bare, "prune": pruning, "ratio": round(pruning / bare, 3)}
 
 

@@ -7,11 +7,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from force_cli.report import _shape
 from force_cli.safe_text import literal
-
-
-def _shape(shape) -> str:
-    return "×".join(map(str, shape))
 
 
 def _ms(seconds) -> str:

@@ -40,3 +40,14 @@ def tiny_convnet(seed=0):
         nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
         nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(16, 3),
     )
+
+
+def strip_times(history):
+    """A training history without its ``*seconds`` entries: the part two equal runs share."""
+    return [{k: v for k, v in r.items() if not k.endswith("seconds")} for r in history]
+
+
+def assert_same_weights(a, b):
+    """Trainers ``a`` and ``b`` hold the same model weights and buffers, bit for bit."""
+    for key, value in a.model.state_dict().items():
+        assert torch.equal(value, b.model.state_dict()[key]), key

@@ -12,7 +12,7 @@ from force_cli.config import TrainSettings
 from force_cli.training import compiled
 from force_cli.training.loop import TrainCallbacks, Trainer
 from force_cli.training.settings import complete_settings
-from tests.helpers import tiny_convnet
+from tests.helpers import assert_same_weights, strip_times, tiny_convnet
 from tests.test_training import array_splits, dropout_net, random_masks, run_stopped_and_resumed
 
 CPU = torch.device("cpu")
@@ -59,15 +59,6 @@ def train(backend=None, *, compile: bool = True, monkeypatch=None, eval_batch: i
     return trainer, history, warnings
 
 
-def strip(history):
-    return [{k: v for k, v in r.items() if not k.endswith("seconds")} for r in history]
-
-
-def assert_same_weights(a: Trainer, b: Trainer):
-    for key, value in a.model.state_dict().items():
-        assert torch.equal(value, b.model.state_dict()[key]), key
-
-
 def test_full_batches_run_compiled_and_the_last_smaller_batch_eagerly_without_recompiling(monkeypatch):
     eager, eager_history, _ = train(compile=False)
     backend = CountingBackend()
@@ -80,7 +71,7 @@ def test_full_batches_run_compiled_and_the_last_smaller_batch_eagerly_without_re
     assert backend.graphs == 2  # one graph for training, one for evaluation: no recompilation per size
     # the graph runs the eager kernels here, and the first compiled step's trial is undone
     # (dropout draws, batch-norm statistics): the very same run
-    assert strip(history) == strip(eager_history)
+    assert strip_times(history) == strip_times(eager_history)
     assert_same_weights(trainer, eager)
     assert trainer.model.state_dict().keys() == eager.model.state_dict().keys()  # no "module." prefix
 
@@ -100,7 +91,7 @@ def test_a_compile_failure_warns_once_and_continues_eagerly_from_where_it_was(mo
     assert warnings[0].startswith("--compile: torch.compile failed on this model (")
     assert "training continues without it" in warnings[0] and "\n" not in warnings[0]
     assert not trainer.compiled.active and trainer.compiled.compiled_calls == 0
-    assert strip(history) == strip(eager_history)
+    assert strip_times(history) == strip_times(eager_history)
     assert_same_weights(trainer, eager)
 
 
@@ -111,7 +102,7 @@ def test_without_a_cpp_compiler_compile_warns_and_trains_eagerly(monkeypatch):
     assert warnings == ["--compile: torch.compile needs a C++ compiler on the CPU and '/nonexistent/g++' was "
                         "not found; install it or set CXX; training without it"]
     assert trainer.compiled is None
-    assert strip(history) == strip(eager_history)
+    assert strip_times(history) == strip_times(eager_history)
     assert_same_weights(trainer, eager)
 
 
@@ -178,7 +169,7 @@ def test_a_compiled_run_stopped_inside_an_epoch_resumes_bit_identically():
     straight, history, _ = train(compile=True, net=tiny_convnet)
     masks = random_masks(tiny_convnet(), 0.5, seed=1)
     second, resumed = run_stopped_and_resumed(tiny_convnet, masks, settings(compile=True))
-    assert strip(resumed) == strip(history)
+    assert strip_times(resumed) == strip_times(history)
     assert_same_weights(second, straight)
 
 

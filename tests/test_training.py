@@ -35,7 +35,7 @@ from force_cli.training.state import (
     optimizer_state_to_tensors,
     stop_on_signals,
 )
-from tests.helpers import random_batches, tiny_convnet, tiny_mlp
+from tests.helpers import assert_same_weights, random_batches, strip_times, tiny_convnet, tiny_mlp
 
 
 def random_masks(model, density=0.5, seed=0):
@@ -211,31 +211,10 @@ def test_trainer_resumes_bit_identically(optimizer, stop_at, workers):
     masks = random_masks(dropout_net(), 0.5, seed=1)
     straight = Trainer(dropout_net(), masks, splits(), settings, seed=7, device=torch.device("cpu"))
     history = straight.run()
+    second, resumed = run_stopped_and_resumed(dropout_net, masks, settings, stop_at=stop_at, make_splits=splits)
 
-    stop, saved = StopFlag(), {}
-
-    def on_batch(epoch, batches, totals):
-        if (epoch, totals.batches) == stop_at:
-            stop.set("test")
-
-    def save(t: Trainer):
-        structure, tensors = t.state()
-        saved.update(structure=json.loads(json.dumps(structure)), tensors={k: v.clone() for k, v in tensors.items()},
-                     model={k: v.clone() for k, v in t.model.state_dict().items()}, history=list(t.history))
-
-    first = Trainer(dropout_net(), masks, splits(), settings, seed=7, device=torch.device("cpu"))
-    with pytest.raises(loop.Interrupted):
-        first.run(stop=stop, save=save, callbacks=TrainCallbacks(on_batch=on_batch))
-    model = dropout_net()
-    model.load_state_dict(saved["model"])
-    second = Trainer(model, masks, splits(), settings, seed=7, device=torch.device("cpu"))
-    second.load_state(saved["structure"], saved["tensors"], saved["history"])
-    resumed = second.run()
-
-    for key, value in straight.model.state_dict().items():
-        assert torch.equal(value, second.model.state_dict()[key]), key
-    strip = lambda h: [{k: v for k, v in r.items() if not k.endswith("seconds")} for r in h]  # noqa: E731
-    assert strip(resumed) == strip(history)
+    assert_same_weights(straight, second)
+    assert strip_times(resumed) == strip_times(history)
 
 
 class PerSample(Dataset):
@@ -264,14 +243,14 @@ def array_splits(per_sample: bool = False) -> DataSplits:
                       Subset(plain, list(range(12))), Subset(plain, list(range(12, 60))))
 
 
-def run_stopped_and_resumed(make_net, masks, settings):
-    """A run stopped after batch 2 of epoch 2, its state saved (through JSON, as a partial file
-    holds it), then resumed by a fresh Trainer on a fresh ``make_net()``; returns that trainer
-    and the history its run returned."""
+def run_stopped_and_resumed(make_net, masks, settings, *, stop_at=(2, 2), make_splits=array_splits):
+    """A run on ``make_splits()`` stopped after batch ``stop_at`` = (epoch, batch), its state saved
+    (through JSON, as a partial file holds it), then resumed by a fresh Trainer on a fresh
+    ``make_net()``; returns that trainer and the history its run returned."""
     stop, saved = StopFlag(), {}
 
     def on_batch(epoch, batches, totals):
-        if (epoch, totals.batches) == (2, 2):
+        if (epoch, totals.batches) == stop_at:
             stop.set("test")
 
     def save(t: Trainer):
@@ -280,12 +259,12 @@ def run_stopped_and_resumed(make_net, masks, settings):
                      model={k: v.clone() for k, v in t.model.state_dict().items()}, history=list(t.history))
 
     cpu = torch.device("cpu")
-    first = Trainer(make_net(), masks, array_splits(), settings, seed=7, device=cpu)
+    first = Trainer(make_net(), masks, make_splits(), settings, seed=7, device=cpu)
     with pytest.raises(loop.Interrupted):
         first.run(stop=stop, save=save, callbacks=TrainCallbacks(on_batch=on_batch))
     model = make_net()
     model.load_state_dict(saved["model"])
-    second = Trainer(model, masks, array_splits(), settings, seed=7, device=cpu)
+    second = Trainer(model, masks, make_splits(), settings, seed=7, device=cpu)
     second.load_state(saved["structure"], saved["tensors"], saved["history"])
     return second, second.run()
 
@@ -301,14 +280,11 @@ def test_trainer_on_in_memory_data_is_the_per_sample_run_and_resumes_bit_identic
     assert batched.train_data.dataset.images.device == cpu
     history = batched.run()
     per_sample = Trainer(dropout_net(), masks, array_splits(per_sample=True), settings, seed=7, device=cpu)
-    strip = lambda h: [{k: v for k, v in r.items() if not k.endswith("seconds")} for r in h]  # noqa: E731
-    assert strip(per_sample.run()) == strip(history)
-    for key, value in batched.model.state_dict().items():
-        assert torch.equal(value, per_sample.model.state_dict()[key]), key
+    assert strip_times(per_sample.run()) == strip_times(history)
+    assert_same_weights(batched, per_sample)
 
     second, _ = run_stopped_and_resumed(dropout_net, masks, settings)
-    for key, value in batched.model.state_dict().items():
-        assert torch.equal(value, second.model.state_dict()[key]), key
+    assert_same_weights(batched, second)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -392,8 +368,7 @@ def test_interrupted_job_resumes_to_identical_weights(tmp_path):
     assert a.state_dict.keys() == b.state_dict.keys()
     for key in a.state_dict:
         assert torch.equal(a.state_dict[key], b.state_dict[key]), key
-    strip = lambda h: [{k: v for k, v in r.items() if not k.endswith("seconds")} for r in h]  # noqa: E731
-    assert strip(a.metadata["history"]) == strip(b.metadata["history"])
+    assert strip_times(a.metadata["history"]) == strip_times(b.metadata["history"])
 
 
 def test_sigterm_saves_a_partial_checkpoint(tmp_path):

@@ -250,8 +250,8 @@ def bench_models(dense: nn.Module, shrunk: Shrunk, input_shape: tuple[int, ...],
             }
     if settings.layers:
         x = torch.randn(settings.batch_size, *input_shape, generator=g, dtype=dtype).to(device)
-        moved = Shrunk(shrunk.program, {k: v.to(device) for k, v in shrunk.tensors.items()})
-        sparse_moved = (sparse[0], {k: v.to(device) for k, v in sparse[1].items()})
+        moved = Shrunk(shrunk.program, nets["shrunk"].tensors())  # already on the device
+        sparse_moved = (sparse[0], nets["csr"].tensors())
         results["layers"] = bench_layers(dense, moved, sparse_moved, x, settings, progress)
     dense_time = results["networks"]["dense"]["batches"][str(settings.batch_size)]["median_s"]
     results["speedup"] = {name: dense_time / entry["batches"][str(settings.batch_size)]["median_s"]

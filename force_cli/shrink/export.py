@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from force_cli.checkpoint import check_new_output
+from force_cli.checkpoint.paths import same_file
 from force_cli.errors import ConfigError
 from force_cli.restore import input_shape, load_for_model, model_from_checkpoint
 from force_cli.shrink.bench import BenchSettings, Progress, median_seconds, program_inputs
@@ -53,7 +54,7 @@ def export_sparse(source: str | Path, output: str | Path, settings: BenchSetting
                   overwrite: bool = False, progress: Progress | None = None) -> dict[str, Any]:
     output = Path(output)
     check_new_output(output, overwrite)
-    if output.exists() and output.resolve() == Path(source).resolve():
+    if same_file(source, output):
         raise ConfigError(f"the output '{output}' is the input; choose another -o path")
     device = settings.device
     if is_shrunk(source):

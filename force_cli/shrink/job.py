@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from force_cli.checkpoint import check_new_output
+from force_cli.checkpoint.paths import same_file
 from force_cli.errors import ConfigError
 from force_cli.restore import input_shape, load_for_model, model_from_checkpoint
 from force_cli.shrink.program import save_shrunk
@@ -24,7 +25,7 @@ def shrink_checkpoint(source: str | Path, output: str | Path, *, overwrite: bool
     """Write the shrunk network of ``source`` to ``output``; return its per-layer report."""
     output = Path(output)
     check_new_output(output, overwrite)
-    if output.exists() and output.resolve() == Path(source).resolve():
+    if same_file(source, output):
         raise ConfigError(f"the output '{output}' is the input checkpoint; choose another -o path")
     shrunk, metadata = shrink_file(source)
     save_shrunk(output, shrunk.program, shrunk.tensors, metadata)

@@ -10,12 +10,11 @@ costs about what the dense convolution does, so CSR pays off mainly for linear l
 from __future__ import annotations
 
 import copy
-import math
 import warnings
 
 import torch
 
-MIXING_OPS = ("conv2d", "linear")
+from force_cli.shrink.graph import MIXING
 
 
 def to_csr(program: dict, tensors: dict[str, torch.Tensor], indices) -> tuple[dict, dict[str, torch.Tensor]]:
@@ -23,7 +22,7 @@ def to_csr(program: dict, tensors: dict[str, torch.Tensor], indices) -> tuple[di
     program, tensors = copy.deepcopy(program), dict(tensors)
     for i in indices:
         op = program["ops"][i]
-        if op["op"] not in MIXING_OPS or op.get("format") == "csr":
+        if op["op"] not in MIXING or op.get("format") == "csr":
             continue
         weight = tensors.pop(op.pop("weight"))
         with warnings.catch_warnings():  # "CSR support is in beta": not for users
@@ -43,13 +42,4 @@ def to_csr(program: dict, tensors: dict[str, torch.Tensor], indices) -> tuple[di
 
 
 def mixing_indices(program: dict) -> list[int]:
-    return [i for i, op in enumerate(program["ops"]) if op["op"] in MIXING_OPS]
-
-
-def csr_bytes(shape: tuple[int, int], nnz: int, value_bytes: int = 4) -> int:
-    return (shape[0] + 1) * 8 + nnz * (8 + value_bytes)
-
-
-def density(weight_shape, nnz: int) -> float:
-    n = math.prod(weight_shape)
-    return nnz / n if n else 0.0
+    return [i for i, op in enumerate(program["ops"]) if op["op"] in MIXING]
