@@ -2,6 +2,8 @@
 
 The CLI's imports (typer, rich; torch once a command needs it) take a moment; a Ctrl-C during
 them ends the command with exit code 130 and one line, not a KeyboardInterrupt traceback.
+A process that held a gloo process group (torchrun on CPU) ends without the interpreter's
+teardown, where a leftover gloo thread could abort it (``distributed.exit_after_group``).
 """
 
 import sys
@@ -19,7 +21,14 @@ def main() -> None:
     except KeyboardInterrupt:
         sys.stderr.write("interrupted (Ctrl-C) while starting; nothing was done\n")
         sys.exit(130)  # cli.status.INTERRUPTED, which is what was being imported
-    cli_main()
+    try:
+        cli_main()
+    except SystemExit as done:
+        # loaded only by the commands that can run under torchrun
+        distributed = sys.modules.get("force_cli.distributed")
+        if distributed is not None:
+            distributed.exit_after_group(done.code)  # after a gloo group: ends here, skipping teardown
+        raise
 
 
 if __name__ == "__main__":

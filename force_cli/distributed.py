@@ -4,13 +4,24 @@ torchrun sets RANK, WORLD_SIZE and LOCAL_RANK in every process it starts; ``sess
 into a process group (NCCL on CUDA, gloo on CPU; one device per local rank) and tears it down
 afterwards. Without them (or with WORLD_SIZE=1) nothing is initialised and every helper here is a
 no-op, so a single-process run is exactly what it was. torch.distributed itself holds the group;
-this module keeps no state of its own.
+this module remembers only whether a gloo group was ever held (``exit_after_group``).
+
+Ending a process that held a gloo group: torch's DDP keeps the group alive after
+``destroy_process_group`` (its gradient reducer holds it; pytorch/pytorch#107298), so the group's
+worker threads outlive the session (measured: the threads of a gloo group that a ``Reducer`` was
+built on stay after it). A worker may still be dropping the last collective's tensor
+when the interpreter shuts down; that needs the GIL, which a finalizing interpreter refuses by
+ending the thread, and the C++ runtime then aborts the whole process ("terminate called without
+an active exception", SIGABRT) although every file was written; under load, about one launch in
+ten of two ranks that train a step, all-reduce and exit did so here. ``exit_after_group`` therefore
+ends such a process with ``os._exit`` once its output is flushed, skipping that teardown.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -154,6 +165,10 @@ def device_for(launch: Launch, spec: str) -> str:
     return f"cuda:{launch.local_rank}" if cuda else spec
 
 
+#: Whether this process has held a gloo group (its threads may outlive the session: module docstring).
+_held_gloo_group = False
+
+
 @contextlib.contextmanager
 def session(device: str = "auto") -> Iterator[str]:
     """Inside a torchrun launch, hold a process group for the block and yield this rank's device
@@ -167,7 +182,30 @@ def session(device: str = "auto") -> Iterator[str]:
     if backend == "nccl":
         torch.cuda.set_device(int(spec.split(":")[1]))
     dist.init_process_group(backend=backend, rank=launch.rank, world_size=launch.world_size)
+    global _held_gloo_group
+    _held_gloo_group = _held_gloo_group or backend == "gloo"
     try:
         yield spec
     finally:
         dist.destroy_process_group()
+
+
+def exit_after_group(code: object) -> None:
+    """End the process with exit status ``code`` (as ``sys.exit`` reads it) without the
+    interpreter's teardown if it ever held a gloo group; otherwise return and let the caller exit
+    as usual. stdout and stderr are flushed first; files are the commands' to close before."""
+    if not _held_gloo_group:
+        return
+    if code is None:
+        status = 0
+    elif isinstance(code, int):
+        status = code
+    else:  # sys.exit("message"): the message goes to stderr and the status is 1
+        sys.stderr.write(f"{code}\n")
+        status = 1
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed or broken stream: nothing more can reach it
+            pass
+    os._exit(status)

@@ -96,6 +96,35 @@ def test_a_plain_run_starts_no_process_group(monkeypatch):
     assert not distributed.is_main()  # before the group exists, torchrun's RANK decides
 
 
+def _exit_after_group(tmp_path, code, held=True):
+    """(exit status, stdout, stderr) of a process that prints, registers an atexit handler and
+    ends through exit_after_group(CODE), with or without a gloo group held."""
+    script = (
+        "import atexit, sys\n"
+        "from force_cli import distributed\n"
+        "atexit.register(lambda: print('teardown ran', flush=True))\n"
+        f"distributed._held_gloo_group = {held}\n"
+        "sys.stdout.write('output before the exit')\n"  # left in the buffer: flushed by the call
+        f"distributed.exit_after_group({code!r})\n"
+        "sys.exit(7)\n"
+    )
+    command, env = _command(["-c", script])
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    return done.returncode, done.stdout, done.stderr
+
+
+def test_after_a_gloo_group_the_process_ends_without_teardown_and_keeps_its_status_and_output(tmp_path):
+    assert _exit_after_group(tmp_path, 3) == (3, "output before the exit", "")
+    assert _exit_after_group(tmp_path, None)[:2] == (0, "output before the exit")
+    status, out, err = _exit_after_group(tmp_path, "no such file")  # sys.exit's message form
+    assert (status, out, err) == (1, "output before the exit", "no such file\n")
+
+
+def test_without_a_gloo_group_the_process_exits_as_usual(tmp_path):
+    status, out, _ = _exit_after_group(tmp_path, 3, held=False)
+    assert (status, out) == (7, "output before the exitteardown ran\n")  # returned; sys.exit(7) ran the handler
+
+
 # --------------------------------------------------------------------------------------------
 # Two CPU processes (gloo) started by torchrun, against one process with the same global batch
 # --------------------------------------------------------------------------------------------
@@ -105,25 +134,27 @@ def test_a_plain_run_starts_no_process_group(monkeypatch):
 EVEN_SPLIT = ["--val-fraction", "0.0202"]
 
 
-def _command(argv, nproc=None):
-    """(command line, environment) of `python ARGV`, or the same under `torchrun --nproc-per-node NPROC`."""
-    env = os.environ | {"PYTHONPATH": str(Path(__file__).resolve().parents[1]), "FORCE_THREADS": "1"}
+def _command(argv, nproc=None, site=None):
+    """(command line, environment) of `python ARGV`, or the same under `torchrun --nproc-per-node NPROC`;
+    ``site``: a folder put on the path after the repository (for a sitecustomize.py)."""
+    path = os.pathsep.join(str(p) for p in (Path(__file__).resolve().parents[1], site) if p is not None)
+    env = os.environ | {"PYTHONPATH": path, "FORCE_THREADS": "1"}
     for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(var, None)
     launcher = [] if nproc is None else ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc)]
     return [sys.executable, *launcher, *map(str, argv)], env
 
 
-def _run(argv, cwd, nproc=None):
-    command, env = _command(argv, nproc)
+def _run(argv, cwd, nproc=None, site=None):
+    command, env = _command(argv, nproc, site)
     result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
 
-def _force(args, cwd, nproc=None):
+def _force(args, cwd, nproc=None, site=None):
     """`python -m force_cli ARGS`, or the same under `torchrun --nproc-per-node NPROC`."""
-    return _run(["-m", "force_cli", *args], cwd, nproc)
+    return _run(["-m", "force_cli", *args], cwd, nproc, site)
 
 
 def test_two_processes_train_like_one_with_twice_the_batch(tmp_path):
@@ -167,11 +198,19 @@ def test_two_processes_prune_the_mask_of_one(tmp_path):
 
 
 def test_two_processes_evaluate_like_one(tmp_path):
-    """Each rank evaluates every other test image; the summed totals are those of the whole split."""
+    """Each rank evaluates every other test image; the summed totals are those of the whole split.
+    Each rank, having held a gloo group, ends without the interpreter's teardown (where a leftover
+    gloo thread could abort it): an atexit handler that a plain run calls never runs there."""
     init = _lenet_checkpoint(tmp_path / "lenet.safetensors")
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(
+        "import atexit, os, sys\n"
+        "atexit.register(lambda: sys.stderr.write(f\"teardown of rank {os.environ.get('RANK', '-')}\\n\"))\n")
     args = ["eval", init, "--device", "cpu", "--json", "--quiet", "--batch-size", "50"]
-    two = _force(args, tmp_path, nproc=2)
-    one = _force(args, tmp_path)
+    two = _force(args, tmp_path, nproc=2, site=tmp_path / "site")
+    one = _force(args, tmp_path, site=tmp_path / "site")
+    assert "teardown of rank -" in one.stderr  # torchrun's own process tears down too; it holds no RANK
+    assert "teardown of rank 0" not in two.stderr and "teardown of rank 1" not in two.stderr, two.stderr[-2000:]
     assert len(two.stdout.strip().splitlines()) == 1  # printed by rank 0 only
     a, b = json.loads(one.stdout), json.loads(two.stdout)
     assert b["samples"] == a["samples"] == 360
@@ -216,6 +255,7 @@ with trusted_model_code(), distributed.session("cpu"):
                          callbacks=TrainCallbacks(on_batch=on_batch))
     except TrainingInterrupted as exc:
         print(f"rank {rank}: {exc}", flush=True)
+distributed.exit_after_group(0)  # as `force` ends a process that held a gloo group
 """
 
 
@@ -413,6 +453,7 @@ with trusted_model_code(), distributed.session("cpu"):
                          callbacks=TrainCallbacks(on_batch=on_batch))
     except TrainingDiverged as exc:
         print(f"rank {rank}: {exc}", flush=True)
+distributed.exit_after_group(0)  # as `force` ends a process that held a gloo group
 """
 
 
