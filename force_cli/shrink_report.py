@@ -66,11 +66,11 @@ def render_bench(report: dict[str, Any], console: Console, title: str) -> None:
     if not report.get("layers"):
         return
     layers = Table(title=f"layers at batch {batches[-1]} (ms)")
-    for column in ("layer", "shape", "density", "shrunk shape", "dense", "shrunk", "csr", "break-even density"):
+    for column in ("layer", "shape", "density", "shrunk shape", "dense", "shrunk", "csr", "bsr", "break-even density"):
         layers.add_column(column, justify="left" if column in ("layer", "shape", "shrunk shape") else "right")
     for row in report["layers"]:
         even = row.get("break_even_density")
         layers.add_row(literal(row["layer"]), _shape(row["original_shape"]), f"{row['density']:.2%}",
                        _shape(row["shrunk_shape"]), _ms(row["dense_s"]), _ms(row["shrunk_s"]), _ms(row["csr_s"]),
-                       "—" if even is None else f"{even:.2%}")
+                       _ms(row.get("bsr_s")), "—" if even is None else f"{even:.2%}")
     console.print(layers)

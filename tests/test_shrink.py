@@ -249,3 +249,38 @@ def test_concatenation_pads_and_standalone_norms_shrink_to_the_same_function():
     out, shrunk = shrunk_output(net, masks, x)
     assert_same_function(masked_output(net, masks, x), out)
     assert {op["op"] for op in shrunk.program["ops"]} >= {"cat", "pad", "affine", "avg_pool2d", "max_pool2d"}
+
+
+# --------------------------------------------------------------------------------------------
+# BSR (block sparse rows), which `force bench` times per layer beside CSR
+# --------------------------------------------------------------------------------------------
+
+def test_the_bsr_block_is_the_largest_side_that_divides_the_matrix():
+    from force_cli.shrink.sparse import bsr_block
+
+    assert bsr_block(300, 784) == 4  # LeNet-300-100's first layer: 300 = 4 * 75, 784 = 4 * 196
+    assert bsr_block(10, 100) == 2 and bsr_block(4, 6) == 2  # 10 and 6 are even, not multiples of 4
+    assert bsr_block(9, 100) is None and bsr_block(1, 1) is None  # torch's BSR needs whole blocks
+
+
+def test_a_bsr_weight_gives_the_dense_layer_s_product():
+    """The BSR matrix of a masked weight, through the product bench times, against F.linear and
+    F.conv2d on the dense weight."""
+    from force_cli.shrink.program import sparse_product
+    from force_cli.shrink.sparse import to_bsr
+
+    g = torch.Generator().manual_seed(0)
+    weight = torch.randn(6, 8, generator=g) * (torch.rand(6, 8, generator=g) < 0.3)
+    x = torch.randn(5, 8, generator=g)
+    matrix = to_bsr(weight)
+    assert matrix.layout == torch.sparse_bsr and matrix.values().shape[1:] == (2, 2)
+    torch.testing.assert_close(sparse_product({"op": "linear"}, x, matrix), F.linear(x, weight))
+
+    kernel = torch.randn(4, 2, 3, 3, generator=g) * (torch.rand(4, 2, 3, 3, generator=g) < 0.3)  # (4, 18) matrix
+    images = torch.randn(3, 2, 5, 5, generator=g)
+    op = {"op": "conv2d", "kernel_size": [3, 3], "dilation": [1, 1], "padding": [1, 1], "stride": [1, 1],
+          "output_size": [5, 5]}
+    matrix = to_bsr(kernel)
+    assert matrix.shape == (4, 18) and matrix.values().shape[1:] == (2, 2)
+    torch.testing.assert_close(sparse_product(op, images, matrix), F.conv2d(images, kernel, padding=1))
+    assert to_bsr(torch.ones(3, 5)) is None

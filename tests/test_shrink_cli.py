@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import sys
 from pathlib import Path
@@ -127,6 +128,10 @@ def test_bench_reports_three_networks_that_agree_with_dense(lenet):
     assert files["shrunk"] < files["dense"] / 5 and files["csr"] < files["dense"] / 5
     assert [row["layer"] for row in report["layers"]] == ["fc1", "fc2", "fc3"]
     assert all(0.0 <= row["break_even_density"] <= 1.0 for row in report["layers"])
+    for row in report["layers"]:  # a BSR time wherever a block side divides the shrunk matrix
+        rows, cols = row["shrunk_shape"][0], math.prod(row["shrunk_shape"][1:])
+        side = 4 if rows % 4 == cols % 4 == 0 else 2 if rows % 2 == cols % 2 == 0 else None
+        assert row["bsr_block"] == side and (row["bsr_s"] is None) == (side is None), row
     assert "shrunk" in invoke("bench", lenet[0], "--batch-size", "4", "--repeats", "1", "--no-layers").stdout
 
 

@@ -6,10 +6,11 @@ linear layer as a CSR matrix), at batch 1 and at the chosen batch size: the medi
 (after warm-up; the three networks take turns of a few calls, so that load changes hit all alike), peak memory of one forward pass (CUDA: the allocator's peak; CPU: the profiler's
 allocations), bytes of the tensors a file would hold, and the largest output difference to dense.
 
-Per conv/linear layer: the same three on that layer's input, and the break-even density of its
-shrunk shape: the density below which a CSR matrix of that shape, with random kept positions,
-runs faster than the dense layer (interpolated between measured densities; 0 when CSR never wins,
-1 when it always does).
+Per conv/linear layer: the same three on that layer's input; ``bsr``, the shrunk weight's product
+as a BSR matrix (square blocks of 4, else 2, where one divides both sides; no bias); and the
+break-even density of its shrunk shape: the density below which a CSR matrix of that shape, with
+random kept positions, runs faster than the dense layer (interpolated between measured densities;
+0 when CSR never wins, 1 when it always does).
 
 On the CPU, timings use the threads torch is set to (``--threads``; tests pin one).
 """
@@ -29,9 +30,9 @@ import torch
 from safetensors.torch import save as serialize
 from torch import nn
 
-from force_cli.shrink.program import ShrunkNet, run_op
+from force_cli.shrink.program import ShrunkNet, run_op, sparse_product
 from force_cli.shrink.rewrite import Shrunk
-from force_cli.shrink.sparse import mixing_indices, to_csr
+from force_cli.shrink.sparse import mixing_indices, to_bsr, to_csr
 
 #: Densities at which each layer shape's CSR kernel is timed to find its break-even density.
 PROBE_DENSITIES = (0.001, 0.01, 0.05, 0.2, 0.5)
@@ -169,6 +170,19 @@ def _random_csr_time(op: dict, weight_shape: list[int], x: torch.Tensor, d: floa
     return median_seconds(lambda: run_op(program["ops"][0], [x], tensors), settings, max(3, settings.repeats // 4))
 
 
+def _bsr_time(op: dict, weight: torch.Tensor, x: torch.Tensor, settings: BenchSettings) -> tuple[int | None, float | None]:
+    """(block side, time) of the op's product with its weight as a BSR matrix; (None, None) where
+    no block side divides the weight or this torch has no BSR product on the device."""
+    matrix = to_bsr(weight)
+    if matrix is None:
+        return None, None
+    try:
+        sparse_product(op, x, matrix)
+    except (RuntimeError, NotImplementedError):  # no BSR kernel for this layout, dtype or device
+        return None, None
+    return matrix.values().shape[-1], median_seconds(lambda: sparse_product(op, x, matrix), settings)
+
+
 def break_even(dense_s: float, times: list[tuple[float, float]]) -> float:
     """The density where CSR time crosses dense time (log-log interpolation between probes)."""
     faster = [d for d, t in times if t < dense_s]
@@ -208,6 +222,7 @@ def bench_layers(dense: nn.Module, shrunk: Shrunk, sparse: tuple[dict, dict], x:
         row["shrunk_s"] = median_seconds(lambda: run_op(op, args, tensors), settings)
         sop = sparse[0]["ops"][i]
         row["csr_s"] = median_seconds(lambda: run_op(sop, args, sparse[1]), settings)
+        row["bsr_block"], row["bsr_s"] = _bsr_time(sop, weight, args[0], settings)
         if settings.break_even:
             probes = [(d, _random_csr_time(op, list(weight.shape), args[0], d, settings)) for d in PROBE_DENSITIES]
             row["break_even_density"] = break_even(row["shrunk_s"], probes)

@@ -64,6 +64,13 @@ def _sparse_conv2d(x: torch.Tensor, w: torch.Tensor, op: dict) -> torch.Tensor:
     return out.view(w.shape[0], x.shape[0], *op["output_size"]).transpose(0, 1)
 
 
+def sparse_product(op: dict, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """A conv2d or linear op's product (no bias) with its (out, in*kh*kw) weight ``w`` held as
+    any sparse matrix layout ``torch.sparse.mm`` takes (CSR here; ``force bench`` also times BSR).
+    A convolution needs ``kernel_size`` in ``op``, as ``to_csr`` records it."""
+    return _sparse_conv2d(x, w, op) if op["op"] == "conv2d" else _sparse_linear(x, w)
+
+
 def run_op(op: dict, args: list[torch.Tensor], t: dict[str, torch.Tensor]) -> torch.Tensor:
     """One op of a program on its input values; ``t`` holds the file's tensors by name."""
     kind, x = op["op"], args[0]

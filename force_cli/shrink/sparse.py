@@ -5,6 +5,10 @@ A layer in the ``csr`` format keeps its (out, in*kh*kw) weight as ``crow``/``col
 (safetensors holds dense tensors only) and runs as ``torch.sparse.mm``: a linear layer directly, a
 convolution after an unfold (im2col). PyTorch has no sparse convolution kernel, and the unfold
 costs about what the dense convolution does, so CSR pays off mainly for linear layers.
+
+``to_bsr`` gives the same matrix in BSR (block sparse rows), which ``force bench`` times per layer
+beside CSR; GPU BSR kernels favour masks with block structure, which pruning at initialization does
+not produce, so the files hold CSR only.
 """
 
 from __future__ import annotations
@@ -39,6 +43,29 @@ def to_csr(program: dict, tensors: dict[str, torch.Tensor], indices) -> tuple[di
         if op["op"] == "conv2d":
             op["kernel_size"] = list(weight.shape[2:])
     return program, tensors
+
+
+#: Block sides tried, largest first, for a layer's BSR (block sparse rows) timing in ``force bench``.
+BSR_BLOCKS = (4, 2)
+
+
+def bsr_block(rows: int, cols: int) -> int | None:
+    """The largest block side of ``BSR_BLOCKS`` that divides both sides of a weight matrix (None:
+    none does; torch's BSR layout needs whole blocks)."""
+    return next((b for b in BSR_BLOCKS if rows % b == 0 and cols % b == 0), None)
+
+
+def to_bsr(weight: torch.Tensor) -> torch.Tensor | None:
+    """A conv/linear weight as a BSR matrix of shape (out, in*kh*kw), square blocks of
+    ``bsr_block``'s side; None where no block side fits. A block is stored whole once any of its
+    weights is kept, so unstructured masks keep more values than in CSR."""
+    matrix = weight.reshape(weight.shape[0], -1)
+    side = bsr_block(*matrix.shape)
+    if side is None:
+        return None
+    with warnings.catch_warnings():  # "BSR support is in beta": not for users
+        warnings.simplefilter("ignore", UserWarning)
+        return matrix.to_sparse_bsr((side, side))
 
 
 def mixing_indices(program: dict) -> list[int]:
