@@ -7,8 +7,8 @@ convolution after an unfold (im2col). PyTorch has no sparse convolution kernel, 
 costs about what the dense convolution does, so CSR pays off mainly for linear layers.
 
 ``to_bsr`` gives the same matrix in BSR (block sparse rows), which ``force bench`` times per layer
-beside CSR; GPU BSR kernels favour masks with block structure, which pruning at initialization does
-not produce, so the files hold CSR only.
+beside CSR. BSR stores a block whole once any of its weights is kept, which suits masks with block
+structure; pruning at initialization gives none, so the files hold CSR only.
 """
 
 from __future__ import annotations
