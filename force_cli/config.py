@@ -5,8 +5,8 @@ dataset, seed, data_dir, download, device) and one section per command (``prune:
 key is checked against the dataclass of its section: an unknown key or a wrong type is a
 ConfigError naming the key and the file. Precedence: command-line flag > recipe > built-in default.
 
-A recipe is untrusted text. It is read with ``yaml.safe_load`` (plain values only), after its node
-graph (``yaml.compose``, nothing constructed) is checked: YAML aliases may share a value many
+A recipe is untrusted text. It is read as ``yaml.safe_load`` reads it (plain values only), after its
+node graph (composed, nothing constructed yet) is checked: YAML aliases may share a value many
 times over ("billion laughs": 600 bytes that stand for gigabytes), so the nodes of the document
 with every alias expanded are counted, and more than ``MAX_RECIPE_NODES`` is refused. Values are
 named in messages by ``safe_text.brief``, bounded whatever their size.
@@ -274,8 +274,18 @@ def _long_integer(node: yaml.Node | None) -> yaml.ScalarNode | None:
 
 
 def _parse(text: str, path: Path) -> Any:
-    """``yaml.safe_load`` of a recipe whose node graph was checked first (see the module docstring)."""
-    node = yaml.compose(text, Loader=yaml.SafeLoader)
+    """``yaml.safe_load`` of a recipe whose node graph was checked first (see the module docstring):
+    the checked graph is the one constructed, so the text is parsed once."""
+    loader = yaml.SafeLoader(text)
+    try:
+        return _construct_checked(loader, loader.get_single_node(), path)
+    finally:
+        loader.dispose()
+
+
+def _construct_checked(loader: yaml.SafeLoader, node: yaml.Node | None, path: Path) -> Any:
+    if node is None:  # an empty document, as yaml.safe_load reads it
+        return None
     if expanded_nodes(node) > MAX_RECIPE_NODES:
         raise ConfigError(f"recipe '{path}' expands, through its YAML aliases (*name), to more than "
                           f"{MAX_RECIPE_NODES:,} values; write the settings out instead")
@@ -284,7 +294,7 @@ def _parse(text: str, path: Path) -> Any:
         raise ConfigError(f"recipe '{path}' has an integer of {len(long.value)} characters at line "
                           f"{long.start_mark.line + 1}; numbers in recipes have at most {MAX_INT_DIGITS} digits")
     try:
-        return yaml.safe_load(text)
+        return loader.construct_document(node)
     except ValueError as exc:  # a value YAML recognises but Python cannot build (a date such as 2024-13-45)
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ConfigError(f"recipe '{path}' holds a value that cannot be read ({first}); fix it") from None

@@ -520,6 +520,22 @@ def test_6_a_shared_value_within_the_bound_is_still_fine(tmp_path):
     assert load_recipe(recipe).sections["train"]["batch_size"] == 64
 
 
+def test_6_a_recipe_is_read_by_one_yaml_loader(tmp_path, monkeypatch):
+    """The checked node graph is the one built into values: one YAML loader reads the text (there
+    were two, compose then safe_load, each scanning every token)."""
+    import yaml
+
+    from force_cli.config import load_recipe
+
+    loaders = []
+    init = yaml.SafeLoader.__init__
+    monkeypatch.setattr(yaml.SafeLoader, "__init__", lambda self, stream: loaders.append(stream) or init(self, stream))
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model: lenet300\ndataset: digits\nprune:\n  batch_size: &b 64\ntrain:\n  batch_size: *b\n")
+    assert load_recipe(recipe).sections["prune"]["batch_size"] == 64
+    assert len(loaders) == 1  # one loader read it
+
+
 def test_6_a_wrong_value_is_named_briefly_whatever_its_size(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("model: lenet300\ndataset: digits\nsweep:\n  sparsities: [0.9]\n  title: ["
