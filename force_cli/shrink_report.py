@@ -15,7 +15,9 @@ def _ms(seconds) -> str:
     return "—" if seconds is None else f"{seconds * 1e3:.3f}"
 
 
-def _bytes(n: int) -> str:
+def _bytes(n: int | None) -> str:
+    if n is None:  # not measurable (onnxruntime's allocations are its own)
+        return "—"
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
@@ -63,6 +65,9 @@ def render_bench(report: dict[str, Any], console: Console, title: str) -> None:
                       f"{report['speedup'][name]:.2f}x", _bytes(last["peak_bytes"]), _bytes(entry["file_bytes"]),
                       f"{max(entry['batches'][str(b)]['max_abs_diff'] for b in batches):.2e}")
     console.print(table)
+    skipped = (report.get("onnxruntime") or {}).get("skipped")
+    if skipped:
+        console.print(literal(f"onnxruntime: not measured: {skipped}"), highlight=False)
     if not report.get("layers"):
         return
     layers = Table(title=f"layers at batch {batches[-1]} (ms)")

@@ -3,18 +3,15 @@ the masks allow (hand-worked widths and folded biases, residual ties, every regi
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from force_cli.errors import CheckpointError, ShrinkError
 from force_cli.models import MODELS, build_model
 from force_cli.pruning import METHODS, prune
 from force_cli.pruning.masks import prunable_weights
-from force_cli.shrink import ShrunkNet, load_shrunk, save_shrunk
+from force_cli.shrink import ShrunkNet
 from force_cli.shrink.rewrite import shrink_model
 from tests.helpers import FixedStream
 
@@ -284,3 +281,36 @@ def test_a_bsr_weight_gives_the_dense_layer_s_product():
     assert matrix.shape == (4, 18) and matrix.values().shape[1:] == (2, 2)
     torch.testing.assert_close(sparse_product(op, images, matrix), F.conv2d(images, kernel, padding=1))
     assert to_bsr(torch.ones(3, 5)) is None
+
+
+# --------------------------------------------------------------------------------------------
+# onnxruntime (optional), which `force bench` times as a fourth network
+# --------------------------------------------------------------------------------------------
+
+def test_onnx_runner_says_why_it_cannot_run(monkeypatch):
+    from force_cli.shrink import onnx_runtime
+
+    net = nn.Linear(3, 2)
+    monkeypatch.setattr(onnx_runtime.importlib.util, "find_spec", lambda name: None)
+    run, size, why = onnx_runtime.onnx_runner(net, torch.zeros(1, 3), threads=1)
+    assert (run, size) == (None, 0) and why == "onnx and onnxruntime not installed (pip install 'force-cli[onnx]')"
+    monkeypatch.undo()
+    if not onnx_runtime.missing_packages():
+        run, size, why = onnx_runtime.onnx_runner(net, torch.zeros(1, 3, device="meta"), threads=1)
+        assert run is None and "CPU only" in why
+
+
+def test_onnx_runner_computes_what_the_network_computes_at_any_batch():
+    """One export with a dynamic batch axis, against the torch module at batch 1 and 5."""
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from force_cli.shrink.onnx_runtime import onnx_runner
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 4 * 4, 5)).eval()
+    run, size, why = onnx_runner(net, torch.zeros(1, 1, 4, 4), threads=1)
+    assert why is None and size > 4 * sum(p.numel() for p in net.parameters())  # the weights are in it, as float32
+    for batch in (1, 5):
+        x = torch.randn(batch, 1, 4, 4)
+        with torch.no_grad():
+            torch.testing.assert_close(run(x), net(x), rtol=1e-5, atol=1e-6)

@@ -22,7 +22,9 @@ from force_cli.threads import apply_threads
 
 EPILOG = ("Networks: dense (the checkpoint's model, pruned weights zero), shrunk (force shrink's) and csr (the "
           "shrunk network with every conv/linear layer as a torch.sparse CSR matrix); per layer also BSR, where a block "
-          "side of 4 or 2 divides the layer's matrix. Times are medians after warm-up; "
+          "side of 4 or 2 divides the layer's matrix. On the CPU with onnx and onnxruntime installed "
+          "(pip install 'force-cli\\[onnx]'), also onnxruntime (the shrunk network exported to ONNX in memory). "
+          "Times are medians after warm-up; "
           "on the CPU they use --threads (pin it, e.g. --threads 1, for stable figures).\n\n"
           "Examples:\n\n"
           "  force bench lenet.safetensors --batch-size 256 --threads 1\n\n"

@@ -5,6 +5,9 @@ runs), ``shrunk`` (``force shrink``'s network) and ``csr`` (the shrunk network w
 linear layer as a CSR matrix), at batch 1 and at the chosen batch size: the median over repeats
 (after warm-up; the three networks take turns of a few calls, so that load changes hit all alike), peak memory of one forward pass (CUDA: the allocator's peak; CPU: the profiler's
 allocations), bytes of the tensors a file would hold, and the largest output difference to dense.
+On the CPU, with onnx and onnxruntime installed, a fourth: ``onnxruntime`` (the shrunk network
+exported to ONNX in memory; ``onnx_runtime``), whose memory torch cannot see; the report says why
+where it is left out.
 
 Per conv/linear layer: the same three on that layer's input; ``bsr``, the shrunk weight's product
 as a BSR matrix (square blocks of 4, else 2, where one divides both sides; no bias); and the
@@ -30,6 +33,7 @@ import torch
 from safetensors.torch import save as serialize
 from torch import nn
 
+from force_cli.shrink.onnx_runtime import onnx_runner
 from force_cli.shrink.program import ShrunkNet, run_op, sparse_product
 from force_cli.shrink.rewrite import Shrunk
 from force_cli.shrink.sparse import mixing_indices, to_bsr, to_csr
@@ -230,6 +234,13 @@ def bench_layers(dense: nn.Module, shrunk: Shrunk, sparse: tuple[dict, dict], x:
     return rows
 
 
+def _onnx_versions() -> dict[str, str]:
+    import onnx
+    import onnxruntime
+
+    return {"onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
+
+
 def bench_models(dense: nn.Module, shrunk: Shrunk, input_shape: tuple[int, ...], settings: BenchSettings,
                  progress: Progress | None = None) -> dict[str, Any]:
     """The whole benchmark: networks at batch 1 and ``settings.batch_size``, then layers."""
@@ -242,10 +253,15 @@ def bench_models(dense: nn.Module, shrunk: Shrunk, input_shape: tuple[int, ...],
             "csr": ShrunkNet(*sparse).to(device).eval()}
     files = {"dense": tensor_bytes(dense.state_dict()), "shrunk": tensor_bytes(shrunk.tensors),
              "csr": tensor_bytes(sparse[1])}
+    example = torch.zeros(1, *input_shape, dtype=dtype, device=device)
+    run, onnx_bytes, why_not = onnx_runner(nets["shrunk"], example, torch.get_num_threads())
+    if run is not None:  # optional: the shrunk network under onnxruntime (no torch profiler sees its memory)
+        nets["onnxruntime"], files["onnxruntime"] = run, onnx_bytes
     batches = sorted({1, settings.batch_size})
     g = torch.Generator().manual_seed(0)
     results: dict[str, Any] = {"device": str(device), "threads": torch.get_num_threads() if device.type == "cpu" else None,
-                               "batch_sizes": batches, "repeats": settings.repeats, "networks": {}}
+                               "batch_sizes": batches, "repeats": settings.repeats, "networks": {},
+                               "onnxruntime": _onnx_versions() if run is not None else {"skipped": why_not}}
     for step, batch in enumerate(batches, 1):
         if progress:
             progress(f"networks at batch {batch}", step, len(batches))
@@ -259,7 +275,7 @@ def bench_models(dense: nn.Module, shrunk: Shrunk, input_shape: tuple[int, ...],
             entry = results["networks"].setdefault(name, {"file_bytes": files[name], "batches": {}})
             entry["batches"][str(batch)] = {
                 "median_s": medians[name],
-                "peak_bytes": peak_bytes(lambda: net(x), device),
+                "peak_bytes": None if name == "onnxruntime" else peak_bytes(lambda: net(x), device),
                 "max_abs_diff": float((out - reference).abs().max()),
                 "max_rel_diff": float((out - reference).abs().max() / reference.abs().max().clamp_min(1e-30)),
             }
