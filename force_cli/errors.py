@@ -72,6 +72,11 @@ class NonFiniteLoss(Exception):
         self.value = value
 
 
+#: The exit status of a run stopped by a signal, as a shell reports a process that signal ended
+#: (128 + its number): 130 for Ctrl-C (SIGINT), 143 for SIGTERM. ``cli/status.py`` names them.
+SIGNAL_EXIT = {"SIGINT": 128 + signal.SIGINT, "SIGTERM": 128 + signal.SIGTERM}
+
+
 class Stopped(Exception):
     """A run stopped on request (Ctrl-C, SIGTERM, a ``StopFlag``) after keeping its progress.
 
@@ -85,7 +90,7 @@ class Stopped(Exception):
 
     @property
     def exit_code(self) -> int:
-        return 128 + (signal.SIGTERM if self.reason == "SIGTERM" else signal.SIGINT)
+        return SIGNAL_EXIT["SIGTERM" if self.reason == "SIGTERM" else "SIGINT"]
 
 
 class TrainingInterrupted(Stopped):

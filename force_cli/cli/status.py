@@ -18,15 +18,15 @@ import threading
 import typer
 
 from force_cli.cli.console import error_line, plain_line
-from force_cli.errors import ForceError, Stopped
+from force_cli.errors import SIGNAL_EXIT, ForceError, Stopped
 from force_cli.safe_text import brief
 
 SUCCESS = 0
 FAILED = 1  # the input was valid but the run failed (diverged, disconnected, a worker died), or a bug
 BAD_INPUT = 2  # ForceError's exit_code, and click's for a usage error
-INTERRUPTED = 128 + signal.SIGINT  # 130: Ctrl-C
+INTERRUPTED = SIGNAL_EXIT["SIGINT"]  # 130: Ctrl-C
 STDOUT_CLOSED = 128 + signal.SIGPIPE  # 141: the reader of stdout went away (`force inspect X | head -1`)
-TERMINATED = 128 + signal.SIGTERM  # 143: SIGTERM (a scheduler's or `kill`'s stop)
+TERMINATED = SIGNAL_EXIT["SIGTERM"]  # 143: SIGTERM (a scheduler's or `kill`'s stop)
 
 
 def fail(message: str, code: int = BAD_INPUT) -> typer.Exit:
