@@ -24,7 +24,7 @@ from typing import Any
 import yaml
 
 from force_cli.errors import ConfigError
-from force_cli.safe_text import brief
+from force_cli.safe_text import brief, first_line
 
 
 @dataclass
@@ -296,7 +296,7 @@ def _construct_checked(loader: yaml.SafeLoader, node: yaml.Node | None, path: Pa
     try:
         return loader.construct_document(node)
     except ValueError as exc:  # a value YAML recognises but Python cannot build (a date such as 2024-13-45)
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        first = first_line(exc)
         raise ConfigError(f"recipe '{path}' holds a value that cannot be read ({first}); fix it") from None
 
 

@@ -31,6 +31,13 @@ def one_line(text: object) -> str:
     return visible(text).replace("\n", "\\n")
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, or its type's name when the message is empty:
+    what a one-line error quotes of a library's failure."""
+    message = str(exc)
+    return message.splitlines()[0] if message else type(exc).__name__
+
+
 def escape(text: object) -> str:
     """Safe to embed in a rich markup string: control characters visible, markup escaped."""
     return _escape_markup(visible(text))

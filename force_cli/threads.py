@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from force_cli.errors import ConfigError
+from force_cli.safe_text import first_line
 
 ENV_VAR = "FORCE_THREADS"
 #: More threads than any machine has cores; beyond it torch fails (2**31 overflows its int) or
@@ -62,7 +63,7 @@ def apply_threads(flag: int | None = None) -> int:
         try:
             torch.set_num_threads(n)
         except (RuntimeError, ValueError, OverflowError) as exc:  # a count this torch cannot take
-            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            first = first_line(exc)
             raise ConfigError(f"torch cannot use {n} threads ({first}); give fewer with --threads") from None
     return n
 

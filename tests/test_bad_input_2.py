@@ -935,3 +935,10 @@ def test_18_sparsity_minus_zero_is_zero_in_the_name_and_the_metadata(work):
     assert result.stdout.strip() == "lenet300-digits-random-s0-seed0.safetensors"
     assert str(read_metadata(result.stdout.strip())["target_sparsity"]) == "0.0"
     assert leftovers(work) == []
+
+
+def test_an_error_quotes_the_first_line_of_a_library_failure_or_its_type():
+    from force_cli.safe_text import first_line
+
+    assert first_line(ValueError("bad header\nTraceback (most recent call last):")) == "bad header"
+    assert first_line(KeyError()) == "KeyError" and first_line(RuntimeError("")) == "RuntimeError"

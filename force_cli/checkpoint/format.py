@@ -33,6 +33,7 @@ from force_cli.checkpoint import compact as compact_format
 from force_cli.atomic import write_atomic
 from force_cli.checkpoint.paths import check_existing
 from force_cli.errors import CheckpointError, ForceError, OutputError
+from force_cli.safe_text import first_line
 
 MASK_PREFIX = "mask:"
 STATE_PREFIX = "state:"
@@ -192,7 +193,7 @@ def _open(path: Path, tensors: bool, check_declared: ShapeCheck | None = None) -
     except ForceError:  # ours, from the checks above or from check_declared
         raise
     except Exception as exc:  # safetensors raises its own error types, OSError, or ValueError on damage
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = first_line(exc)
         raise CheckpointError(f"cannot read checkpoint '{path}': it is truncated or not a safetensors file ({reason})") from None
     if metadata["stage"] not in STAGES:
         raise CheckpointError(f"'{path}' has unknown stage '{metadata['stage']}'; the file is corrupt, re-create it")

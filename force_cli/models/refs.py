@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from force_cli.errors import ConfigError, IncompatibleError
-from force_cli.safe_text import brief
+from force_cli.safe_text import brief, first_line
 from force_cli.models.imagenet import torchvision_models
 # the trust setting lives apart so that the CLI can set it without loading torch; re-exported here
 from force_cli.models.trust import TORCHVISION, check_trusted, is_reference, runs_code, trusted_model_code  # noqa: F401
@@ -107,7 +107,7 @@ def check_reference(name: str, *, num_classes: int, in_channels: int, image_size
         try:
             out = model.eval()(torch.empty(2, in_channels, image_size, image_size))
         except (Exception, SystemExit) as exc:
-            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            first = first_line(exc)
             if isinstance(exc, SystemExit):
                 first = _failure(exc)
             elif "meta" in first.lower():

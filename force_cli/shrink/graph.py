@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from force_cli.errors import ShrinkError
+from force_cli.safe_text import first_line
 
 #: Kinds whose output channel c depends on input channel c only (and the input's channels are the output's).
 PER_CHANNEL = ("relu", "batch_norm", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "slice", "alias")
@@ -182,7 +183,7 @@ def trace(model: nn.Module) -> list[Node]:
     try:
         graph = torch.fx.symbolic_trace(model).graph
     except Exception as exc:  # fx raises many types for dynamic control flow
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        first = first_line(exc)
         raise ShrinkError(f"cannot trace the model with torch.fx ({first}); shrinking needs a forward "
                           "without data-dependent control flow") from None
     modules = dict(model.named_modules())
