@@ -33,7 +33,7 @@ import torch
 from safetensors.torch import save as serialize
 from torch import nn
 
-from force_cli.shrink.onnx_runtime import onnx_runner
+from force_cli.shrink.onnx_runtime import onnx_runner, versions as onnx_versions
 from force_cli.shrink.program import ShrunkNet, run_op, sparse_product
 from force_cli.shrink.rewrite import Shrunk
 from force_cli.shrink.sparse import mixing_indices, to_bsr, to_csr
@@ -234,13 +234,6 @@ def bench_layers(dense: nn.Module, shrunk: Shrunk, sparse: tuple[dict, dict], x:
     return rows
 
 
-def _onnx_versions() -> dict[str, str]:
-    import onnx
-    import onnxruntime
-
-    return {"onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
-
-
 def bench_models(dense: nn.Module, shrunk: Shrunk, input_shape: tuple[int, ...], settings: BenchSettings,
                  progress: Progress | None = None) -> dict[str, Any]:
     """The whole benchmark: networks at batch 1 and ``settings.batch_size``, then layers."""
@@ -261,7 +254,7 @@ def bench_models(dense: nn.Module, shrunk: Shrunk, input_shape: tuple[int, ...],
     g = torch.Generator().manual_seed(0)
     results: dict[str, Any] = {"device": str(device), "threads": torch.get_num_threads() if device.type == "cpu" else None,
                                "batch_sizes": batches, "repeats": settings.repeats, "networks": {},
-                               "onnxruntime": _onnx_versions() if run is not None else {"skipped": why_not}}
+                               "onnxruntime": onnx_versions() if run is not None else {"skipped": why_not}}
     for step, batch in enumerate(batches, 1):
         if progress:
             progress(f"networks at batch {batch}", step, len(batches))

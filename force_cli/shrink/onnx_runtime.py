@@ -19,12 +19,22 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from force_cli.safe_text import first_line
+
 Runner = Callable[[torch.Tensor], torch.Tensor]
 
 
 def missing_packages() -> list[str]:
     """The packages of the ``onnx`` extra that are not installed."""
     return [name for name in ("onnx", "onnxruntime") if importlib.util.find_spec(name) is None]
+
+
+def versions() -> dict[str, str]:
+    """The installed onnx and onnxruntime versions (call only when ``missing_packages()`` is empty)."""
+    import onnx
+    import onnxruntime
+
+    return {"onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
 
 
 def onnx_runner(net: nn.Module, example: torch.Tensor, threads: int) -> tuple[Runner | None, int, str | None]:
@@ -48,7 +58,7 @@ def onnx_runner(net: nn.Module, example: torch.Tensor, threads: int) -> tuple[Ru
         options.log_severity_level = 3  # errors only: no optimiser notes on stderr
         session = onnxruntime.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # an exporter or runtime that does not take this network: say so, measure the rest
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        first = first_line(exc)
         return None, 0, f"the export to ONNX failed ({first[:200]})"
 
     def run(x: torch.Tensor) -> torch.Tensor:
